@@ -1,0 +1,62 @@
+"""`vitlab` entry point: dispatches to one module per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from vitlab import __version__
+from vitlab.errors import VitlabError
+
+# Subcommand -> module under vitlab.cli; each module has `add_parser(subparsers)` and `run(args)`.
+COMMANDS = ["models"]
+
+EPILOG = """\
+examples:
+  vitlab models                       every variant with its size and cost
+  vitlab models --paper               the paper's Table 1
+
+Run `vitlab COMMAND --help` for the options of a command.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitlab",
+        description="Vision Transformers as the paper defines them (Dosovitskiy et al., 2021): "
+        "build every variant, load every ecosystem's weights, train, inspect, benchmark.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"vitlab {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"vitlab.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    module = importlib.import_module(f"vitlab.cli.{args.command}")
+    try:
+        return int(module.run(args) or 0)
+    except VitlabError as e:
+        print(f"vitlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vitlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

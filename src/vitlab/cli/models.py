@@ -1,0 +1,96 @@
+"""`vitlab models`: the registry as a table (the paper's Table 1 with `--paper`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from vitlab.models import ViTConfig, create_model, get_variant, list_models, vit_flops
+
+HELP = "list model variants with layers, width, heads, parameters and GFLOPs"
+
+DESCRIPTION = """\
+List every model variant vitlab can build. Sizes are computed from the registry without
+allocating weights, so even ViT-H/14 lists instantly. Any name shown here, the paper's names
+("ViT-B/16", "B/16") and timm's ("vit_base_patch16_384") work wherever a model is asked for.
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "models",
+        help=HELP,
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("pattern", nargs="?", help="only names containing this text (e.g. b16)")
+    p.add_argument(
+        "--paper",
+        action="store_true",
+        help="the paper's Table 1 (ViT-Base/Large/Huge), GFLOPs at 224 px",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object per variant")
+
+
+def rows(pattern: str | None = None, paper: bool = False) -> list[dict]:
+    """One row of facts per variant, computed on the meta device (no weights allocated)."""
+    out = []
+    for name in list_models(pattern, paper_only=paper):
+        v = get_variant(name)
+        cfg = v.config
+        if not isinstance(cfg, ViTConfig):
+            continue
+        img = 224 if paper else cfg.img_size
+        model = create_model(name, device="meta", img_size=img)
+        out.append(
+            {
+                "name": name,
+                "aliases": list(v.aliases),
+                "layers": cfg.depth,
+                "width": cfg.embed_dim,
+                "mlp": cfg.mlp_dim,
+                "heads": cfg.num_heads,
+                "patch": cfg.patch_size,
+                "img_size": img,
+                "params_m": round(model.num_params() / 1e6, 3),
+                "paper_params_m": v.paper_params_m,
+                "gflops": round(vit_flops(model.cfg) / 1e9, 3),
+                "description": v.description,
+            }
+        )
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    table = rows(args.pattern, args.paper)
+    if not table:
+        print(f"no variant matches {args.pattern!r}; `vitlab models` lists them all")
+        return 1
+    if args.json:
+        for r in table:
+            print(json.dumps(r))
+        return 0
+    if args.paper:
+        print("Table 1 of the paper (Dosovitskiy et al., 2021), computed from vitlab's registry:")
+    header = f"{'name':<14}{'paper name':<12}{'layers':>7}{'width':>7}{'MLP':>7}{'heads':>6}"
+    header += f"{'img':>6}{'params':>10}{'Table 1':>9}{'GFLOPs':>9}"
+    print(header)
+    print("-" * len(header))
+    for r in table:
+        alias = r["aliases"][0] if r["aliases"] else ""
+        paper_p = f"{r['paper_params_m']}M" if r["paper_params_m"] else ""
+        print(
+            f"{r['name']:<14}{alias:<12}{r['layers']:>7}{r['width']:>7}{r['mlp']:>7}"
+            f"{r['heads']:>6}{r['img_size']:>6}{_params(r['params_m']):>10}{paper_p:>9}"
+            f"{r['gflops']:>9.2f}"
+        )
+    print(
+        f"\n{len(table)} variants; parameters with a 1000-class head for the ImageNet variants "
+        "(10 classes for the small ones); GFLOPs per image forward (2 per multiply-add, "
+        "attention included)."
+    )
+    return 0
+
+
+def _params(m: float) -> str:
+    return f"{m:.1f}M" if m >= 1 else f"{m * 1000:.0f}K"

@@ -1,0 +1,23 @@
+"""User-facing errors: each message says what was wrong and what to do about it.
+
+The command line prints these as one line (no traceback) and exits with status 2.
+"""
+
+
+class VitlabError(Exception):
+    """Base class for mistakes a user can fix (bad input, bad config, wrong file)."""
+
+
+class ConfigError(VitlabError, ValueError):
+    """A configuration value or override that does not make sense."""
+
+
+class CheckpointError(VitlabError):
+    """A file that is not a checkpoint, or whose weights do not fit the model."""
+
+
+class UnknownModelError(VitlabError, KeyError):
+    """A model name the registry does not know."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,182 @@
+"""The building blocks of a Vision Transformer (paper section 3.1, equations 1-4)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import StochasticDepth
+
+from vitlab.errors import ConfigError
+
+
+class PatchEmbed(nn.Module):
+    """Split an image into P×P patches and project each linearly to D (equation 1).
+
+    A convolution with kernel = stride = P is exactly "flatten each patch, multiply by E".
+    """
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, H/P, W/P, D)."""
+        p = self.patch_size
+        if x.shape[-2] % p or x.shape[-1] % p:
+            raise ConfigError(
+                f"input of {x.shape[-2]}x{x.shape[-1]} px is not divisible by the patch size {p}; "
+                f"resize or crop images to a multiple of {p}"
+            )
+        return self.proj(x).permute(0, 2, 3, 1)  # (B, gh, gw, D)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (Appendix A, equations 5-8) with one fused qkv projection.
+
+    The default path is `scaled_dot_product_attention`; `forward(x, return_attn=True)` takes an
+    explicit path that materialises the softmax so it can be inspected.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(
+        self, x: torch.Tensor, return_attn: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        B, N, D = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, h, hd)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, hd)
+        drop = self.attn_drop if self.training else 0.0
+        if return_attn:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, N, N)
+            attn = attn.softmax(dim=-1)
+            x = F.dropout(attn, drop, self.training) @ v  # (B, h, N, hd)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, h, N, hd)
+        x = x.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
+        x = self.proj_drop(self.proj(x))
+        return (x, attn) if return_attn else x
+
+
+class Mlp(nn.Module):
+    """The transformer MLP: Linear(D, mlp_dim) -> GELU -> Linear(mlp_dim, D), with dropout."""
+
+    def __init__(self, dim: int, hidden: int, act: str = "gelu", drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh" if act == "gelu_tanh" else "none")
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """A pre-norm encoder block: x + MSA(LN(x)), then x + MLP(LN(x)) (equations 2-3)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        *,
+        qkv_bias: bool = True,
+        eps: float = 1e-6,
+        act: str = "gelu",
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.drop_path1 = StochasticDepth(drop_path, "row") if drop_path else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, mlp_dim, act, drop)
+        self.drop_path2 = StochasticDepth(drop_path, "row") if drop_path else nn.Identity()
+
+    def forward(
+        self, x: torch.Tensor, return_attn: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if return_attn:
+            y, attn = self.attn(self.norm1(x), return_attn=True)
+        else:
+            y = self.attn(self.norm1(x))
+        x = x + self.drop_path1(y)
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return (x, attn) if return_attn else x
+
+
+def posemb_sincos_2d(
+    grid: tuple[int, int],
+    dim: int,
+    temperature: float = 10000.0,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embeddings (Appendix D.4), as big_vision defines them.
+
+    Returns (1, gh * gw, dim): a quarter of the channels each for sin(x), cos(x), sin(y), cos(y)
+    at frequencies 1 / temperature ** (i / (dim/4 - 1)).
+    """
+    gh, gw = grid
+    y, x = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    quarter = dim // 4
+    omega = torch.arange(quarter, dtype=torch.float64) / max(quarter - 1, 1)
+    omega = 1.0 / temperature**omega  # (dim/4,)
+    y = y.flatten().double()[:, None] * omega[None, :]  # (N, dim/4)
+    x = x.flatten().double()[:, None] * omega[None, :]  # (N, dim/4)
+    pe = torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)  # (N, dim)
+    return pe.to(dtype)[None]
+
+
+def resample_pos_embed(
+    posemb: torch.Tensor,
+    new_grid: tuple[int, int],
+    old_grid: tuple[int, int] | None = None,
+    num_prefix_tokens: int = 1,
+    mode: str = "bicubic",
+    antialias: bool = True,
+    align_corners: bool | None = None,
+) -> torch.Tensor:
+    """Resample (1, prefix + gh*gw, D) position embeddings over the 2-D patch grid.
+
+    The prefix (class-token) entries are kept as they are (paper section 3.2, "2D interpolation of
+    the pre-trained position embeddings, according to their location in the original image").
+    """
+    n_old = posemb.shape[1] - num_prefix_tokens
+    if old_grid is None:
+        side = math.isqrt(n_old)
+        if side * side != n_old:
+            raise ConfigError(
+                f"{n_old} position embeddings do not form a square grid; give old_grid"
+            )
+        old_grid = (side, side)
+    if tuple(old_grid) == tuple(new_grid):
+        return posemb
+    prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
+    dim = posemb.shape[-1]
+    grid = grid.float().reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)  # (1,D,h,w)
+    kw = {} if mode == "nearest" else {"align_corners": align_corners, "antialias": antialias}
+    grid = F.interpolate(grid, size=tuple(new_grid), mode=mode, **kw)  # (1, D, h', w')
+    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(posemb.dtype)  # (1, h'*w', D)
+    return torch.cat([prefix, grid], dim=1)

@@ -1,0 +1,172 @@
+"""Variant names -> configs. Variants are data; paper and timm names are aliases.
+
+Canonical names are short (`vit_b16`); the paper's ("ViT-B/16", "B/16") and timm's
+("vit_base_patch16_384", "vit_base_patch16_224.augreg2_in21k_ft_in1k") resolve to them, with the
+resolution a timm name carries applied as an override.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitlab.errors import UnknownModelError
+from vitlab.models.config import AnyConfig, ResNetConfig, ViTConfig, replace
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    config: AnyConfig
+    description: str
+    paper: bool = False  # a row of the paper's Table 1
+    paper_params_m: float | None = None  # Table 1's parameter count, where it gives one
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+
+_VARIANTS: dict[str, Variant] = {}
+_ALIASES: dict[str, str] = {}
+
+# Table 1 (and Ti/S from DeiT/timm): name -> (layers, width, mlp, heads, Table 1 params in M)
+_SIZES = {
+    "Ti": ("tiny", 12, 192, 768, 3, None),
+    "S": ("small", 12, 384, 1536, 6, None),
+    "B": ("base", 12, 768, 3072, 12, 86),
+    "L": ("large", 24, 1024, 4096, 16, 307),
+    "H": ("huge", 32, 1280, 5120, 16, 632),
+}
+_TIMM_SIZE = {v[0]: k for k, v in _SIZES.items()}
+_TABLE1 = {("B", 16), ("L", 16), ("H", 14)}  # the representative of each Table 1 row
+
+
+def register(variant: Variant) -> Variant:
+    if variant.name in _VARIANTS:
+        raise ValueError(f"variant {variant.name!r} registered twice")
+    _VARIANTS[variant.name] = variant
+    for alias in variant.aliases:
+        _ALIASES[alias.lower()] = variant.name
+    return variant
+
+
+def _register_paper_vits() -> None:
+    for size, patch in [
+        ("Ti", 16),
+        ("S", 16),
+        ("S", 32),
+        ("B", 8),
+        ("B", 16),
+        ("B", 32),
+        ("L", 16),
+        ("L", 32),
+        ("H", 14),
+    ]:
+        _, depth, dim, mlp, heads, params = _SIZES[size]
+        cfg = ViTConfig(patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads, mlp_dim=mlp)
+        register(
+            Variant(
+                name=f"vit_{size.lower()}{patch}",
+                config=cfg,
+                description=f"ViT-{size}/{patch}: {depth} layers, D {dim}, {heads} heads",
+                paper=(size, patch) in _TABLE1,
+                paper_params_m=params if (size, patch) in _TABLE1 else None,
+                aliases=(f"ViT-{size}/{patch}", f"{size}/{patch}"),
+            )
+        )
+
+
+def _register_small_vits() -> None:
+    """Variants sized for 28-64 px images on a laptop CPU (Fashion-MNIST, CIFAR, digits)."""
+    small = [
+        ("vit_test", 32, 8, 32, 2, 2, 64, "unit-test size: 2 blocks, D 32"),
+        ("vit_nano_p4", 32, 4, 64, 4, 4, 128, "4 blocks, D 64, patch 4: seconds per epoch"),
+        ("vit_micro_p4", 32, 4, 128, 6, 4, 256, "6 blocks, D 128, patch 4 (Fashion-MNIST, CIFAR)"),
+        ("vit_mini_p4", 32, 4, 192, 8, 6, 384, "8 blocks, D 192, patch 4 (CIFAR at 32 px)"),
+        ("vit_mini_p8", 64, 8, 192, 8, 6, 384, "8 blocks, D 192, patch 8 (64 px images)"),
+    ]
+    for name, img, patch, dim, depth, heads, mlp, desc in small:
+        cfg = ViTConfig(
+            img_size=img,
+            patch_size=patch,
+            embed_dim=dim,
+            depth=depth,
+            num_heads=heads,
+            mlp_dim=mlp,
+            num_classes=10,
+        )
+        register(Variant(name=name, config=cfg, description=desc))
+
+
+_register_paper_vits()
+_register_small_vits()
+
+_TIMM_VIT = re.compile(r"^vit_(tiny|small|base|large|huge)_patch(\d+)_(\d+)$")
+
+
+def resolve(name: str) -> tuple[str, dict[str, Any]]:
+    """A canonical variant name and the overrides an alias implies, or a clear error."""
+    if name in _VARIANTS:
+        return name, {}
+    key = name.strip()
+    base = key.split(".", 1)[0]  # timm pretrained tags: "vit_base_patch16_224.augreg_in21k"
+    if base.lower() in _ALIASES:
+        return _ALIASES[base.lower()], {}
+    m = _TIMM_VIT.match(base.lower())
+    if m:
+        size, patch, img = _TIMM_SIZE[m.group(1)], int(m.group(2)), int(m.group(3))
+        canonical = f"vit_{size.lower()}{patch}"
+        if canonical in _VARIANTS:
+            return canonical, {"img_size": img}
+    close = difflib.get_close_matches(base, list(_VARIANTS) + list(_ALIASES), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise UnknownModelError(f"unknown model {name!r}{hint} (`vitlab models` lists them all)")
+
+
+def list_models(pattern: str | None = None, paper_only: bool = False) -> list[str]:
+    """Canonical names of every registered variant, optionally filtered by a substring."""
+    names = [n for n, v in _VARIANTS.items() if v.paper or not paper_only]
+    return [n for n in names if pattern is None or pattern.lower() in n.lower()]
+
+
+def get_variant(name: str) -> Variant:
+    return _VARIANTS[resolve(name)[0]]
+
+
+def get_config(name: str, **overrides: Any) -> AnyConfig:
+    """The config of a variant (by any of its names) with `overrides` applied."""
+    canonical, implied = resolve(name)
+    return replace(_VARIANTS[canonical].config, **{**implied, **overrides})
+
+
+def build_model(cfg: AnyConfig) -> nn.Module:
+    """The module a config describes."""
+    if isinstance(cfg, ResNetConfig):
+        from vitlab.models.resnet import ResNetV2
+
+        return ResNetV2(cfg)
+    from vitlab.models.vit import VisionTransformer
+
+    return VisionTransformer(cfg)
+
+
+def create_model(
+    name: str | AnyConfig,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """Build a variant by name (or from a config) with config-field overrides.
+
+    `device="meta"` builds the structure without allocating weights: use it to inspect the
+    large variants (parameter counts, FLOPs) on a small machine.
+    """
+    cfg = replace(name, **overrides) if not isinstance(name, str) else get_config(name, **overrides)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = build_model(cfg)
+    return model.to(dtype) if dtype is not None else model

@@ -1,0 +1,237 @@
+"""The Vision Transformer (paper section 3.1), and its hybrid with a CNN stem."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitlab.errors import ConfigError
+from vitlab.models.config import ViTConfig, _pair
+from vitlab.models.layers import Block, PatchEmbed, posemb_sincos_2d, resample_pos_embed
+
+
+class VisionTransformer(nn.Module):
+    """ViT: patch embedding, class token, position embeddings, L pre-norm blocks, a head.
+
+    Forward runs in stages: `forward_features` (tokens after the final LayerNorm) -> `pool`
+    (class token or global average) -> `forward_head` (pre-logits and classifier).
+    `forward_intermediates` returns every block's tokens and attention probabilities.
+    """
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.embed_dim
+        if cfg.backbone is None:
+            self.patch_embed: nn.Module = PatchEmbed(cfg.patch_size, cfg.in_chans, D)
+        else:
+            from vitlab.models.resnet import HybridEmbed
+
+            self.patch_embed = HybridEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
+        grid = cfg.grid_size()
+        if cfg.pos_embed == "learn":
+            n = grid[0] * grid[1] + (cfg.num_prefix_tokens if cfg.pos_embed_cls else 0)
+            self.pos_embed = nn.Parameter(torch.zeros(1, n, D))
+        else:
+            self.register_buffer("pos_embed", posemb_sincos_2d(grid, D), persistent=False)
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        dpr = [
+            cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)
+        ]  # linear rule
+        self.blocks = nn.Sequential(
+            *[
+                Block(
+                    D,
+                    cfg.num_heads,
+                    cfg.mlp_dim,
+                    qkv_bias=cfg.qkv_bias,
+                    eps=cfg.layer_norm_eps,
+                    act=cfg.act,
+                    drop=cfg.drop_rate,
+                    attn_drop=cfg.attn_drop_rate,
+                    drop_path=p,
+                )
+                for p in dpr
+            ]
+        )
+        norm = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
+        self.norm = nn.Identity() if cfg.fc_norm else norm
+        self.fc_norm = norm if cfg.fc_norm else nn.Identity()
+        rep = cfg.representation_size
+        self.pre_logits = (
+            nn.Sequential(OrderedDict(fc=nn.Linear(D, rep), act=nn.Tanh()))
+            if rep
+            else nn.Identity()
+        )
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head = nn.Linear(rep or D, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        self.init_weights()
+
+    # ----------------------------------------------------------------------------------- init
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The reference (vit_jax) initialisation: Xavier-uniform linears, tiny MLP biases,
+        N(0, 0.02) position embeddings, zero class token, zero head when `cfg.zero_head`."""
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear):
+                if name.endswith("qkv"):  # three D x D kernels fused: bound of each
+                    bound = math.sqrt(6.0 / (m.weight.shape[0] // 3 + m.weight.shape[1]))
+                    nn.init.uniform_(m.weight, -bound, bound)
+                else:
+                    nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    if ".mlp." in f".{name}.":
+                        nn.init.normal_(m.bias, std=1e-6)
+                    else:
+                        nn.init.zeros_(m.bias)
+        if isinstance(self.patch_embed, PatchEmbed):
+            w = self.patch_embed.proj.weight
+            fan_in = w[0].numel()
+            nn.init.trunc_normal_(w, std=math.sqrt(1.0 / fan_in) / 0.87962566103423978)
+            nn.init.zeros_(self.patch_embed.proj.bias)
+        if isinstance(self.pos_embed, nn.Parameter):
+            nn.init.normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.zeros_(self.cls_token)
+        if self.cfg.zero_head and isinstance(self.head, nn.Linear):
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def reset_classifier(
+        self, num_classes: int, class_names: tuple[str, ...] | None = None
+    ) -> None:
+        """A new zero-initialised head for `num_classes` (paper section 3.2, fine-tuning)."""
+        from vitlab.models.config import replace
+
+        self.cfg = replace(self.cfg, num_classes=num_classes, class_names=class_names)
+        dev = self.pos_embed.device
+        in_dim = self.cfg.representation_size or self.cfg.embed_dim
+        self.head = nn.Linear(in_dim, num_classes, device=dev) if num_classes else nn.Identity()
+        if num_classes:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    # -------------------------------------------------------------------------------- forward
+    def _pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
+        cfg = self.cfg
+        if grid == cfg.grid_size():
+            return self.pos_embed
+        if cfg.pos_embed == "sincos":
+            return posemb_sincos_2d(grid, cfg.embed_dim, dtype=self.pos_embed.dtype).to(
+                self.pos_embed.device
+            )
+        if not cfg.dynamic_img_size:
+            s = cfg.feature_stride
+            raise ConfigError(
+                f"input of {grid[0] * s}x{grid[1] * s} px does not match the model's "
+                f"{cfg.img_size} px; resize the input, call model.set_image_size(...), "
+                "or build the model with dynamic_img_size=True"
+            )
+        prefix = cfg.num_prefix_tokens if cfg.pos_embed_cls else 0
+        return resample_pos_embed(self.pos_embed, grid, cfg.grid_size(), prefix)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Equation 1: patches -> tokens, class token prepended, position embeddings added."""
+        x = self.patch_embed(x)  # (B, gh, gw, D)
+        B, gh, gw, D = x.shape
+        pos = self._pos_embed_for((gh, gw))
+        x = x.reshape(B, gh * gw, D)  # (B, N, D)
+        if self.cls_token is None:
+            x = x + pos
+        elif pos.shape[1] == x.shape[1]:  # position embeddings for the patches only
+            x = torch.cat([self.cls_token.expand(B, -1, -1), x + pos], dim=1)
+        else:  # the class token has its own position embedding (vit_jax)
+            x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1) + pos
+        return self.pos_drop(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N(+1), D) tokens after the final LayerNorm."""
+        return self.norm(self.blocks(self.embed(x)))
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N(+1), D) -> (B, D): the class token, or the mean of the patch tokens."""
+        if self.cfg.pool == "token":
+            return x[:, 0]
+        return x[:, self.cfg.num_prefix_tokens :].mean(dim=1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, D) pooled features -> (B, num_classes) logits (or the pre-logits features)."""
+        x = self.pre_logits(self.fc_norm(x))
+        return x if pre_logits else self.head(self.head_drop(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.pool(self.forward_features(x)))
+
+    def forward_intermediates(self, x: torch.Tensor, return_attn: bool = True) -> dict[str, Any]:
+        """Every named activation, for inspection.
+
+        Returns a dict with `embed` (B, N, D) tokens entering block 0, `blocks` (a list of
+        (B, N, D) tokens after each block), `attn` (a list of (B, heads, N, N) attention
+        probabilities, rows summing to 1; empty when `return_attn=False`), `norm` (tokens after
+        the final LayerNorm), `pooled` (B, D), `pre_logits` and `logits`. N counts the class
+        token when the model has one; `grid` is the (gh, gw) patch grid.
+        """
+        out: dict[str, Any] = {"blocks": [], "attn": []}
+        tokens = self.embed(x)
+        out["embed"] = tokens
+        out["grid"] = self.cfg.grid_size(tuple(x.shape[-2:]))
+        for blk in self.blocks:
+            if return_attn:
+                tokens, attn = blk(tokens, return_attn=True)
+                out["attn"].append(attn)
+            else:
+                tokens = blk(tokens)
+            out["blocks"].append(tokens)
+        out["norm"] = self.norm(tokens)
+        out["pooled"] = self.pool(out["norm"])
+        out["pre_logits"] = self.forward_head(out["pooled"], pre_logits=True)
+        out["logits"] = self.head(out["pre_logits"])
+        return out
+
+    # ----------------------------------------------------------------------------- resolution
+    @torch.no_grad()
+    def set_image_size(
+        self, img_size: int | tuple[int, int], mode: str = "bicubic", antialias: bool = True
+    ) -> None:
+        """Change the native resolution once, resampling learned position embeddings over the
+        patch grid (paper section 3.2: fine-tuning at higher resolution)."""
+        from vitlab.models.config import replace
+
+        h, w = _pair(img_size)
+        if h != w:
+            raise ConfigError(f"only square resolutions are stored in the config, got {h}x{w}")
+        new_cfg = replace(self.cfg, img_size=h)
+        grid, old_grid = new_cfg.grid_size(), self.cfg.grid_size()
+        if self.cfg.pos_embed == "learn":
+            prefix = self.cfg.num_prefix_tokens if self.cfg.pos_embed_cls else 0
+            new = resample_pos_embed(self.pos_embed.data, grid, old_grid, prefix, mode, antialias)
+            self.pos_embed = nn.Parameter(new, requires_grad=self.pos_embed.requires_grad)
+        else:
+            self.pos_embed = posemb_sincos_2d(grid, self.cfg.embed_dim).to(self.pos_embed)
+        self.cfg = new_cfg
+
+    # ---------------------------------------------------------------------------------- facts
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """How inputs must be prepared for these weights: size, channels, normalisation, crop."""
+        c = self.cfg
+        return {
+            "img_size": c.img_size,
+            "in_chans": c.in_chans,
+            "mean": c.mean,
+            "std": c.std,
+            "crop_pct": c.crop_pct,
+            "interpolation": "bicubic",
+        }
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that weight decay should skip (also: every bias and norm weight)."""
+        return {"pos_embed", "cls_token"}

@@ -1,0 +1,260 @@
+"""vitlab's own checkpoint format and the one entry point that loads every format.
+
+A native checkpoint is a single `.safetensors` file whose metadata holds the model config (as
+JSON, class names included), so `load_checkpoint(path)` rebuilds the model from the file alone.
+Other ecosystems plug in as `Source`s: a detector, an architecture reader, and a key map.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+import vitlab
+from vitlab.errors import CheckpointError, ConfigError
+from vitlab.models.config import AnyConfig, ViTConfig, config_from_dict, config_to_json, replace
+from vitlab.models.layers import resample_pos_embed
+from vitlab.models.registry import build_model, get_config
+from vitlab.weights.io import RawCheckpoint, read_raw, save_safetensors
+
+log = logging.getLogger("vitlab")
+
+SourceName = Literal["auto", "vitlab", "timm", "google", "hf", "torchvision"]
+FORMAT_KEY = "format"
+FORMAT_VALUE = "vitlab"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One ecosystem's weight layout, in both directions."""
+
+    name: str
+    description: str
+    detect: Callable[[RawCheckpoint], bool]
+    infer_config: Callable[[RawCheckpoint], AnyConfig]
+    to_vitlab: Callable[[RawCheckpoint, AnyConfig], dict[str, torch.Tensor]]
+    export: Callable[[nn.Module, Path], Path] | None = None
+
+
+SOURCES: dict[str, Source] = {}
+
+
+def register_source(source: Source) -> Source:
+    SOURCES[source.name] = source
+    return source
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP/FSDP wrappers and `torch.compile`."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+        else:
+            return model
+
+
+# ------------------------------------------------------------------------------ native format
+def _detect_vitlab(raw: RawCheckpoint) -> bool:
+    return raw.metadata.get(FORMAT_KEY) == FORMAT_VALUE
+
+
+def _infer_vitlab(raw: RawCheckpoint) -> AnyConfig:
+    try:
+        return config_from_dict(json.loads(raw.metadata["config"]))
+    except (KeyError, json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(f"{raw.path}: vitlab metadata is damaged ({e})") from None
+
+
+def _export_vitlab(model: nn.Module, path: Path) -> Path:
+    model = unwrap_model(model)
+    metadata = {
+        FORMAT_KEY: FORMAT_VALUE,
+        "vitlab_version": vitlab.__version__,
+        "config": config_to_json(model.cfg),
+    }
+    return save_safetensors(model.state_dict(), path, metadata)
+
+
+register_source(
+    Source(
+        name="vitlab",
+        description="vitlab .safetensors (config in the metadata)",
+        detect=_detect_vitlab,
+        infer_config=_infer_vitlab,
+        to_vitlab=lambda raw, cfg: dict(raw.tensors),
+        export=_export_vitlab,
+    )
+)
+
+
+# ---------------------------------------------------------------------------------- loading
+def detect_source(raw: RawCheckpoint) -> Source:
+    for source in SOURCES.values():
+        if source.detect(raw):
+            return source
+    sample = ", ".join(sorted(raw.keys())[:6])
+    expected = "; ".join(f"{s.name}: {s.description}" for s in SOURCES.values())
+    raise CheckpointError(
+        f"{raw.path}: unknown weight layout (first keys: {sample}). Expected one of: {expected}. "
+        "Pass source=... if you know which it is."
+    )
+
+
+def _get_source(name: str) -> Source:
+    _import_adapters()
+    if name not in SOURCES:
+        raise ConfigError(f"unknown source {name!r}; choose from auto, {', '.join(SOURCES)}")
+    return SOURCES[name]
+
+
+def _import_adapters() -> None:
+    """Adapters register themselves on import."""
+    from vitlab.weights import timm  # noqa: F401
+
+
+# Fields a file determines unless the caller overrides them.
+_FILE_FIELDS = ("num_classes", "class_names", "img_size")
+
+
+def _resolve_config(
+    inferred: AnyConfig, model: str | AnyConfig | None, overrides: dict
+) -> AnyConfig:
+    if model is None:
+        base, from_file = inferred, {}
+    else:
+        base = get_config(model) if isinstance(model, str) else model
+        from_file = {k: getattr(inferred, k) for k in _FILE_FIELDS if hasattr(base, k)}
+    return replace(base, **{**from_file, **overrides})
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: str | AnyConfig | nn.Module | None = None,
+    *,
+    source: SourceName = "auto",
+    strict: bool = True,
+    **overrides: Any,
+) -> nn.Module:
+    """Load weights from any supported file and return a ready model (in eval mode).
+
+    `model` may be None (the architecture is read from the file), a variant name, a config, or a
+    built module to load into. `overrides` are config fields; changing `num_classes` drops the
+    file's head for a new zero-initialised one (fine-tuning, paper section 3.2), and changing
+    `img_size` resamples the position embeddings.
+    """
+    raw = read_raw(path)
+    src = detect_source_auto(raw) if source == "auto" else _get_source(source)
+    if isinstance(model, nn.Module):
+        target, cfg = unwrap_model(model), unwrap_model(model).cfg
+    else:
+        cfg = _resolve_config(src.infer_config(raw), model, overrides)
+        target = build_model(cfg)
+    sd = src.to_vitlab(raw, cfg)
+    new_head = "num_classes" in overrides and _head_shape(sd) not in (None, cfg.num_classes)
+    if new_head:
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    load_into(target, sd, strict=strict, skip=("head.",) if new_head else ())
+    if new_head:
+        target.reset_classifier(cfg.num_classes, cfg.class_names)
+    target.cfg.extra.update(source=src.name, loaded_from=str(path))
+    log.info("loaded %s weights from %s", src.name, path)
+    return target.eval()
+
+
+def detect_source_auto(raw: RawCheckpoint) -> Source:
+    _import_adapters()
+    src = detect_source(raw)
+    log.info("%s: detected %s", raw.path, src.description)
+    return src
+
+
+def _head_shape(sd: dict[str, torch.Tensor]) -> int | None:
+    w = sd.get("head.weight")
+    return None if w is None else int(w.shape[0])
+
+
+def load_into(
+    model: nn.Module,
+    sd: dict[str, torch.Tensor],
+    *,
+    strict: bool = True,
+    skip: tuple[str, ...] = (),
+) -> None:
+    """Copy `sd` into `model`, resampling position embeddings to the model's grid; any key that
+    is missing, unexpected or misshapen is reported, all at once, as a CheckpointError."""
+    own = model.state_dict()
+    sd = dict(sd)
+    if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
+        sd["pos_embed"] = fit_pos_embed(sd["pos_embed"], model.cfg)
+    missing = [k for k in own if k not in sd and not k.startswith(skip)]
+    unexpected = [k for k in sd if k not in own]
+    misshapen = [
+        f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sd
+        if k in own and sd[k].shape != own[k].shape
+    ]
+    if misshapen or (strict and (missing or unexpected)):
+        name = type(model).__name__
+        raise CheckpointError(
+            f"the weights do not fit this {name}: "
+            + "; ".join(
+                f"{label}: {_short(items)}"
+                for label, items in (
+                    ("missing", missing),
+                    ("unexpected", unexpected),
+                    ("misshapen", misshapen),
+                )
+                if items
+            )
+            + ". Check the model name and overrides (or pass source=... for another layout)."
+        )
+    with torch.no_grad():
+        for k, v in sd.items():
+            if k in own:
+                own[k].copy_(v.to(own[k].dtype))
+
+
+def _short(items: list[str], n: int = 8) -> str:
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def fit_pos_embed(pos: torch.Tensor, cfg: ViTConfig, **kw: Any) -> torch.Tensor:
+    """Resample stored position embeddings to `cfg`'s patch grid (bicubic unless told)."""
+    prefix = cfg.num_prefix_tokens if cfg.pos_embed_cls else 0
+    grid = cfg.grid_size()
+    n_old = pos.shape[1] - prefix
+    if n_old <= 0:
+        raise CheckpointError(f"position embeddings of shape {tuple(pos.shape)} hold no patches")
+    log.info("resampling position embeddings from %d to %dx%d patches", n_old, *grid)
+    return resample_pos_embed(pos, grid, None, prefix, **kw)
+
+
+# ----------------------------------------------------------------------------------- saving
+def save_checkpoint(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    format: Literal["vitlab", "timm", "hf", "google", "torchvision"] = "vitlab",
+    class_names: list[str] | tuple[str, ...] | None = None,
+) -> Path:
+    """Write `model` to `path`: a self-describing vitlab `.safetensors` by default, or the
+    layout of another ecosystem. The write is atomic (a temporary file, then a rename)."""
+    model = unwrap_model(model)
+    if not hasattr(model, "cfg"):
+        raise ConfigError("save_checkpoint takes a vitlab model (one with a .cfg)")
+    if class_names is not None:
+        model.cfg = replace(model.cfg, class_names=tuple(class_names))
+    src = _get_source(format)
+    if src.export is None:
+        raise ConfigError(f"exporting to {format!r} is not supported")
+    return src.export(model, Path(path))

@@ -1,0 +1,90 @@
+"""Parity with the real timm library: random weights, fp32, logits within 1e-4."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import vitlab
+from tests.conftest import perturb_
+
+timm = pytest.importorskip("timm")
+
+
+def _timm(name, **kw):
+    return perturb_(timm.create_model(name, pretrained=False, **kw)).eval()
+
+
+def _check(ours, theirs, x):
+    with torch.no_grad():
+        a, b = ours(x), theirs(x)
+    assert a.shape == b.shape
+    assert (a - b).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("name", "kw", "suffix"),
+    [
+        ("vit_tiny_patch16_224", {}, ".safetensors"),
+        ("vit_small_patch32_224", {}, ".pth"),
+        ("vit_base_patch16_384", {"depth": 2}, ".bin"),
+    ],
+)
+def test_logits_match_timm(tmp_path, name, kw, suffix):
+    ref = _timm(name, **kw)
+    path = tmp_path / f"w{suffix}"
+    sd = ref.state_dict()
+    if suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    else:
+        torch.save(sd, path)
+    size = ref.pretrained_cfg["input_size"][-1]
+    x = torch.randn(2, 3, size, size)
+    ours = vitlab.load_checkpoint(path, model=name, source="timm", **kw)
+    _check(ours, ref, x)
+    auto = vitlab.load_checkpoint(path)  # architecture read from the tensors
+    assert auto.cfg.extra["source"] == "timm"
+    assert auto.cfg.img_size == size and auto.cfg.depth == ours.cfg.depth
+    _check(auto, ref, x)
+
+
+def test_dynamic_size_matches_timm(tmp_path):
+    ref = _timm("vit_tiny_patch16_224", dynamic_img_size=True)
+    path = tmp_path / "w.safetensors"
+    save_file(ref.state_dict(), str(path))
+    ours = vitlab.load_checkpoint(path, dynamic_img_size=True)
+    for h, w in [(160, 192), (288, 256)]:  # smaller (antialiased) and larger than 224
+        _check(ours, ref, torch.randn(2, 3, h, w))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"global_pool": "avg", "class_token": False},
+        {"class_token": True, "no_embed_class": True},
+        {"global_pool": "avg", "fc_norm": True},
+    ],
+)
+def test_timm_layout_variants(tmp_path, kw):
+    ref = _timm("vit_tiny_patch16_224", depth=2, img_size=64, **kw)
+    path = tmp_path / "w.pth"
+    torch.save(ref.state_dict(), path)
+    ours = vitlab.load_checkpoint(path)
+    _check(ours, ref, torch.randn(2, 3, 64, 64))
+
+
+def test_set_image_size_matches_timm_resample():
+    from timm.layers import resample_abs_pos_embed
+
+    ours = perturb_(vitlab.create_model("vit_ti16", depth=1))
+    before = ours.pos_embed.detach().clone()
+    ours.set_image_size(384)
+    ref = resample_abs_pos_embed(before, new_size=(24, 24), num_prefix_tokens=1)
+    torch.testing.assert_close(ours.pos_embed.detach(), ref)
+
+
+def test_export_to_timm_loads_in_timm(tmp_path):
+    ours = perturb_(vitlab.create_model("vit_ti16", depth=2, num_classes=7)).eval()
+    path = vitlab.save_checkpoint(ours, tmp_path / "t.safetensors", format="timm")
+    ref = timm.create_model("vit_tiny_patch16_224", depth=2, num_classes=7)
+    timm.models.load_checkpoint(ref, str(path), strict=True)  # timm's own reader
+    _check(ours, ref.eval(), torch.randn(2, 3, 224, 224))
