@@ -12,7 +12,10 @@ from vitlab import __version__
 from vitlab.errors import VitlabError
 
 # Subcommand -> module under vitlab.cli; each module has `add_parser(subparsers)` and `run(args)`.
-COMMANDS = ["models"]
+# One per line, in the order `vitlab --help` shows them.
+COMMANDS = [
+    "models",
+]
 
 EPILOG = """\
 examples:

@@ -1,0 +1,1 @@
+"""Data: robust image decoding, transforms, and datasets."""

@@ -1,0 +1,88 @@
+"""Image decoding a user can throw anything at: EXIF orientation, every PIL mode, clear errors.
+
+`load_image` returns a PIL image in the mode a model expects ("RGB" or "L") or raises
+`ImageError` naming the file and the reason (empty, truncated, not an image, too large).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vitlab.errors import VitlabError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+MAX_PIXELS = 178_956_970  # PIL's own hard limit (2 x its warning threshold)
+
+
+class ImageError(VitlabError):
+    """A file that cannot be used as an image; the message names the file and the reason."""
+
+
+def load_image(path: str | Path, channels: int = 3, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode `path` fully, apply its EXIF orientation, and convert it to RGB (3 channels) or
+    L (1 channel): alpha is composited on white, palettes expanded, CMYK converted, 16-bit and
+    float images scaled to 8 bits."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > max_pixels:
+                    raise ImageError(
+                        f"{path}: {img.width}x{img.height} px is larger than the {max_pixels} "
+                        "pixel limit (a possible decompression bomb); downscale it first"
+                    )
+                img.load()
+                img = ImageOps.exif_transpose(img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{path}: too large to decode safely ({e})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image (format not recognised)") from None
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a directory, not an image") from None
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
+        raise ImageError(f"{path}: truncated or corrupt image ({e})") from None
+    return to_mode(img, channels)
+
+
+def to_mode(img: Image.Image, channels: int = 3) -> Image.Image:
+    """Convert any PIL mode to "RGB" (channels=3) or "L" (channels=1)."""
+    target = "RGB" if channels == 3 else "L"
+    if channels not in (1, 3):
+        raise ImageError(f"models take 1 or 3 channels, not {channels}")
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        top = (
+            65535.0 if img.mode != "F" and arr.max(initial=0) > 255 else max(arr.max(initial=0), 1)
+        )
+        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img if img.mode == target else img.convert(target)
+
+
+def find_images(paths: list[str | Path]) -> list[Path]:
+    """Files named directly, and every image file under the directories named, sorted."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            )
+        else:
+            out.append(p)
+    return out
