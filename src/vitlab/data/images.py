@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,11 @@ def load_image(path: str | Path, channels: int = 3, max_pixels: int = MAX_PIXELS
     L (1 channel): alpha is composited on white, palettes expanded, CMYK converted, 16-bit and
     float images scaled to 8 bits."""
     path = Path(path)
+    if path.is_dir():
+        named = path.suffix.lower() in IMAGE_SUFFIXES
+        raise ImageError(
+            f"{path}: is a directory" + (", not an image" if named else " without images")
+        )
     try:
         if path.stat().st_size == 0:
             raise ImageError(f"{path}: empty file (0 bytes)")
@@ -76,13 +82,51 @@ def to_mode(img: Image.Image, channels: int = 3) -> Image.Image:
 
 
 def find_images(paths: list[str | Path]) -> list[Path]:
-    """Files named directly, and every image file under the directories named, sorted."""
+    """Files named directly, and every image file under the directories named, sorted.
+
+    Anything named directly is kept even when it is missing or not a file, and so is an entry
+    with an image suffix under a directory that is not a regular file (a folder called x.jpg, a
+    broken link), so `load_image` can report each; a directory without any image files is kept
+    as itself for the same reason. Files without an image suffix inside a directory are skipped.
+    """
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(
-                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-            )
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            odd_dirs = {f for f in found if f.is_dir()}
+            found = [f for f in found if not any(d in odd_dirs for d in f.parents)]
+            out += found or [p]
         else:
             out.append(p)
+    return out
+
+
+SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea")
+
+
+def sample_photos(channels: int = 3) -> list[tuple[str, Image.Image]]:
+    """scikit-image's bundled test photos (astronaut, coffee, chelsea the cat), as (name, image)
+    pairs in the mode a model with `channels` input channels expects."""
+    try:
+        from skimage import data
+    except ImportError:
+        raise ImageError(
+            "the sample photos come from scikit-image, which is not installed; "
+            "pip install 'vitlab[inspect]' or pass your own images"
+        ) from None
+    return [(n, to_mode(Image.fromarray(getattr(data, n)()), channels)) for n in SAMPLE_PHOTOS]
+
+
+def read_images(
+    paths: list[str | Path], channels: int = 3, on_error: Callable[[ImageError], None] | None = None
+) -> list[tuple[str, Image.Image]]:
+    """Every image under `paths` (see `find_images`) as (name, image) pairs; a file that cannot
+    be read is passed to `on_error` (or ignored) and the rest are still returned."""
+    out = []
+    for f in find_images(paths):
+        try:
+            out.append((str(f), load_image(f, channels)))
+        except ImageError as e:
+            if on_error is not None:
+                on_error(e)
     return out

@@ -1,0 +1,120 @@
+"""`vitlab inspect`: the paper's Figures 6 and 7 for any checkpoint, as PNGs and an index.html."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "attention maps, rollout, attention distance, embeddings (Figures 6, 7) as PNGs + HTML"
+
+DESCRIPTION = """\
+Write the pictures of the paper's section 4.5 for a checkpoint into --out, with an index.html
+that shows each one with a line of explanation:
+
+  filters.png              principal components of the patch-embedding filters (Figure 7 left;
+                           not for hybrids, whose patches come from a CNN)
+  position_similarity.png  cosine similarity of every position embedding to all others
+                           (Figure 7 centre; the fixed sin-cos ones for sincos models)
+  attention_distance.png   mean attention distance in pixels of every head against depth,
+                           averaged over the images (Figure 7 right)
+  rollout_*.png            attention rollout per image (Figure 6)
+  heads_block*_*.png       raw attention of the chosen heads of the chosen block per image
+
+Without --images, scikit-image's sample photos (astronaut, coffee, chelsea) are used; install
+them with `pip install 'vitlab[inspect]'`. For average-pooled models (no class token) rollout
+and raw attention show the mean over the patch tokens' rows. Images run one at a time without
+gradients, so even ViT-L and ViT-H fit on a CPU.
+"""
+
+EPILOG = """\
+examples:
+  vitlab inspect --checkpoint runs/demo/model.safetensors --out runs/demo/inspect
+  vitlab inspect --checkpoint vit_b16.safetensors --images cat.jpg dog.jpg --out b16_maps
+  vitlab inspect --checkpoint vit_b16.safetensors --block 0 --head 0 5 11 --out b16_block0
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help=HELP,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="PATH",
+        help="any file `vitlab.load_checkpoint` reads",
+    )
+    p.add_argument(
+        "--source",
+        default="auto",
+        choices=["auto", "vitlab", "timm", "google", "hf", "torchvision"],
+        help="the checkpoint's ecosystem (default: detected from the file)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs and index.html")
+    p.add_argument(
+        "--images", nargs="+", metavar="IMAGE_OR_DIR", help="images or folders (default: samples)"
+    )
+    p.add_argument(
+        "--block",
+        type=int,
+        metavar="N",
+        help="block of the raw attention maps (default: the last)",
+    )
+    p.add_argument(
+        "--head",
+        type=int,
+        nargs="+",
+        metavar="H",
+        help="heads of that block (default: all)",
+    )
+    p.add_argument(
+        "--components", type=int, default=28, metavar="K", help="filter PCs to show (default 28)"
+    )
+    p.add_argument(
+        "--img-size",
+        type=int,
+        metavar="PX",
+        help="run at this resolution instead of the checkpoint's (position embeddings resampled)",
+    )
+    p.add_argument("--device", default="cpu", help="torch device to run on (default cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from vitlab.data.images import read_images, sample_photos
+    from vitlab.inspect.report import inspect_model
+    from vitlab.weights import load_checkpoint
+
+    model = load_checkpoint(args.checkpoint, source=args.source)
+    if args.img_size:
+        model.set_image_size(args.img_size)
+    model = model.to(args.device)
+    failed = []
+
+    def report_bad(e: Exception) -> None:
+        failed.append(e)
+        print(f"vitlab inspect: skipped {e}", file=sys.stderr)
+
+    if args.images:
+        images = read_images(args.images, model.cfg.in_chans, on_error=report_bad)
+    else:
+        images = sample_photos(model.cfg.in_chans)
+    report = inspect_model(
+        model,
+        images,
+        args.out,
+        block=args.block,
+        heads=args.head,
+        components=args.components,
+        progress=not args.quiet,
+    )
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(
+        f"wrote {len(report.figures)} pictures for {len(images)} image(s); open {report.index}",
+        file=sys.stderr,
+    )
+    return 1 if failed else 0

@@ -1,0 +1,166 @@
+"""PNG figures of the inspection arrays (matplotlib, Agg backend; every write atomic).
+
+Figures are built as `matplotlib.figure.Figure` objects, which render with Agg and never touch
+pyplot's global state, so plotting works headless and leaves a notebook's backend alone."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from vitlab.inspect.embeddings import FilterComponents, PositionSimilarity
+from vitlab.weights.io import atomic_path
+
+HEAT_CMAP = "jet"
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write `fig` as a PNG at `path` atomically (rendered with Agg)."""
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    return Path(path)
+
+
+def _show_image(ax: Axes, image: np.ndarray) -> None:
+    """(H, W, C) floats in [0, 1], C = 1 or 3."""
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(np.clip(image, 0, 1))
+    ax.set_axis_off()
+
+
+def _overlay(ax: Axes, image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> None:
+    """The image with `heat` (gh, gw), scaled to its maximum, stretched over it."""
+    _show_image(ax, image)
+    h, w = image.shape[:2]
+    top = float(heat.max())
+    ax.imshow(
+        heat / top if top > 0 else heat,
+        cmap=HEAT_CMAP,
+        alpha=alpha,
+        extent=(0, w, h, 0),
+        interpolation="bilinear",
+        vmin=0,
+        vmax=1,
+    )
+
+
+def plot_overlay(image: np.ndarray, heat: np.ndarray, path: str | Path, title: str) -> Path:
+    """Image | heatmap alone | heatmap over the image (Figure 6)."""
+    fig = Figure(figsize=(9, 3.3))
+    axes = fig.subplots(1, 3)
+    _show_image(axes[0], image)
+    axes[0].set_title("input (as the model sees it)", fontsize=8)
+    axes[1].imshow(heat, cmap=HEAT_CMAP)
+    axes[1].set_axis_off()
+    axes[1].set_title(f"map on the {heat.shape[0]}x{heat.shape[1]} patch grid", fontsize=8)
+    _overlay(axes[2], image, heat)
+    axes[2].set_title("overlay", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_heads(
+    image: np.ndarray, maps: np.ndarray, heads: Sequence[int], path: str | Path, title: str
+) -> Path:
+    """The image and one overlay per head: maps (heads, gh, gw)."""
+    n = len(heads) + 1
+    cols = min(n, 7)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(1.9 * cols, 2.0 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    _show_image(axes[0, 0], image)
+    axes[0, 0].set_title("input", fontsize=8)
+    for i, (h, m) in enumerate(zip(heads, maps), start=1):
+        ax = axes.flat[i]
+        _overlay(ax, image, m)
+        ax.set_title(f"head {h}", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_filters(comps: FilterComponents, path: str | Path, title: str) -> Path:
+    """Each principal component as a P x P (x C) image, min-max scaled (Figure 7 left)."""
+    k = len(comps.images)
+    cols = min(k, 7)
+    rows = math.ceil(k / cols)
+    fig = Figure(figsize=(1.3 * cols, 1.45 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for i, (img, ratio) in enumerate(zip(comps.images, comps.explained_variance_ratio)):
+        lo, hi = img.min(), img.max()
+        scaled = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+        ax = axes.flat[i]
+        if scaled.shape[-1] == 1:
+            ax.imshow(scaled[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        else:
+            ax.imshow(scaled[..., :3], interpolation="nearest")
+        ax.set_title(f"PC{i + 1} {100 * ratio:.1f}%", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def similarity_mosaic(sim: np.ndarray) -> np.ndarray:
+    """(gh, gw, gh, gw) -> one (gh*(gh+1)-1, gw*(gw+1)-1) image of the small maps, separated by
+    one-pixel gaps (NaN) so a single imshow draws all of them."""
+    gh, gw = sim.shape[:2]
+    mosaic = np.full((gh * (gh + 1) - 1, gw * (gw + 1) - 1), np.nan)
+    for i in range(gh):
+        for j in range(gw):
+            r, c = i * (gh + 1), j * (gw + 1)
+            mosaic[r : r + gh, c : c + gw] = sim[i, j]
+    return mosaic
+
+
+def plot_position_similarity(sim: PositionSimilarity, path: str | Path, title: str) -> Path:
+    """The grid of small grids of Figure 7 (centre): tile (i, j) shows the cosine similarity of
+    patch (i, j)'s position embedding to every patch position."""
+    gh, gw = sim.similarity.shape[:2]
+    fig = Figure(figsize=(6.5, 6.0))
+    ax = fig.subplots()
+    im = ax.imshow(
+        similarity_mosaic(sim.similarity), cmap="viridis", vmin=-1, vmax=1, interpolation="nearest"
+    )
+    ax.set_xticks([j * (gw + 1) + (gw - 1) / 2 for j in range(gw)], [str(j + 1) for j in range(gw)])
+    ax.set_yticks([i * (gh + 1) + (gh - 1) / 2 for i in range(gh)], [str(i + 1) for i in range(gh)])
+    ax.tick_params(labelsize=max(4, 9 - gw // 6), length=0)
+    ax.set_xlabel("input patch column")
+    ax.set_ylabel("input patch row")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_attention_distance(
+    distance: np.ndarray, path: str | Path, title: str, img_px: int | None = None
+) -> Path:
+    """Mean attention distance (depth, heads) in pixels: one dot per head against the block
+    index (Figure 7 right)."""
+    depth, n_heads = distance.shape
+    fig = Figure(figsize=(6.0, 4.2))
+    ax = fig.subplots()
+    cmap = colormaps["tab20" if n_heads > 10 else "tab10"]
+    for h in range(n_heads):
+        ax.scatter(np.arange(depth), distance[:, h], s=14, color=cmap(h % cmap.N), label=f"{h}")
+    ax.set_xlabel("network depth (block)")
+    ax.set_ylabel("mean attention distance (pixels)")
+    ax.set_xticks(range(depth))
+    if img_px:
+        ax.set_ylim(0, max(img_px * 0.75, float(distance.max()) * 1.05))
+    ax.grid(alpha=0.3)
+    if n_heads <= 16:
+        ax.legend(title="head", fontsize=6, title_fontsize=7, ncol=2, loc="upper left")
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)

@@ -1,0 +1,175 @@
+"""Classify image files in batches with a loaded model; bad files are reported, never fatal.
+
+The library side of `vitlab predict`: preprocessing comes from the model's own data config,
+class names from its config, and `explain_dir` adds an attention-rollout overlay per image
+(paper section 4.5, Figure 6).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from vitlab.data.images import ImageError, load_image
+from vitlab.errors import ConfigError
+from vitlab.inspect.attention import InspectError, attention_rollout, collect_attention
+from vitlab.inspect.plots import plot_overlay
+from vitlab.inspect.report import label_of, prepare_image
+from vitlab.weights.io import atomic_path
+
+
+@dataclass
+class Prediction:
+    """The top classes of one image: (class index, label, probability), most likely first."""
+
+    file: str
+    top: list[tuple[int, str, float]]
+    explanation: str | None = None  # the rollout PNG written for it, with explain_dir
+
+
+@dataclass
+class Failure:
+    """A file that could not be classified, and why (one line)."""
+
+    file: str
+    reason: str
+
+
+@dataclass
+class PredictResult:
+    predictions: list[Prediction] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+
+def _batches(
+    model: nn.Module, files: Sequence[Path], batch_size: int, on_failure: Callable | None
+) -> Iterator[tuple[list[Path], list[torch.Tensor], list[np.ndarray], list[Failure]]]:
+    """Decode and preprocess the files, yielding full batches; failures travel with them."""
+    paths, xs, shows, failures = [], [], [], []
+    channels = model.cfg.in_chans
+    for f in files:
+        try:
+            x, show = prepare_image(model, load_image(f, channels))
+        except ImageError as e:
+            failures.append(Failure(str(f), str(e)))
+            if on_failure:
+                on_failure(failures[-1])
+            continue
+        paths.append(f)
+        xs.append(x)
+        shows.append(show)
+        if len(paths) == batch_size:
+            yield paths, xs, shows, failures
+            paths, xs, shows, failures = [], [], [], []
+    if paths or failures:
+        yield paths, xs, shows, failures
+
+
+@torch.inference_mode()
+def _classify(model: nn.Module, x: torch.Tensor, explain: bool) -> tuple[torch.Tensor, np.ndarray]:
+    """Probabilities (B, classes) and, when explaining, rollout maps (B, gh, gw)."""
+    if not explain:
+        return model(x).float().softmax(-1), np.empty(0)
+    cfg = model.cfg
+    attn, out = collect_attention(model, x)
+    maps = attention_rollout(attn, out["grid"], cfg.num_prefix_tokens, cfg.pool)
+    return out["logits"].float().softmax(-1), maps
+
+
+def _unique_png(directory: Path, stem: str, taken: set[str]) -> Path:
+    name, n = f"{stem}.png", 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}.png"
+    taken.add(name)
+    return directory / name
+
+
+def predict_files(
+    model: nn.Module,
+    files: Sequence[str | Path],
+    *,
+    topk: int = 5,
+    batch_size: int = 16,
+    explain_dir: str | Path | None = None,
+    on_failure: Callable[[Failure], None] | None = None,
+    progress: bool = True,
+) -> PredictResult:
+    """Classify `files` in batches: the top `topk` classes of each, and every file that could
+    not be read (empty, truncated, not an image, too large, a directory, missing) as a Failure
+    while the others are still classified."""
+    if not getattr(model.cfg, "num_classes", 0):
+        raise InspectError(
+            "this checkpoint has no classifier head (num_classes=0); nothing to predict"
+        )
+    if batch_size < 1 or topk < 1:
+        raise ConfigError(f"batch size and top-k must be at least 1 (got {batch_size}, {topk})")
+    model.eval()
+    topk = min(topk, model.cfg.num_classes)
+    explain = Path(explain_dir) if explain_dir is not None else None
+    if explain:
+        explain.mkdir(parents=True, exist_ok=True)
+    result, taken = PredictResult(), set()
+    device = next(model.parameters()).device
+    with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
+        for paths, xs, shows, failures in _batches(
+            model, list(map(Path, files)), batch_size, on_failure
+        ):
+            result.failures += failures
+            bar.update(len(paths) + len(failures))
+            if not paths:
+                continue
+            probs, maps = _classify(model, torch.stack(xs).to(device), explain is not None)
+            p, idx = probs.topk(topk, dim=-1)
+            for i, path in enumerate(paths):
+                top = [(int(c), label_of(model, int(c)), float(q)) for q, c in zip(p[i], idx[i])]
+                pred = Prediction(str(path), top)
+                if explain is not None:
+                    png = _unique_png(explain, path.stem, taken)
+                    title = f"{path.name}: {top[0][1]} ({top[0][2]:.1%}); attention rollout"
+                    pred.explanation = str(plot_overlay(shows[i], maps[i], png, title))
+                result.predictions.append(pred)
+    return result
+
+
+def write_results(result: PredictResult, path: str | Path) -> Path:
+    """Write predictions (and failures) as .json or .csv, atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".csv"):
+        raise ConfigError(f"--out {path}: give a file ending in .json or .csv")
+    with atomic_path(path) as tmp:
+        if suffix == ".json":
+            tmp.write_text(json.dumps(_as_json(result), indent=2), encoding="utf-8")
+        else:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(["file", "rank", "class_index", "label", "probability", "error"])
+                for pr in result.predictions:
+                    for rank, (c, label, q) in enumerate(pr.top, start=1):
+                        w.writerow([pr.file, rank, c, label, f"{q:.6f}", ""])
+                for fl in result.failures:
+                    w.writerow([fl.file, "", "", "", "", fl.reason])
+    return path
+
+
+def _as_json(result: PredictResult) -> dict:
+    return {
+        "predictions": [
+            {
+                "file": p.file,
+                "top": [{"index": c, "label": lab, "probability": q} for c, lab, q in p.top],
+                **({"explanation": p.explanation} if p.explanation else {}),
+            }
+            for p in result.predictions
+        ],
+        "failures": [{"file": f.file, "error": f.reason} for f in result.failures],
+    }

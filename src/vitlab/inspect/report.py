@@ -1,0 +1,264 @@
+"""`vitlab inspect` as a library call: every picture of the paper's Figures 6 and 7 for one model
+and a few images, written as PNGs with an index.html that explains each in one line."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from vitlab.data.transforms import eval_transform
+from vitlab.inspect import plots
+from vitlab.inspect.attention import (
+    InspectError,
+    attention_rollout,
+    collect_attention,
+    head_attention,
+    mean_attention_distance,
+)
+from vitlab.inspect.embeddings import patch_embedding_components, position_embedding_similarity
+from vitlab.weights.io import atomic_path
+
+
+@dataclass
+class ImageMaps:
+    """Everything one forward pass of one image gives the report."""
+
+    name: str
+    display: np.ndarray  # (H, W, C) in [0, 1]: the input as the model sees it
+    rollout: np.ndarray  # (gh, gw)
+    heads: np.ndarray  # (len(heads), gh, gw) raw attention of the chosen block
+    distance: np.ndarray  # (depth, heads) mean attention distance in pixels
+    top_label: str
+
+
+@dataclass
+class Report:
+    """What `inspect_model` wrote: (file name, one-line explanation) per picture, and notes."""
+
+    out_dir: Path
+    figures: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def index(self) -> Path:
+        return self.out_dir / "index.html"
+
+
+def prepare_image(model: nn.Module, image: Image.Image) -> tuple[torch.Tensor, np.ndarray]:
+    """The model's own evaluation preprocessing of a PIL image (already in its channel mode):
+    the (C, H, W) input tensor and the same pixels un-normalised for display, (H, W, C)."""
+    dc = model.data_config
+    x = eval_transform(dc)(image)  # (C, H, W)
+    mean = torch.tensor(dc["mean"]).view(-1, 1, 1)  # (C, 1, 1)
+    std = torch.tensor(dc["std"]).view(-1, 1, 1)  # (C, 1, 1)
+    display = (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()  # (H, W, C)
+    return x, display
+
+
+def label_of(model: nn.Module, index: int) -> str:
+    """The class name of `index` from the model's config, or the index itself."""
+    names = model.cfg.class_names
+    return names[index] if names and index < len(names) else str(index)
+
+
+def analyse_image(
+    model: nn.Module, name: str, image: Image.Image, block: int, heads: Sequence[int] | None
+) -> ImageMaps:
+    """One forward pass (batch 1, no gradients): rollout, the chosen block's heads, and the mean
+    attention distance of every head; the attention tensors are freed before returning."""
+    cfg = model.cfg
+    x, display = prepare_image(model, image)
+    attn, out = collect_attention(model, x[None])
+    grid, prefix = out["grid"], cfg.num_prefix_tokens
+    rollout = attention_rollout(attn, grid, prefix, cfg.pool)[0]
+    chosen = head_attention(attn[block], grid, prefix, cfg.pool, heads)[0]
+    distance = np.stack(
+        [mean_attention_distance(a, grid, cfg.feature_stride, prefix) for a in attn]
+    )  # (depth, heads)
+    logits = out["logits"]
+    top = label_of(model, int(logits[0].argmax())) if logits.shape[-1] else "(no head)"
+    del attn, out
+    return ImageMaps(name, display, rollout, chosen, distance, top)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem)[:40] or "image"
+
+
+def _check_block(model: nn.Module, block: int | None) -> int:
+    depth = model.cfg.depth
+    block = depth - 1 if block is None else block
+    if not -depth <= block < depth:
+        raise InspectError(f"block {block} does not exist; this model has blocks 0..{depth - 1}")
+    return block % depth
+
+
+def _write_embedding_figures(model: nn.Module, report: Report, components: int) -> None:
+    cfg = model.cfg
+    try:
+        comps = patch_embedding_components(model, components)
+    except InspectError as e:
+        report.notes.append(f"Patch-embedding filters: not applicable. {e}.")
+    else:
+        p = cfg.patch_size
+        plots.plot_filters(
+            comps,
+            report.out_dir / "filters.png",
+            f"top {len(comps.images)} PCs of the "
+            f"{p}x{p}x{cfg.in_chans} patch filters (% of variance)",
+        )
+        report.figures.append(
+            (
+                "filters.png",
+                "Figure 7 (left): principal components of the linear patch-embedding filters "
+                f"({p}x{p}x{cfg.in_chans} each), min-max scaled; trained models show smooth "
+                "basis-function-like patterns, random ones noise.",
+            )
+        )
+    sim = position_embedding_similarity(model)
+    kind = "learned" if sim.learned else "fixed 2-D sin-cos (this model learns none)"
+    plots.plot_position_similarity(
+        sim, report.out_dir / "position_similarity.png", f"position embeddings: {kind}"
+    )
+    report.figures.append(
+        (
+            "position_similarity.png",
+            "Figure 7 (centre): tile (row, column) shows the cosine similarity of that patch "
+            f"position's {kind} embedding to every other position; nearby patches and patches "
+            "in the same row or column are more similar in a trained model.",
+        )
+    )
+    if not sim.learned:
+        report.notes.append(
+            "This model uses fixed 2-D sin-cos position embeddings (Appendix D.4); the "
+            "similarity figure shows those fixed embeddings, nothing learned."
+        )
+
+
+def _write_distance_figure(distance: np.ndarray, img_px: int, report: Report) -> tuple[str, str]:
+    plots.plot_attention_distance(
+        distance,
+        report.out_dir / "attention_distance.png",
+        "mean attention distance per head, averaged over the images",
+        img_px,
+    )
+    return (
+        "attention_distance.png",
+        f"Figure 7 (right): mean attention distance in pixels ({img_px} px input) of every "
+        "head against depth, averaged over the images; small values are local heads, large "
+        "ones attend across the image.",
+    )
+
+
+def _write_image_figures(
+    model: nn.Module, maps: ImageMaps, i: int, block: int, heads: Sequence[int], out_dir: Path
+) -> list[tuple[str, str]]:
+    pool_word = "class token" if model.cfg.pool == "token" else "mean of the patch tokens' rows"
+    figures = []
+    name = f"rollout_{i:02d}_{_slug(maps.name)}.png"
+    plots.plot_overlay(
+        maps.display,
+        maps.rollout,
+        out_dir / name,
+        f"{maps.name}: attention rollout ({pool_word}); predicted: {maps.top_label}",
+    )
+    figures.append(
+        (
+            name,
+            f"Figure 6: attention rollout for {html.escape(maps.name)} (identity added for the "
+            f"residual, rows renormalised, blocks multiplied; {pool_word} row over the patches).",
+        )
+    )
+    name = f"heads_block{block}_{i:02d}_{_slug(maps.name)}.png"
+    plots.plot_heads(
+        maps.display,
+        maps.heads,
+        heads,
+        out_dir / name,
+        f"{maps.name}: raw attention of block {block} ({pool_word} over the patches)",
+    )
+    figures.append(
+        (
+            name,
+            f"Raw attention of heads {', '.join(map(str, heads))} of block {block} for "
+            f"{html.escape(maps.name)}, without rollout ({pool_word} row, each head scaled to "
+            "its maximum).",
+        )
+    )
+    return figures
+
+
+def inspect_model(
+    model: nn.Module,
+    images: Sequence[tuple[str, Image.Image]],
+    out_dir: str | Path,
+    *,
+    block: int | None = None,
+    heads: Sequence[int] | None = None,
+    components: int = 28,
+    progress: bool = True,
+) -> Report:
+    """Write the paper's Figure 6 and 7 pictures for `model` and `images` (name, PIL image in the
+    model's channel mode) into `out_dir`, with an index.html. One image at a time, without
+    gradients, so the large variants fit on a CPU."""
+    if not images:
+        raise InspectError("no images to inspect; pass --images or leave it out for the samples")
+    model.eval()
+    report = Report(Path(out_dir))
+    report.out_dir.mkdir(parents=True, exist_ok=True)
+    block = _check_block(model, block)
+    heads = list(range(model.cfg.num_heads)) if heads is None else list(heads)
+    _write_embedding_figures(model, report, components)
+    if model.cfg.pool == "gap":
+        report.notes.append(
+            "This model averages the patch tokens instead of using a class token, so rollout "
+            "and raw attention show the mean over the patch tokens' rows."
+        )
+    distances, per_image = [], []
+    for i, (name, image) in enumerate(tqdm(images, desc="inspect", disable=not progress)):
+        maps = analyse_image(model, name, image, block, heads)
+        per_image += _write_image_figures(model, maps, i, block, heads, report.out_dir)
+        distances.append(maps.distance)
+    img_px = int(maps.display.shape[0])
+    report.figures.append(_write_distance_figure(np.mean(distances, axis=0), img_px, report))
+    report.figures += per_image
+    write_index(report, model)
+    return report
+
+
+def write_index(report: Report, model: nn.Module) -> Path:
+    """index.html: the model's description, the notes, and each picture with its line."""
+    cfg = model.cfg
+    src = cfg.extra.get("loaded_from", "")
+    head = (
+        f"{cfg.arch} model: {cfg.depth} blocks, width {cfg.embed_dim}, {cfg.num_heads} heads, "
+        f"patch {cfg.patch_size}, {cfg.img_size} px, pool={cfg.pool}, pos_embed={cfg.pos_embed}"
+    )
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>vitlab inspect</title>",
+        "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}"
+        "img{max-width:100%}figure{margin:1.5em 0}</style></head><body>",
+        "<h1>vitlab inspect</h1>",
+        f"<p>{html.escape(head)}</p>",
+    ]
+    if src:
+        parts.append(f"<p>checkpoint: <code>{html.escape(src)}</code></p>")
+    parts += [f"<p><b>Note:</b> {html.escape(n)}</p>" for n in report.notes]
+    for name, caption in report.figures:
+        parts.append(
+            f"<figure><img src='{html.escape(name)}' alt='{html.escape(name)}'>"
+            f"<figcaption>{caption}</figcaption></figure>"
+        )
+    parts.append("</body></html>")
+    with atomic_path(report.index) as tmp:
+        tmp.write_text("\n".join(parts), encoding="utf-8")
+    return report.index
