@@ -15,6 +15,8 @@ from vitlab.errors import VitlabError
 # One per line, in the order `vitlab --help` shows them.
 COMMANDS = [
     "models",
+    "predict",
+    "inspect",
 ]
 
 EPILOG = """\
