@@ -16,6 +16,10 @@ from vitlab.errors import ConfigError
 Pool = Literal["token", "gap"]
 PosEmbed = Literal["learn", "sincos"]
 Act = Literal["gelu", "gelu_tanh"]
+# ResNet stems: BiT's ("fixed"), the hybrid's TF-"SAME" one, or a stride-1 one for tiny images.
+StemType = Literal["fixed", "same", "small"]
+# Weight standardisation: (w - mean) / sqrt(var + eps) (timm, BiT) or / (std + eps) (vit_jax).
+WeightStd = Literal["var", "std"]
 
 # Input normalisation of the original (Google) ViT weights: values mapped to [-1, 1].
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
@@ -36,9 +40,12 @@ class ResNetConfig:
     width_factor: int = 1
     stem_width: int = 64
     preact: bool = True
+    stem_type: StemType = "fixed"
     std_conv_eps: float = 1e-8
+    weight_std: WeightStd = "var"
     gn_groups: int = 32
     gn_eps: float = 1e-5
+    drop_rate: float = 0.0
     img_size: int = 224
     in_chans: int = 3
     num_classes: int = 1000
@@ -46,14 +53,24 @@ class ResNetConfig:
     mean: tuple[float, ...] = INCEPTION_MEAN
     std: tuple[float, ...] = INCEPTION_STD
     crop_pct: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance notes
 
     def __post_init__(self) -> None:
         self.layers = tuple(int(n) for n in self.layers)
+        _check_choice("stem_type", self.stem_type, ("fixed", "same", "small"))
+        _check_choice("weight_std", self.weight_std, ("var", "std"))
+        if not self.layers or min(self.layers) < 1:
+            raise ConfigError(f"layers needs at least one stage of >= 1 unit, got {self.layers}")
         _check_common(self)
 
     @property
     def arch(self) -> str:
         return "resnetv2"
+
+    @property
+    def reduction(self) -> int:
+        """Input pixels per feature-map pixel: the stem's 4 (1 for "small"), x2 per later stage."""
+        return (1 if self.stem_type == "small" else 4) * 2 ** (len(self.layers) - 1)
 
     @property
     def out_chans(self) -> int:
@@ -148,7 +165,7 @@ class ViTConfig:
     @property
     def feature_stride(self) -> int:
         """Pixels per token side: the patch size, times the CNN stem's stride for a hybrid."""
-        stem = 1 if self.backbone is None else 2 ** (1 + len(self.backbone.layers))
+        stem = 1 if self.backbone is None else self.backbone.reduction
         return self.patch_size * stem
 
     def grid_size(self, img_size: int | tuple[int, int] | None = None) -> tuple[int, int]:

@@ -105,7 +105,55 @@ def _register_small_vits() -> None:
 _register_paper_vits()
 _register_small_vits()
 
+
+def _register_cnns() -> None:
+    """BiT ResNet-v2 (the paper's CNN baselines, section 4.1) and the R50+ViT hybrids (section
+    3.1, Table 6). timm's names are aliases; a resolution suffix sets img_size."""
+    bits = [  # name, stages, width factor
+        ("bit_r50x1", (3, 4, 6, 3), 1),
+        ("bit_r101x1", (3, 4, 23, 3), 1),
+        ("bit_r50x3", (3, 4, 6, 3), 3),
+        ("bit_r152x2", (3, 8, 36, 3), 2),
+    ]
+    for name, layers, wf in bits:
+        depth = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}[layers]
+        register(
+            Variant(
+                name=name,
+                config=ResNetConfig(layers=layers, width_factor=wf),
+                description=f"BiT ResNet-{depth}x{wf} (pre-activation, GroupNorm, WS)",
+                aliases=(f"resnetv2_{depth}x{wf}_bit", f"BiT-R{depth}x{wf}"),
+            )
+        )
+    stem = ResNetConfig(layers=(3, 4, 9), preact=False, stem_type="same", num_classes=0)
+    hybrids = [  # name, stem stages, ViT size, timm name, paper name
+        ("r50_vit_b16", (3, 4, 9), "B", "vit_base_r50_s16", "R50+ViT-B/16"),
+        ("r50_vit_l32", (3, 4, 6, 3), "L", "vit_large_r50_s32", "R50+ViT-L/32"),
+    ]
+    for name, layers, size, timm_name, paper in hybrids:
+        _, depth, dim, mlp, heads, _ = _SIZES[size]
+        cfg = ViTConfig(
+            patch_size=1,
+            embed_dim=dim,
+            depth=depth,
+            num_heads=heads,
+            mlp_dim=mlp,
+            backbone=replace(stem, layers=layers),
+        )
+        register(
+            Variant(
+                name=name,
+                config=cfg,
+                description=f"{paper} hybrid: ResNet stem {layers}, ViT-{size} on its features",
+                aliases=(paper, timm_name),
+            )
+        )
+
+
+_register_cnns()
+
 _TIMM_VIT = re.compile(r"^vit_(tiny|small|base|large|huge)_patch(\d+)_(\d+)$")
+_TIMM_HYBRID = re.compile(r"^(vit_(?:base|large)_r50_s(?:16|32))_(\d+)$")
 
 
 def resolve(name: str) -> tuple[str, dict[str, Any]]:
@@ -116,6 +164,9 @@ def resolve(name: str) -> tuple[str, dict[str, Any]]:
     base = key.split(".", 1)[0]  # timm pretrained tags: "vit_base_patch16_224.augreg_in21k"
     if base.lower() in _ALIASES:
         return _ALIASES[base.lower()], {}
+    m = _TIMM_HYBRID.match(base.lower())
+    if m and m.group(1) in _ALIASES:
+        return _ALIASES[m.group(1)], {"img_size": int(m.group(2))}
     m = _TIMM_VIT.match(base.lower())
     if m:
         size, patch, img = _TIMM_SIZE[m.group(1)], int(m.group(2)), int(m.group(3))

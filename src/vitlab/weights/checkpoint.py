@@ -178,7 +178,7 @@ def detect_source_auto(raw: RawCheckpoint) -> Source:
 
 
 def _head_shape(sd: dict[str, torch.Tensor]) -> int | None:
-    w = sd.get("head.weight")
+    w = sd.get("head.weight", sd.get("head.fc.weight"))  # ViT / ResNetV2 (1x1 conv)
     return None if w is None else int(w.shape[0])
 
 

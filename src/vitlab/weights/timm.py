@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from vitlab.errors import CheckpointError
-from vitlab.models.config import AnyConfig, ViTConfig
+from vitlab.models.config import AnyConfig, ResNetConfig, ViTConfig
 from vitlab.models.registry import _VARIANTS
 from vitlab.weights.checkpoint import Source, register_source, unwrap_model
 from vitlab.weights.io import RawCheckpoint, save_safetensors
@@ -24,8 +24,16 @@ _UNSUPPORTED = {
 }
 
 
+def _is_vit(keys: set[str] | dict) -> bool:
+    return "patch_embed.proj.weight" in keys and "blocks.0.attn.qkv.weight" in keys
+
+
+def _is_resnet(keys: set[str] | dict, prefix: str = "") -> bool:
+    return f"{prefix}stem.conv.weight" in keys and f"{prefix}stages.0.blocks.0.conv1.weight" in keys
+
+
 def _detect(raw: RawCheckpoint) -> bool:
-    return "patch_embed.proj.weight" in raw.tensors and "blocks.0.attn.qkv.weight" in raw.tensors
+    return _is_vit(raw.tensors) or _is_resnet(raw.tensors)
 
 
 def _depth(keys: set[str], pattern: str) -> int:
@@ -63,6 +71,10 @@ def infer_vit_config(sd: dict[str, torch.Tensor]) -> ViTConfig:
             )
     proj = sd["patch_embed.proj.weight"]  # (D, C, P, P)
     dim, in_chans, patch = proj.shape[0], proj.shape[1], proj.shape[-1]
+    backbone = None
+    if _is_resnet(keys, "patch_embed.backbone."):  # a hybrid: the CNN's output feeds the proj
+        backbone = infer_resnet_config(sd, "patch_embed.backbone.")
+        in_chans = backbone.in_chans
     depth = _depth(keys, r"blocks\.(\d+)\.")
     mlp = sd["blocks.0.mlp.fc1.weight"].shape[0]
     class_token = "cls_token" in keys
@@ -70,7 +82,8 @@ def infer_vit_config(sd: dict[str, torch.Tensor]) -> ViTConfig:
     fc_norm = "fc_norm.weight" in keys
     head = sd.get("head.weight")
     return ViTConfig(
-        img_size=side * patch,
+        backbone=backbone,
+        img_size=side * patch * (backbone.reduction if backbone else 1),
         patch_size=patch,
         in_chans=in_chans,
         num_classes=0 if head is None else head.shape[0],
@@ -86,8 +99,36 @@ def infer_vit_config(sd: dict[str, torch.Tensor]) -> ViTConfig:
     )
 
 
+def infer_resnet_config(sd: dict[str, torch.Tensor], prefix: str = "") -> ResNetConfig:
+    """A ResNetV2 config from timm's tensors under `prefix`.
+
+    Pre-activation (BiT) nets have no stem norm and use BiT's "fixed" stem; post-activation ones
+    are the hybrid's stem with TF-"SAME" padding, as timm builds both. A 3x3 stem conv is vitlab's
+    "small" stem. timm's standardisation (eps 1e-8) and GroupNorm eps (1e-5) are the defaults.
+    """
+    keys = {k[len(prefix) :] for k in sd if k.startswith(prefix)}
+    stem = sd[f"{prefix}stem.conv.weight"]  # (width, C, k, k)
+    layers = tuple(_depth(keys, rf"stages\.{i}\.blocks\.(\d+)\.") for i in range(4))
+    layers = tuple(n for n in layers if n)
+    width = stem.shape[0]
+    wf = width // 64 if width % 64 == 0 else 1
+    preact = "stem.norm.weight" not in keys
+    head = sd.get(f"{prefix}head.fc.weight")  # (classes, C, 1, 1)
+    return ResNetConfig(
+        layers=layers,
+        width_factor=wf,
+        stem_width=width // wf,
+        preact=preact,
+        stem_type="small" if stem.shape[-1] == 3 else ("fixed" if preact else "same"),
+        in_chans=stem.shape[1],
+        num_classes=0 if head is None else head.shape[0],
+    )
+
+
 def _infer(raw: RawCheckpoint) -> AnyConfig:
-    return infer_vit_config(raw.tensors)
+    if _is_vit(raw.tensors):
+        return infer_vit_config(raw.tensors)
+    return infer_resnet_config(raw.tensors)
 
 
 def _to_vitlab(raw: RawCheckpoint, cfg: AnyConfig) -> dict[str, torch.Tensor]:
@@ -110,7 +151,8 @@ def _export(model: nn.Module, path: Path) -> Path:
 register_source(
     Source(
         name="timm",
-        description="timm state dict (patch_embed.proj, blocks.N.attn.qkv)",
+        description="timm state dict (ViT: patch_embed.proj, blocks.N.attn.qkv; hybrid: "
+        "patch_embed.backbone.stem.conv; ResNetV2: stem.conv, stages.N.blocks.M)",
         detect=_detect,
         infer_config=_infer,
         to_vitlab=_to_vitlab,
