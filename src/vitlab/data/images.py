@@ -30,9 +30,8 @@ def load_image(path: str | Path, channels: int = 3, max_pixels: int = MAX_PIXELS
     path = Path(path)
     if path.is_dir():
         named = path.suffix.lower() in IMAGE_SUFFIXES
-        raise ImageError(
-            f"{path}: is a directory" + (", not an image" if named else " without images")
-        )
+        why = "a directory, not an image" if named else "a directory without image files"
+        raise ImageError(f"{path}: {why}")
     try:
         if path.stat().st_size == 0:
             raise ImageError(f"{path}: empty file (0 bytes)")
