@@ -65,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vitlab.data.images import find_images
-    from vitlab.inspect.predict import predict_files, write_results
+    from vitlab.inspect.predict import predict_files
     from vitlab.weights import load_checkpoint
 
     model = load_checkpoint(args.checkpoint, source=args.source).to(args.device)
@@ -76,14 +76,13 @@ def run(args: argparse.Namespace) -> int:
         topk=args.topk,
         batch_size=args.batch_size,
         explain_dir=args.explain,
+        out=args.out,
         on_failure=lambda f: print(f"vitlab predict: skipped {f.reason}", file=sys.stderr),
         progress=not args.quiet,
     )
     for pred in result.predictions:
         tops = ", ".join(f"{label} {q:.1%}" for _, label, q in pred.top)
         print(f"{pred.file}: {tops}")
-    if args.out:
-        write_results(result, args.out)
     n_ok, n_bad = len(result.predictions), len(result.failures)
     summary = f"classified {n_ok} of {n_ok + n_bad} image(s)"
     summary += f"; {n_bad} could not be read (listed above)" if n_bad else ""

@@ -100,18 +100,22 @@ def predict_files(
     topk: int = 5,
     batch_size: int = 16,
     explain_dir: str | Path | None = None,
+    out: str | Path | None = None,
     on_failure: Callable[[Failure], None] | None = None,
     progress: bool = True,
 ) -> PredictResult:
     """Classify `files` in batches: the top `topk` classes of each, and every file that could
     not be read (empty, truncated, not an image, too large, a directory, missing) as a Failure
-    while the others are still classified."""
+    while the others are still classified. With `out` (.json or .csv) the results are also
+    written there."""
     if not getattr(model.cfg, "num_classes", 0):
         raise InspectError(
             "this checkpoint has no classifier head (num_classes=0); nothing to predict"
         )
     if batch_size < 1 or topk < 1:
         raise ConfigError(f"batch size and top-k must be at least 1 (got {batch_size}, {topk})")
+    if out is not None:
+        _results_format(out)
     model.eval()
     topk = min(topk, model.cfg.num_classes)
     explain = Path(explain_dir) if explain_dir is not None else None
@@ -137,15 +141,22 @@ def predict_files(
                     title = f"{path.name}: {top[0][1]} ({top[0][2]:.1%}); attention rollout"
                     pred.explanation = str(plot_overlay(shows[i], maps[i], png, title))
                 result.predictions.append(pred)
+    if out is not None:
+        write_results(result, out)
     return result
+
+
+def _results_format(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".json", ".csv"):
+        raise ConfigError(f"--out {path}: give a file ending in .json or .csv")
+    return suffix
 
 
 def write_results(result: PredictResult, path: str | Path) -> Path:
     """Write predictions (and failures) as .json or .csv, atomically."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".json", ".csv"):
-        raise ConfigError(f"--out {path}: give a file ending in .json or .csv")
+    suffix = _results_format(path)
     with atomic_path(path) as tmp:
         if suffix == ".json":
             tmp.write_text(json.dumps(_as_json(result), indent=2), encoding="utf-8")

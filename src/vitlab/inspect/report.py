@@ -216,7 +216,10 @@ def inspect_model(
     report = Report(Path(out_dir))
     report.out_dir.mkdir(parents=True, exist_ok=True)
     block = _check_block(model, block)
-    heads = list(range(model.cfg.num_heads)) if heads is None else list(heads)
+    n_heads = model.cfg.num_heads
+    heads = list(range(n_heads)) if heads is None else list(heads)
+    if not all(0 <= h < n_heads for h in heads):
+        raise InspectError(f"heads {heads} do not all exist; this model has heads 0..{n_heads - 1}")
     _write_embedding_figures(model, report, components)
     if model.cfg.pool == "gap":
         report.notes.append(

@@ -1,0 +1,42 @@
+import pytest
+from PIL import Image
+
+import vitlab
+from tests.conftest import perturb_
+from vitlab.cli.main import main
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    model = perturb_(vitlab.create_model("vit_test"), 0.3)
+    return vitlab.save_checkpoint(model, tmp_path / "m.safetensors")
+
+
+def test_inspect_sample_photos(tmp_path, checkpoint, capsys):
+    out = tmp_path / "maps"
+    assert main(["-q", "inspect", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    html = (out / "index.html").read_text()
+    for name in ("astronaut", "coffee", "chelsea"):
+        assert "rollout_" in html and name in html
+        assert len(list(out.glob(f"*_{name}.png"))) == 2
+    assert "open" in capsys.readouterr().err
+
+
+def test_inspect_own_images_block_heads_and_resolution(tmp_path, checkpoint, capsys):
+    Image.new("RGB", (60, 40), "red").save(tmp_path / "a.png")
+    (tmp_path / "b.jpg").write_bytes(b"")
+    out = tmp_path / "maps"
+    images = [str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]
+    rc = main(["-q", "inspect", "--checkpoint", str(checkpoint), "--images", *images,
+               "--out", str(out), "--block", "0", "--head", "1", "--img-size", "48"])  # fmt: skip
+    assert rc == 1  # one image could not be read
+    assert "b.jpg: empty file" in capsys.readouterr().err
+    assert (out / "heads_block0_00_a.png").exists() and (out / "rollout_00_a.png").exists()
+    assert "48 px input" in (out / "index.html").read_text()
+
+
+def test_inspect_bad_block_is_a_one_line_error(tmp_path, checkpoint, capsys):
+    rc = main(["inspect", "--checkpoint", str(checkpoint), "--out", str(tmp_path), "--block", "9"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vitlab inspect: error: block 9 does not exist")

@@ -1,0 +1,110 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+import vitlab
+from tests.conftest import perturb_
+from tests.data.test_images import write_bad_files
+from vitlab.cli.main import main
+
+CLASSES = tuple(f"class_{i}" for i in range(10))
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    model = perturb_(vitlab.create_model("vit_test", class_names=CLASSES), 0.3)
+    return vitlab.save_checkpoint(model, tmp_path / "m.safetensors")
+
+
+def _good_images(d):
+    """One image of every mode a user may have, each with a different size."""
+    rng = np.random.default_rng(0)
+    d.mkdir(parents=True, exist_ok=True)
+    rgb = rng.integers(0, 256, (48, 40, 3), np.uint8)
+    Image.fromarray(rgb).save(d / "rgb.jpg")
+    Image.fromarray(rgb[..., 0]).save(d / "gray.png")
+    Image.fromarray(rgb).convert("P").save(d / "palette.gif")
+    Image.fromarray(np.dstack([rgb, rgb[..., :1]]), "RGBA").save(d / "rgba.png")
+    Image.fromarray(rgb[..., :2], "LA").save(d / "la.png")
+    Image.fromarray(rgb).convert("CMYK").save(d / "cmyk.jpg")
+    Image.fromarray(rng.integers(0, 65536, (30, 33)).astype(np.uint16)).save(d / "deep16.png")
+    img = Image.fromarray(rgb)
+    exif = img.getexif()
+    exif[0x0112] = 8
+    img.save(d / "rotated.jpg", exif=exif)
+    return sorted(p.name for p in d.iterdir())
+
+
+def test_folder_with_every_bad_kind(tmp_path, checkpoint, capsys):
+    folder = tmp_path / "photos"
+    good = _good_images(folder)
+    bad = write_bad_files(folder / "bad")
+    missing = tmp_path / "missing.jpg"
+    out = tmp_path / "res.json"
+    rc = main(["-q", "predict", "--checkpoint", str(checkpoint), str(folder), str(missing),
+               "--out", str(out), "--batch-size", "3", "--topk", "3"])  # fmt: skip
+    assert rc == 1
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if "skipped" in line]
+    assert len(lines) == len(bad) + 1
+    for name, reason in {**bad, "missing.jpg": "no such file"}.items():
+        assert any(name in line and reason in line for line in lines), name
+    res = json.loads(out.read_text())
+    assert sorted(p["file"].rsplit("/", 1)[-1] for p in res["predictions"]) == good
+    assert len(res["failures"]) == len(bad) + 1
+    for p in res["predictions"]:
+        probs = [t["probability"] for t in p["top"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True)
+        assert all(t["label"] == CLASSES[t["index"]] for t in p["top"])
+    assert f"classified {len(good)} of {len(good) + len(bad) + 1}" in captured.err
+
+
+def test_probabilities_match_independent_preprocessing(tmp_path, checkpoint, capsys):
+    out = tmp_path / "r.csv"
+    path = tmp_path / "rgb.png"  # at the model's size: no resampling to disagree about
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)).save(path)
+    assert main(["-q", "predict", "--checkpoint", str(checkpoint), str(path), "--topk", "10",
+                 "--out", str(out)]) == 0  # fmt: skip
+    rows = list(csv.DictReader(out.open()))
+    got = {int(r["class_index"]): float(r["probability"]) for r in rows}
+    model = vitlab.load_checkpoint(checkpoint)
+    tf = T.Compose([T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])
+    with torch.no_grad():
+        ref = model(tf(Image.open(path).convert("RGB"))[None]).softmax(-1)[0]
+    assert len(got) == 10
+    for c, q in got.items():
+        assert q == pytest.approx(float(ref[c]), abs=1e-5)
+    assert f"{path}: class_" in capsys.readouterr().out
+
+
+def test_explain_writes_rollout_overlays(tmp_path, checkpoint):
+    good = _good_images(tmp_path / "in")
+    rc = main(["-q", "predict", "--checkpoint", str(checkpoint), str(tmp_path / "in"),
+               "--explain", str(tmp_path / "why")])  # fmt: skip
+    assert rc == 0
+    pngs = sorted(p.name for p in (tmp_path / "why").iterdir())
+    assert len(pngs) == len(good)
+    with Image.open(tmp_path / "why" / pngs[0]) as img:
+        assert img.format == "PNG"
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path, checkpoint, capsys):
+    img = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(img)
+    assert main(["-q", "predict", "--checkpoint", str(tmp_path / "no.safetensors"), str(img)]) == 2
+    assert main(["-q", "predict", "--checkpoint", str(checkpoint), str(img), "--out", "r.txt"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("vitlab predict: error:") for line in err)
+    assert "does not exist" in err[0] and ".json or .csv" in err[1]
+
+
+def test_help_explains_exit_status(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    out = capsys.readouterr().out
+    assert "exit status" in out and "--explain" in out and "examples:" in out
