@@ -17,6 +17,7 @@ COMMANDS = [
     "models",
     "predict",
     "inspect",
+    "bench",
 ]
 
 EPILOG = """\

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from vitlab.errors import ConfigError
 from vitlab.models.config import ViTConfig, _pair
@@ -70,6 +71,7 @@ class VisionTransformer(nn.Module):
         )
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(rep or D, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        self.grad_checkpointing = False
         self.init_weights()
 
     # ----------------------------------------------------------------------------------- init
@@ -151,7 +153,19 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, N(+1), D) tokens after the final LayerNorm."""
-        return self.norm(self.blocks(self.embed(x)))
+        x = self.embed(x)
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            for blk in self.blocks:
+                x = checkpoint(blk, x, use_reentrant=False)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Keep only each block's input during training and recompute the rest in the backward
+        pass: activation memory falls from O(depth x block) to O(depth + block), for about one
+        extra forward of compute. For the large variants on small memories."""
+        self.grad_checkpointing = enable
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N(+1), D) -> (B, D): the class token, or the mean of the patch tokens."""

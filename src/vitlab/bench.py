@@ -1,0 +1,477 @@
+"""Throughput and hardware utilisation of a model, side by side with timm's identical one.
+
+What `vitlab bench` and `benchmarks/speed.py` measure:
+
+- img/s: the median over timed iterations after warm-up; with `vs_timm=True` the two models
+  take turns (vitlab, timm, vitlab, timm, ...) in one process, so both see the same machine.
+- FLOPs per image from the config (`vit_flops`: every matmul, attention included); a training
+  step counts the forward, the gradient of every input and the gradient of every weight
+  (3x the forward, less the image's gradient, which nobody needs).
+- Utilisation: achieved FLOP/s over the peak of a large matmul in the same dtype, measured in
+  the same run; on a GPU also over the vendor's published dense peak.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import math
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitlab.errors import ConfigError, VitlabError
+from vitlab.models import ViTConfig, create_model, vit_flops
+
+Mode = Literal["infer", "train"]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+# Published dense peaks (no sparsity) in TFLOP/s, from NVIDIA's data sheets. fp32 is the
+# non-tensor-core figure: PyTorch leaves TF32 off for matmuls by default. Matched in order
+# against `torch.cuda.get_device_name()`.
+GPU_PEAK_TFLOPS: list[tuple[tuple[str, ...], dict[str, float]]] = [
+    (("H200", "NVL"), {"bf16": 835.0, "fp16": 835.0, "fp32": 60.0}),
+    (("H200",), {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9}),
+    (("H100", "PCIe"), {"bf16": 756.0, "fp16": 756.0, "fp32": 51.2}),
+    (("H100", "NVL"), {"bf16": 835.0, "fp16": 835.0, "fp32": 60.0}),
+    (("H100",), {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9}),
+    (("A100",), {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5}),
+]
+
+
+class MissingDependencyError(VitlabError):
+    """An optional package the requested feature needs is not installed."""
+
+
+@dataclass
+class BenchSpec:
+    """What to measure: one model, one batch shape, one mode and precision."""
+
+    model: str = "vit_s16"
+    batch: int = 16
+    img_size: int | None = None  # None: the variant's own resolution
+    in_chans: int | None = None  # None: the variant's own channel count
+    mode: Mode = "infer"
+    precision: Precision = "fp32"
+    compile: bool = False
+    vs_timm: bool = False
+    warmup: int = 2
+    iters: int = 10
+    device: str | None = None  # None: CUDA when available, else CPU
+    seed: int = 0
+
+    def check(self) -> None:
+        """Refuse values that cannot be measured, with what to do instead."""
+        if self.batch < 1:
+            raise ConfigError(f"--batch must be at least 1, got {self.batch}")
+        if self.iters < 1 or self.warmup < 0:
+            raise ConfigError(
+                f"need --iters >= 1 and --warmup >= 0, got {self.iters} and {self.warmup}"
+            )
+        if self.mode not in ("infer", "train"):
+            raise ConfigError(f"--mode must be 'infer' or 'train', got {self.mode!r}")
+        if self.precision not in DTYPES:
+            raise ConfigError(f"--precision must be one of {', '.join(DTYPES)}")
+        if self.compile and self.warmup < 1:
+            raise ConfigError("--compile needs --warmup 1 or more: the first call compiles")
+
+
+@dataclass
+class BenchResult:
+    """One measurement; `to_dict()` is what `vitlab bench --json` prints."""
+
+    model: str
+    mode: str
+    precision: str
+    batch: int
+    img_size: int
+    compile: bool
+    device: str
+    device_name: str
+    threads: int
+    img_s: float
+    gflops_per_img: float
+    achieved_gflops: float
+    peak_gflops: float
+    utilization: float
+    peak_memory_mb: float
+    memory_kind: str
+    published_peak_gflops: float | None = None
+    published_utilization: float | None = None
+    timm_img_s: float | None = None
+    ratio: float | None = None
+    timm_utilization: float | None = None
+    timm_peak_memory_mb: float | None = None
+    iters: int = 0
+    step_times_s: list[float] = field(default_factory=list)
+    timm_step_times_s: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------- devices
+def pick_device(name: str | None = None) -> torch.device:
+    """The requested device, or CUDA when present, else the CPU."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {name!r} is not a device name; use cpu or cuda") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name!r} is not supported; use cpu or cuda")
+    return dev
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work so a timer measures it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_info()["model"]
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model, logical cores and the bf16 matrix features /proc/cpuinfo advertises."""
+    info: dict[str, Any] = {"model": platform.processor() or platform.machine(), "flags": set()}
+    path = Path("/proc/cpuinfo")
+    if path.exists():
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and info["model"] in ("", platform.machine()):
+                info["model"] = value.strip()
+            elif key.strip() == "flags" and not info["flags"]:
+                info["flags"] = set(value.split())
+    flags = info.pop("flags")
+    info["cores"] = os.cpu_count() or 1
+    info["avx512_bf16"] = "avx512_bf16" in flags
+    info["amx_bf16"] = "amx_bf16" in flags
+    info["amx_fp16"] = "amx_fp16" in flags
+    return info
+
+
+def published_peak_gflops(device: torch.device, precision: str) -> float | None:
+    """The vendor's dense peak for a known GPU, in GFLOP/s (None for CPUs and unknown GPUs)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for needles, peaks in GPU_PEAK_TFLOPS:
+        if all(n.lower() in name.lower() for n in needles):
+            return peaks[precision] * 1e3
+    return None
+
+
+def matmul_peak_gflops(
+    device: torch.device, dtype: torch.dtype, size: int | None = None, reps: int = 5
+) -> float:
+    """Median GFLOP/s of a square `size`^3 matmul in `dtype`: the machine's practical peak."""
+    size = size or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    times = []
+    with torch.inference_mode():
+        for i in range(reps + 1):
+            synchronize(device)
+            start = time.perf_counter()
+            torch.mm(a, b)
+            synchronize(device)
+            if i:  # the first run is warm-up
+                times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+# ----------------------------------------------------------------------------------- FLOPs
+def flops_per_image(cfg: ViTConfig, mode: Mode, img_size: int | None = None) -> int:
+    """Analytic FLOPs per image: the forward for inference; for a training step the forward
+    plus, for every matmul, the gradient of its input and of its weight (2x the forward each),
+    except the image itself, whose gradient is never computed."""
+    fwd = vit_flops(cfg, img_size)
+    if mode == "infer":
+        return fwd
+    gh, gw = cfg.grid_size(img_size)
+    chans = cfg.in_chans if cfg.backbone is None else cfg.backbone.out_chans
+    patch_input_grad = 2 * gh * gw * cfg.patch_size**2 * chans * cfg.embed_dim
+    return 3 * fwd - patch_input_grad
+
+
+# ---------------------------------------------------------------------------------- models
+def timm_twin(model: nn.Module) -> nn.Module:
+    """timm's VisionTransformer with vitlab's architecture and the very same weights."""
+    if importlib.util.find_spec("timm") is None:
+        raise MissingDependencyError(
+            "--vs timm needs timm, which is not installed; run `pip install timm` "
+            "(or `pip install -e '.[dev]'`) and try again"
+        )
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    cfg = model.cfg
+    if cfg.backbone is not None or cfg.pos_embed != "learn" or cfg.representation_size:
+        raise ConfigError(
+            "timm's VisionTransformer has no hybrid stem, sin-cos embedding or pre-logits "
+            "layer; compare a plain variant such as vit_s16"
+        )
+    twin = TimmViT(
+        img_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        in_chans=cfg.in_chans,
+        num_classes=cfg.num_classes,
+        global_pool="token" if cfg.pool == "token" else "avg",
+        embed_dim=cfg.embed_dim,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_dim / cfg.embed_dim,
+        qkv_bias=cfg.qkv_bias,
+        class_token=bool(cfg.class_token),
+        no_embed_class=not cfg.pos_embed_cls,
+        fc_norm=cfg.fc_norm,
+        act_layer=nn.GELU if cfg.act == "gelu" else "gelu_tanh",
+        norm_layer=functools.partial(nn.LayerNorm, eps=cfg.layer_norm_eps),
+        dynamic_img_size=cfg.dynamic_img_size,
+    )
+    twin.load_state_dict(model.state_dict(), strict=True)
+    return twin
+
+
+def build_models(spec: BenchSpec, device: torch.device) -> dict[str, nn.Module]:
+    """vitlab's model (and timm's twin with the same weights) on `device`."""
+    overrides: dict[str, Any] = {}
+    if spec.img_size is not None:
+        overrides["img_size"] = spec.img_size
+    if spec.in_chans is not None:
+        overrides["in_chans"] = spec.in_chans
+    torch.manual_seed(spec.seed)
+    model = create_model(spec.model, **overrides)
+    if not isinstance(model, nn.Module) or not isinstance(getattr(model, "cfg", None), ViTConfig):
+        raise ConfigError(f"{spec.model!r} is not a Vision Transformer; bench a ViT variant")
+    models = {"vitlab": model}
+    if spec.vs_timm:
+        models["timm"] = timm_twin(model)
+    return {k: m.to(device) for k, m in models.items()}
+
+
+# ----------------------------------------------------------------------------------- steps
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for training: fp32 weights, matmuls in bf16/fp16."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def make_step(
+    model: nn.Module, cfg: ViTConfig, spec: BenchSpec, device: torch.device
+) -> Callable[[], torch.Tensor]:
+    """A closure running one inference batch or one full training step on fixed data.
+
+    Inference runs the weights in the benchmark's dtype under `torch.inference_mode`; training
+    keeps fp32 weights with autocast, cross-entropy, backward and a foreach AdamW step."""
+    size = cfg.img_size
+    gen = torch.Generator().manual_seed(spec.seed)
+    x = torch.randn(spec.batch, cfg.in_chans, size, size, generator=gen).to(device)
+    y = torch.randint(0, max(cfg.num_classes, 1), (spec.batch,), generator=gen).to(device)
+    fn: Callable[[torch.Tensor], torch.Tensor] = model
+    if spec.mode == "infer":
+        dtype = DTYPES[spec.precision]
+        model.eval().to(dtype)
+        x = x.to(dtype)
+        if spec.compile:
+            fn = torch.compile(model, fullgraph=True)
+
+        def infer() -> torch.Tensor:
+            with torch.inference_mode():
+                return fn(x)
+
+        return infer
+    return _train_step(model, spec, device, x, y)
+
+
+def _train_step(
+    model: nn.Module, spec: BenchSpec, device: torch.device, x: torch.Tensor, y: torch.Tensor
+) -> Callable[[], torch.Tensor]:
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    scaler = torch.amp.GradScaler(device.type, enabled=spec.precision == "fp16")
+    fn: Callable[[torch.Tensor], torch.Tensor] = model
+    if spec.compile:
+        fn = torch.compile(model, fullgraph=True)
+
+    def train() -> torch.Tensor:
+        with autocast(device, spec.precision):
+            loss = F.cross_entropy(fn(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return train
+
+
+# ---------------------------------------------------------------------------------- memory
+class PeakMemory:
+    """Peak memory of the steps run between `reset()` and `read()`: allocated tensors on a GPU,
+    the process's resident set (VmHWM, reset through /proc/self/clear_refs) on Linux CPUs."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.kind = "cuda_allocated" if device.type == "cuda" else "process_rss"
+        self._resettable = Path("/proc/self/clear_refs").exists()
+        if device.type == "cpu" and not self._resettable:
+            self.kind = "process_max_rss"
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self._resettable:
+            with contextlib.suppress(OSError):
+                Path("/proc/self/clear_refs").write_text("5")
+
+    def read(self) -> float:
+        """Megabytes (2^20 bytes)."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self._resettable:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        scale = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss: bytes on macOS
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+# ------------------------------------------------------------------------------- measuring
+def time_interleaved(
+    steps: dict[str, Callable[[], torch.Tensor]],
+    spec: BenchSpec,
+    device: torch.device,
+    progress: Callable[[Iterator[int]], Iterator[int]] | None = None,
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Warm every step up, then time them in turns; per-step times and peak memory (MB)."""
+    mem = PeakMemory(device)
+    peaks = dict.fromkeys(steps, 0.0)
+    for _ in range(spec.warmup):
+        for name, step in steps.items():
+            mem.reset()
+            step()
+            synchronize(device)
+            peaks[name] = max(peaks[name], mem.read())
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    rounds = iter(range(spec.iters))
+    for _ in progress(rounds) if progress else rounds:
+        for name, step in steps.items():
+            mem.reset()
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+            peaks[name] = max(peaks[name], mem.read())
+    return times, peaks
+
+
+def run_bench(
+    spec: BenchSpec, progress: Callable[[Iterator[int]], Iterator[int]] | None = None
+) -> BenchResult:
+    """Build the model(s), measure the matmul peak, time the steps and put the figures
+    together (see the module docstring for what each one means)."""
+    spec.check()
+    device = pick_device(spec.device)
+    models = build_models(spec, device)
+    cfg: ViTConfig = models["vitlab"].cfg
+    steps = {name: make_step(m, cfg, spec, device) for name, m in models.items()}
+    peak = matmul_peak_gflops(device, DTYPES[spec.precision])
+    times, mem = time_interleaved(steps, spec, device, progress)
+    flops = flops_per_image(cfg, spec.mode)
+    img_s = spec.batch / statistics.median(times["vitlab"])
+    achieved = img_s * flops / 1e9
+    published = published_peak_gflops(device, spec.precision)
+    result = BenchResult(
+        model=spec.model,
+        mode=spec.mode,
+        precision=spec.precision,
+        batch=spec.batch,
+        img_size=cfg.img_size,
+        compile=spec.compile,
+        device=device.type,
+        device_name=device_name(device),
+        threads=torch.get_num_threads(),
+        img_s=img_s,
+        gflops_per_img=flops / 1e9,
+        achieved_gflops=achieved,
+        peak_gflops=peak,
+        utilization=achieved / peak,
+        peak_memory_mb=mem["vitlab"],
+        memory_kind=PeakMemory(device).kind,
+        published_peak_gflops=published,
+        published_utilization=achieved / published if published else None,
+        iters=spec.iters,
+        step_times_s=times["vitlab"],
+    )
+    if "timm" in times:
+        timm_img_s = spec.batch / statistics.median(times["timm"])
+        result.timm_img_s = timm_img_s
+        result.ratio = img_s / timm_img_s
+        result.timm_utilization = timm_img_s * flops / 1e9 / peak
+        result.timm_peak_memory_mb = mem["timm"]
+        result.timm_step_times_s = times["timm"]
+    return result
+
+
+def format_result(r: BenchResult) -> str:
+    """A short human-readable summary of one measurement."""
+    lines = [
+        f"{r.model} {r.mode} {r.precision} batch {r.batch} at {r.img_size} px"
+        f"{' (compiled)' if r.compile else ''} on {r.device_name} ({r.threads} threads)",
+        f"  vitlab     {r.img_s:9.2f} img/s   {r.achieved_gflops:8.1f} GFLOP/s   "
+        f"{r.utilization:6.1%} of the measured {r.peak_gflops:.0f} GFLOP/s {r.precision} "
+        f"matmul peak",
+        f"  FLOPs      {r.gflops_per_img:9.3f} GFLOP per image "
+        f"({'3x forward less the image gradient' if r.mode == 'train' else 'forward'})",
+        f"  memory     {r.peak_memory_mb:9.0f} MB peak ({r.memory_kind.replace('_', ' ')})",
+    ]
+    if r.published_peak_gflops:
+        lines.append(
+            f"  published  {r.published_utilization:9.1%} of the data-sheet peak "
+            f"({r.published_peak_gflops / 1e3:.0f} TFLOP/s dense {r.precision})"
+        )
+    if r.timm_img_s is not None and r.ratio is not None:
+        lines.append(
+            f"  timm       {r.timm_img_s:9.2f} img/s   ratio vitlab/timm {r.ratio:.3f}x "
+            f"(medians of {r.iters} interleaved iterations)"
+        )
+    return "\n".join(lines)
+
+
+def round_floats(d: dict[str, Any], digits: int = 6) -> dict[str, Any]:
+    """The same dict with floats rounded to `digits` significant figures (for printing)."""
+
+    def rnd(v: Any) -> Any:
+        if isinstance(v, float) and v and math.isfinite(v):
+            return round(v, max(0, digits - 1 - math.floor(math.log10(abs(v)))))
+        if isinstance(v, list):
+            return [rnd(u) for u in v]
+        return v
+
+    return {k: rnd(v) for k, v in d.items()}

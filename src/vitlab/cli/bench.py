@@ -1,0 +1,100 @@
+"""`vitlab bench`: throughput, FLOPs and utilisation of a model, optionally beside timm's."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tqdm import tqdm
+
+from vitlab.bench import BenchSpec, format_result, round_floats, run_bench
+
+HELP = "measure img/s, GFLOP/s and hardware utilisation (optionally side by side with timm)"
+
+DESCRIPTION = """\
+Time a model on random data: after a few warm-up steps, the median of repeated timed steps
+gives images per second. The FLOPs per image are counted from the model's config (every
+matmul, attention included; a training step counts 3x the forward, less the image's
+gradient), and utilisation is the achieved FLOP/s over the peak of a large matmul in the same
+precision, measured in the same run (on NVIDIA A100/H100/H200 also over the data-sheet peak).
+
+Inference runs the weights in the chosen precision under torch.inference_mode; training runs a
+full step (forward, cross-entropy, backward, AdamW) with fp32 weights and bf16/fp16 autocast.
+With --vs timm, timm's VisionTransformer is built with the same architecture and the same
+weights, and the two models take turns in the same process so that both see the same machine.
+"""
+
+EPILOG = """\
+examples:
+  vitlab bench --model vit_s16                          ViT-S/16 inference, fp32, batch 16
+  vitlab bench --model vit_b16 --precision bf16 --vs timm
+  vitlab bench --model vit_micro_p4 --img-size 28 --in-chans 1 --batch 128 --mode train
+  vitlab bench --model vit_test --iters 2 --json        one JSON object on stdout
+
+Hold the machine still while measuring: other busy processes lower every figure.
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help=HELP,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", default="vit_s16", help="variant name (default vit_s16)")
+    p.add_argument("--batch", type=int, default=16, help="images per step (default 16)")
+    p.add_argument("--img-size", type=int, help="input resolution (default: the variant's)")
+    p.add_argument("--in-chans", type=int, help="input channels (default: the variant's)")
+    p.add_argument(
+        "--mode",
+        choices=["infer", "train"],
+        default="infer",
+        help="inference, or a full training step (default infer)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="number format of the matmuls (default fp32)",
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the model(s) first (fullgraph)"
+    )
+    p.add_argument(
+        "--vs",
+        choices=["timm"],
+        help="also time this library's identical model, interleaved, and print the ratio",
+    )
+    p.add_argument("--iters", type=int, default=10, help="timed steps per model (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = BenchSpec(
+        model=args.model,
+        batch=args.batch,
+        img_size=args.img_size,
+        in_chans=args.in_chans,
+        mode=args.mode,
+        precision=args.precision,
+        compile=args.compile,
+        vs_timm=args.vs == "timm",
+        warmup=args.warmup,
+        iters=args.iters,
+        device=args.device,
+    )
+
+    def progress(rounds):
+        return tqdm(rounds, total=spec.iters, desc="timing", unit="round", file=sys.stderr)
+
+    result = run_bench(spec, progress=progress)
+    if args.json:
+        print(json.dumps(round_floats(result.to_dict())))
+    else:
+        print(format_result(result))
+    return 0

@@ -1,0 +1,129 @@
+"""`vitlab.bench` and `vitlab bench`: FLOP counts against torch's counter, the timm twin,
+the JSON output and the user-facing errors. Nothing here asserts on time."""
+
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import vitlab
+from tests.conftest import perturb_
+from vitlab import bench
+from vitlab.cli.main import main
+
+
+def _counted_flops(model, x, train):
+    """torch's own count; the explicit attention path, as the counter skips CPU fused SDPA."""
+    with FlopCounterMode(display=False) as fc:
+        if train:
+            model.forward_intermediates(x, return_attn=True)["logits"].sum().backward()
+        else:
+            with torch.no_grad():
+                model.forward_intermediates(x)
+    return fc.get_total_flops()
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [
+        ("vit_test", {}),
+        ("vit_test", {"pool": "gap"}),
+        ("vit_micro_p4", {"img_size": 28, "in_chans": 1, "depth": 2}),
+        ("vit_s16", {"depth": 1, "img_size": 64}),
+    ],
+)
+def test_flops_per_image_match_torch_flop_counter(name, kw, mode):
+    model = vitlab.create_model(name, **kw)
+    size = model.cfg.img_size
+    x = torch.randn(1, model.cfg.in_chans, size, size)
+    counted = _counted_flops(model.train(mode == "train"), x, mode == "train")
+    assert bench.flops_per_image(model.cfg, mode) == counted
+
+
+def test_timm_twin_has_the_same_outputs():
+    pytest.importorskip("timm")
+    for kw in [{}, {"pool": "gap", "fc_norm": True}, {"act": "gelu_tanh", "qkv_bias": False}]:
+        ours = perturb_(vitlab.create_model("vit_test", **kw)).eval()
+        twin = bench.timm_twin(ours).eval()
+        x = torch.randn(3, 3, 32, 32)
+        with torch.no_grad():
+            assert (ours(x) - twin(x)).abs().max().item() <= 1e-5
+
+
+def _bench_json(capsys, *args):
+    code = main(["bench", "--model", "vit_test", "--batch", "2", "--iters", "2", *args])
+    out = capsys.readouterr().out
+    assert code == 0
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_bench_json_parses_and_is_consistent(capsys, mode):
+    pytest.importorskip("timm")
+    r = _bench_json(capsys, "--warmup", "1", "--mode", mode, "--vs", "timm", "--json")
+    model = vitlab.create_model("vit_test")
+    flops = bench.flops_per_image(model.cfg, mode)
+    assert r["gflops_per_img"] == pytest.approx(flops / 1e9, rel=1e-5)
+    assert r["achieved_gflops"] == pytest.approx(r["img_s"] * r["gflops_per_img"], rel=1e-3)
+    assert r["utilization"] == pytest.approx(r["achieved_gflops"] / r["peak_gflops"], rel=1e-3)
+    assert r["ratio"] == pytest.approx(r["img_s"] / r["timm_img_s"], rel=1e-3)
+    assert len(r["step_times_s"]) == len(r["timm_step_times_s"]) == 2
+    assert r["peak_memory_mb"] > 0 and r["threads"] == torch.get_num_threads()
+
+
+def test_bench_bf16_without_timm_has_no_timm_fields(capsys):
+    r = _bench_json(capsys, "--warmup", "0", "--precision", "bf16", "--json")
+    assert r["precision"] == "bf16" and r["timm_img_s"] is None and r["ratio"] is None
+    assert r["img_s"] > 0 and r["peak_gflops"] > 0
+
+
+def test_bench_text_output(capsys):
+    assert main(["bench", "--model", "vit_test", "--batch", "2", "--iters", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "img/s" in out and "matmul peak" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--batch", "0"], "--batch"),
+        (["--model", "vit_tset"], "did you mean"),
+        (["--compile", "--warmup", "0"], "--warmup"),
+        (["--img-size", "30"], "patch size"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(capsys, args, needle):
+    assert main(["bench", "--model", "vit_test", "--iters", "1", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("vitlab bench: error:") and needle in err[-1]
+
+
+def test_missing_timm_says_how_to_install(capsys, monkeypatch):
+    real = bench.importlib.util.find_spec
+    monkeypatch.setattr(
+        bench.importlib.util, "find_spec", lambda n, *a: None if n == "timm" else real(n, *a)
+    )
+    assert main(["bench", "--model", "vit_test", "--iters", "1", "--vs", "timm"]) == 2
+    assert "pip install timm" in capsys.readouterr().err
+
+
+def test_published_peaks_pick_the_right_gpu(monkeypatch):
+    cuda = torch.device("cuda")
+    seen = {}
+    for name in ["NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H200", "NVIDIA H200 NVL"]:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None, n=name: n)
+        seen[name] = bench.published_peak_gflops(cuda, "bf16")
+    assert seen["NVIDIA H100 80GB HBM3"] == seen["NVIDIA H200"]  # same tensor cores
+    assert seen["NVIDIA H100 PCIe"] < seen["NVIDIA H100 80GB HBM3"]  # lower clocks and power
+    assert seen["NVIDIA H200 NVL"] < seen["NVIDIA H200"]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Some Other GPU")
+    assert bench.published_peak_gflops(cuda, "bf16") is None
+    assert bench.published_peak_gflops(torch.device("cpu"), "bf16") is None
+
+
+def test_cpu_info_reads_the_machine():
+    info = bench.cpu_info()
+    assert info["cores"] >= 1 and info["model"]
+    assert isinstance(info["avx512_bf16"], bool) and isinstance(info["amx_bf16"], bool)
