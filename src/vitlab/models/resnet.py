@@ -24,6 +24,7 @@ from torch import nn
 
 from vitlab.errors import ConfigError
 from vitlab.models.config import ResNetConfig, ViTConfig, replace
+from vitlab.weights.hub import HubMixin
 
 
 def _same_pad(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> torch.Tensor:
@@ -220,11 +221,12 @@ class ClassifierHead(nn.Module):
         return self.fc(x[:, :, None, None]).flatten(1)  # (B, C, 1, 1) -> (B, classes)
 
 
-class ResNetV2(nn.Module):
+class ResNetV2(nn.Module, HubMixin):
     """BiT ResNet-v2 (pre-activation) or the hybrid's post-activation ResNet.
 
     Forward runs in stages like the ViT: `forward_features` (B, C, h, w) -> `pool` (B, C) ->
-    `forward_head` (B, num_classes).
+    `forward_head` (B, num_classes). `save_pretrained` / `from_pretrained` go through
+    huggingface_hub.
     """
 
     def __init__(self, cfg: ResNetConfig) -> None:

@@ -13,14 +13,16 @@ from torch.utils.checkpoint import checkpoint
 from vitlab.errors import ConfigError
 from vitlab.models.config import ViTConfig, _pair
 from vitlab.models.layers import Block, PatchEmbed, posemb_sincos_2d, resample_pos_embed
+from vitlab.weights.hub import HubMixin
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(nn.Module, HubMixin):
     """ViT: patch embedding, class token, position embeddings, L pre-norm blocks, a head.
 
     Forward runs in stages: `forward_features` (tokens after the final LayerNorm) -> `pool`
     (class token or global average) -> `forward_head` (pre-logits and classifier).
     `forward_intermediates` returns every block's tokens and attention probabilities.
+    `save_pretrained(dir)` / `from_pretrained(dir_or_repo_id)` go through huggingface_hub.
     """
 
     def __init__(self, cfg: ViTConfig) -> None:

@@ -14,14 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 import vitlab
 from vitlab.errors import CheckpointError, ConfigError
 from vitlab.models.config import AnyConfig, ViTConfig, config_from_dict, config_to_json, replace
-from vitlab.models.layers import resample_pos_embed
 from vitlab.models.registry import build_model, get_config
+from vitlab.weights import posemb
 from vitlab.weights.io import RawCheckpoint, read_raw, save_safetensors
 
 log = logging.getLogger("vitlab")
@@ -49,6 +50,82 @@ SOURCES: dict[str, Source] = {}
 def register_source(source: Source) -> Source:
     SOURCES[source.name] = source
     return source
+
+
+# ------------------------------------------------------------------------- declarative key maps
+def _same(*ts: torch.Tensor) -> torch.Tensor:
+    return ts[0]
+
+
+def _as_list(t: torch.Tensor) -> list[torch.Tensor]:
+    return [t]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One vitlab tensor and the tensor(s) it is in another layout, with the named transforms
+    between them (`to_ours(*theirs)` and `to_theirs(ours) -> list`, e.g. fuse/split qkv)."""
+
+    ours: str
+    theirs: tuple[str, ...]
+    to_ours: Callable[..., torch.Tensor] = _same
+    to_theirs: Callable[[torch.Tensor], list[torch.Tensor]] = _as_list
+    optional: bool = False  # e.g. a head: absent in headless files
+
+
+def rule(
+    ours: str,
+    theirs: str | tuple[str, ...],
+    to_ours: Callable[..., torch.Tensor] = _same,
+    to_theirs: Callable[[torch.Tensor], list[torch.Tensor]] = _as_list,
+    optional: bool = False,
+) -> Rule:
+    names = (theirs,) if isinstance(theirs, str) else tuple(theirs)
+    return Rule(ours, names, to_ours, to_theirs, optional)
+
+
+def apply_rules(rules: list[Rule], theirs: dict[str, Any], what: str) -> dict[str, torch.Tensor]:
+    """Their tensors -> vitlab's; keys a rule needs but the file lacks, and keys of the file no
+    rule takes, are reported together as one CheckpointError."""
+    out: dict[str, torch.Tensor] = {}
+    missing: list[str] = []
+    used: set[str] = set()
+    for r in rules:
+        absent = [k for k in r.theirs if k not in theirs]
+        if absent:
+            if not (r.optional and len(absent) == len(r.theirs)):
+                missing += absent
+            continue
+        out[r.ours] = r.to_ours(*[_tensor(theirs[k]) for k in r.theirs])
+        used.update(r.theirs)
+    unused = sorted(set(theirs) - used)
+    if missing or unused:
+        raise CheckpointError(
+            f"{what}: the tensors do not fit the architecture read from them ("
+            + "; ".join(
+                f"{label}: {_short(items)}"
+                for label, items in (("missing", missing), ("not understood", unused))
+                if items
+            )
+            + "). Pass source=... or model=... if the layout was misdetected."
+        )
+    return out
+
+
+def invert_rules(rules: list[Rule], ours: dict[str, torch.Tensor], what: str) -> dict[str, Any]:
+    """vitlab's tensors -> another layout's; a vitlab tensor no rule exports is an error."""
+    out: dict[str, Any] = {}
+    for r in rules:
+        if r.ours in ours:
+            out.update(zip(r.theirs, r.to_theirs(ours[r.ours].detach().cpu())))
+    left = sorted(set(ours) - {r.ours for r in rules})
+    if left:
+        raise CheckpointError(f"{what} has no place for: {_short(left)}")
+    return out
+
+
+def _tensor(v: Any) -> torch.Tensor:
+    return v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v))
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -118,7 +195,7 @@ def _get_source(name: str) -> Source:
 
 def _import_adapters() -> None:
     """Adapters register themselves on import."""
-    from vitlab.weights import timm  # noqa: F401
+    from vitlab.weights import hf, timm  # noqa: F401
 
 
 # Fields a file determines unless the caller overrides them.
@@ -142,15 +219,22 @@ def load_checkpoint(
     *,
     source: SourceName = "auto",
     strict: bool = True,
+    resample: str | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """Load weights from any supported file and return a ready model (in eval mode).
 
-    `model` may be None (the architecture is read from the file), a variant name, a config, or a
-    built module to load into. `overrides` are config fields; changing `num_classes` drops the
-    file's head for a new zero-initialised one (fine-tuning, paper section 3.2), and changing
-    `img_size` resamples the position embeddings.
+    `path` may also be a hub reference, "hf-hub:ORG/NAME" or "timm:MODEL.TAG", downloaded (or
+    found in the local cache) by huggingface_hub. `model` may be None (the architecture is read
+    from the file), a variant name, a config, or a built module to load into. `overrides` are
+    config fields; changing `num_classes` drops the file's head for a new zero-initialised one
+    (fine-tuning, paper section 3.2), and changing `img_size` resamples the position embeddings
+    the way the source library does (`resample` picks another method of weights.posemb.METHODS).
     """
+    from vitlab.weights.hub import is_hub_reference, resolve_reference
+
+    if is_hub_reference(path):
+        path = resolve_reference(str(path))
     raw = read_raw(path)
     src = detect_source_auto(raw) if source == "auto" else _get_source(source)
     if isinstance(model, nn.Module):
@@ -162,7 +246,8 @@ def load_checkpoint(
     new_head = "num_classes" in overrides and _head_shape(sd) not in (None, cfg.num_classes)
     if new_head:
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
-    load_into(target, sd, strict=strict, skip=("head.",) if new_head else ())
+    method = posemb.method_for(src.name, resample)
+    load_into(target, sd, strict=strict, skip=("head.",) if new_head else (), resample=method)
     if new_head:
         target.reset_classifier(cfg.num_classes, cfg.class_names)
     target.cfg.extra.update(source=src.name, loaded_from=str(path))
@@ -188,13 +273,15 @@ def load_into(
     *,
     strict: bool = True,
     skip: tuple[str, ...] = (),
+    resample: str | posemb.Resampling | None = None,
 ) -> None:
-    """Copy `sd` into `model`, resampling position embeddings to the model's grid; any key that
-    is missing, unexpected or misshapen is reported, all at once, as a CheckpointError."""
+    """Copy `sd` into `model`, resampling position embeddings to the model's grid (with
+    `resample`, bicubic by default); any key that is missing, unexpected or misshapen is
+    reported, all at once, as a CheckpointError."""
     own = model.state_dict()
     sd = dict(sd)
     if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
-        sd["pos_embed"] = fit_pos_embed(sd["pos_embed"], model.cfg)
+        sd["pos_embed"] = fit_pos_embed(sd["pos_embed"], model.cfg, resample or "bicubic")
     missing = [k for k in own if k not in sd and not k.startswith(skip)]
     unexpected = [k for k in sd if k not in own]
     misshapen = [
@@ -228,15 +315,17 @@ def _short(items: list[str], n: int = 8) -> str:
     return ", ".join(items[:n]) + more
 
 
-def fit_pos_embed(pos: torch.Tensor, cfg: ViTConfig, **kw: Any) -> torch.Tensor:
-    """Resample stored position embeddings to `cfg`'s patch grid (bicubic unless told)."""
+def fit_pos_embed(
+    pos: torch.Tensor, cfg: ViTConfig, method: str | posemb.Resampling = "bicubic"
+) -> torch.Tensor:
+    """Resample stored position embeddings to `cfg`'s patch grid (weights.posemb's methods)."""
     prefix = cfg.num_prefix_tokens if cfg.pos_embed_cls else 0
     grid = cfg.grid_size()
     n_old = pos.shape[1] - prefix
     if n_old <= 0:
         raise CheckpointError(f"position embeddings of shape {tuple(pos.shape)} hold no patches")
     log.info("resampling position embeddings from %d to %dx%d patches", n_old, *grid)
-    return resample_pos_embed(pos, grid, None, prefix, **kw)
+    return posemb.resample(pos, grid, prefix, method)
 
 
 # ----------------------------------------------------------------------------------- saving

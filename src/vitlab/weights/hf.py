@@ -1,0 +1,253 @@
+"""Hugging Face transformers' ViT layout (`ViTModel`, `ViTForImageClassification`).
+
+A directory written by `save_pretrained`: config.json (architecture, `layer_norm_eps` - 1e-12 by
+default, not timm's 1e-6 -, `hidden_act`, `id2label`) and model.safetensors or pytorch_model.bin
+with separate query/key/value projections. The key map fuses them into vitlab's one qkv matrix
+(rows ordered q, k, v) and splits it again on export. `ViTModel`'s pooler (dense + tanh on the
+class token) is the paper's pre-logits layer (`representation_size`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitlab.errors import CheckpointError
+from vitlab.models.config import AnyConfig, ViTConfig
+from vitlab.weights.checkpoint import (
+    Rule,
+    Source,
+    apply_rules,
+    invert_rules,
+    register_source,
+    rule,
+    unwrap_model,
+)
+from vitlab.weights.io import RawCheckpoint, atomic_write, save_safetensors
+
+# hidden_act in config.json <-> vitlab's act (transformers' ACT2FN names).
+_ACTS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+_EXPORT_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
+
+# Block-level names: the files' (legacy) names, and transformers>=5's in-memory module names.
+_BLOCK_NAMES = {
+    "file": {
+        "prefix": "encoder.layer",
+        "q": "attention.attention.query",
+        "k": "attention.attention.key",
+        "v": "attention.attention.value",
+        "proj": "attention.output.dense",
+        "fc1": "intermediate.dense",
+        "fc2": "output.dense",
+    },
+    "module": {
+        "prefix": "layers",
+        "q": "attention.q_proj",
+        "k": "attention.k_proj",
+        "v": "attention.v_proj",
+        "proj": "attention.o_proj",
+        "fc1": "mlp.fc1",
+        "fc2": "mlp.fc2",
+    },
+}
+
+
+def _fuse(*ts: torch.Tensor) -> torch.Tensor:
+    return torch.cat(ts, dim=0)  # q, k, v rows stacked: (3D, D) or (3D,)
+
+
+def _split3(t: torch.Tensor) -> list[torch.Tensor]:
+    return [c.clone() for c in t.chunk(3, dim=0)]
+
+
+def _detect(raw: RawCheckpoint) -> bool:
+    cfg = raw.extra.get("config.json", {})
+    if cfg.get("model_type") == "vit":
+        return True
+    keys = raw.keys()
+    return any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in keys)
+
+
+def _base(keys: set[str]) -> str:
+    """The "vit." prefix inside ViTForImageClassification; none for a bare ViTModel."""
+    return "vit." if "vit.embeddings.cls_token" in keys else ""
+
+
+def _names(keys: set[str], base: str) -> dict[str, str]:
+    return _BLOCK_NAMES["module" if f"{base}layers.0.layernorm_before.weight" in keys else "file"]
+
+
+def rules(cfg: ViTConfig, base: str = "vit.", names: dict[str, str] | None = None) -> list[Rule]:
+    """vitlab <-> transformers keys for `cfg` (the declarative map)."""
+    n = names or _BLOCK_NAMES["file"]
+    e = f"{base}embeddings."
+    out = [
+        rule("cls_token", f"{e}cls_token"),
+        rule("pos_embed", f"{e}position_embeddings"),
+        rule("patch_embed.proj.weight", f"{e}patch_embeddings.projection.weight"),
+        rule("patch_embed.proj.bias", f"{e}patch_embeddings.projection.bias"),
+        rule("norm.weight", f"{base}layernorm.weight"),
+        rule("norm.bias", f"{base}layernorm.bias"),
+        rule("head.weight", "classifier.weight", optional=True),
+        rule("head.bias", "classifier.bias", optional=True),
+    ]
+    if cfg.representation_size:
+        out += [
+            rule("pre_logits.fc.weight", f"{base}pooler.dense.weight"),
+            rule("pre_logits.fc.bias", f"{base}pooler.dense.bias"),
+        ]
+    for i in range(cfg.depth):
+        hf, ours = f"{base}{n['prefix']}.{i}.", f"blocks.{i}."
+        for p in ("weight", "bias"):
+            out += [
+                rule(f"{ours}norm1.{p}", f"{hf}layernorm_before.{p}"),
+                rule(f"{ours}norm2.{p}", f"{hf}layernorm_after.{p}"),
+                rule(f"{ours}attn.proj.{p}", f"{hf}{n['proj']}.{p}"),
+                rule(f"{ours}mlp.fc1.{p}", f"{hf}{n['fc1']}.{p}"),
+                rule(f"{ours}mlp.fc2.{p}", f"{hf}{n['fc2']}.{p}"),
+            ]
+        qkv = ["weight"] + (["bias"] if cfg.qkv_bias else [])
+        out += [
+            rule(f"{ours}attn.qkv.{p}", tuple(f"{hf}{n[c]}.{p}" for c in "qkv"), _fuse, _split3)
+            for p in qkv
+        ]
+    return out
+
+
+def _class_names(hf: dict[str, Any], n: int) -> tuple[str, ...] | None:
+    labels = hf.get("id2label") or {}
+    names = [str(labels.get(str(i), labels.get(i, ""))) for i in range(n)]
+    if not n or len(labels) != n or all(s == f"LABEL_{i}" for i, s in enumerate(names)):
+        return None
+    return tuple(names)
+
+
+def _infer(raw: RawCheckpoint) -> AnyConfig:
+    hf = raw.extra.get("config.json")
+    if hf is None:
+        raise CheckpointError(
+            f"{raw.path}: Hugging Face weights need their config.json beside them; point at the "
+            "directory that save_pretrained wrote"
+        )
+    act = hf.get("hidden_act", "gelu")
+    if act not in _ACTS:
+        raise CheckpointError(f"{raw.path}: hidden_act={act!r} is not one of {', '.join(_ACTS)}")
+    keys = raw.keys()
+    base = _base(keys)
+    head = raw.tensors.get("classifier.weight")
+    num_classes = 0 if head is None else int(head.shape[0])
+    pooled = f"{base}pooler.dense.weight" in keys
+    dim = int(hf["hidden_size"])
+    mean, std = _normalisation(raw.path)
+    return ViTConfig(
+        img_size=int(hf.get("image_size", 224)),
+        patch_size=int(hf.get("patch_size", 16)),
+        in_chans=int(hf.get("num_channels", 3)),
+        num_classes=num_classes,
+        class_names=_class_names(hf, num_classes),
+        embed_dim=dim,
+        depth=int(hf["num_hidden_layers"]),
+        num_heads=int(hf["num_attention_heads"]),
+        mlp_dim=int(hf["intermediate_size"]),
+        representation_size=int(hf.get("pooler_output_size") or dim) if pooled else None,
+        qkv_bias=bool(hf.get("qkv_bias", True)),
+        layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+        act=_ACTS[act],
+        mean=mean,
+        std=std,
+    )
+
+
+def _normalisation(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """image_mean / image_std of preprocessor_config.json (Google's 0.5 / 0.5 when absent)."""
+    pre = Path(path) / "preprocessor_config.json"
+    d = json.loads(pre.read_text()) if pre.is_file() else {}
+    return tuple(d.get("image_mean", (0.5,) * 3)), tuple(d.get("image_std", (0.5,) * 3))
+
+
+def _to_vitlab(raw: RawCheckpoint, cfg: AnyConfig) -> dict[str, torch.Tensor]:
+    keys = raw.keys()
+    base = _base(keys)
+    sd = apply_rules(rules(cfg, base, _names(keys, base)), raw.tensors, f"{raw.path} (hf)")
+    return sd
+
+
+def _check_exportable(cfg: AnyConfig) -> None:
+    problems = []
+    if not isinstance(cfg, ViTConfig) or cfg.backbone is not None:
+        problems.append("transformers' ViT has no CNN stem (export hybrids as 'google' or 'timm')")
+    elif cfg.pool != "token" or not cfg.pos_embed_cls or cfg.fc_norm:
+        problems.append("transformers' ViT classifies from the class token only")
+    elif cfg.pos_embed != "learn":
+        problems.append("transformers' ViT has learned position embeddings only")
+    elif cfg.representation_size and cfg.num_classes:
+        problems.append("ViTForImageClassification has no pre-logits layer")
+    if problems:
+        raise CheckpointError(f"cannot export to Hugging Face: {problems[0]}")
+
+
+def hf_config(cfg: ViTConfig) -> dict[str, Any]:
+    """config.json for transformers' ViT (written by hand: transformers is not required)."""
+    names = cfg.class_names or tuple(f"LABEL_{i}" for i in range(cfg.num_classes))
+    return {
+        "architectures": ["ViTForImageClassification" if cfg.num_classes else "ViTModel"],
+        "model_type": "vit",
+        "hidden_size": cfg.embed_dim,
+        "num_hidden_layers": cfg.depth,
+        "num_attention_heads": cfg.num_heads,
+        "intermediate_size": cfg.mlp_dim,
+        "hidden_act": _EXPORT_ACT[cfg.act],
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "layer_norm_eps": cfg.layer_norm_eps,
+        "image_size": cfg.img_size,
+        "patch_size": cfg.patch_size,
+        "num_channels": cfg.in_chans,
+        "qkv_bias": cfg.qkv_bias,
+        "pooler_output_size": cfg.representation_size or cfg.embed_dim,
+        "pooler_act": "tanh",
+        "id2label": {str(i): n for i, n in enumerate(names)},
+        "label2id": {n: i for i, n in enumerate(names)},
+    }
+
+
+def _export(model: nn.Module, path: Path) -> Path:
+    """A directory `ViTForImageClassification.from_pretrained` (or `ViTModel`) reads."""
+    model = unwrap_model(model)
+    cfg = model.cfg
+    _check_exportable(cfg)
+    base = "vit." if cfg.num_classes else ""
+    sd = invert_rules(rules(cfg, base), model.state_dict(), "the Hugging Face layout")
+    path = Path(path)
+    save_safetensors(sd, path / "model.safetensors", {"format": "pt"})
+    pre = {
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": True,
+        "size": {"height": cfg.img_size, "width": cfg.img_size},
+        "do_normalize": True,
+        "image_mean": list(cfg.mean),
+        "image_std": list(cfg.std),
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+    }
+    for name, obj in (("config.json", hf_config(cfg)), ("preprocessor_config.json", pre)):
+        text = json.dumps(obj, indent=2)
+        atomic_write(path / name, lambda tmp, text=text: tmp.write_text(text))
+    return path
+
+
+register_source(
+    Source(
+        name="hf",
+        description="Hugging Face ViT directory (config.json model_type 'vit', "
+        "vit.encoder.layer.N.attention.attention.query)",
+        detect=_detect,
+        infer_config=_infer,
+        to_vitlab=_to_vitlab,
+        export=_export,
+    )
+)

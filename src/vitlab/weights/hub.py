@@ -1,0 +1,135 @@
+"""The Hugging Face Hub: hub references for `load_checkpoint`, and `save_pretrained` /
+`from_pretrained` on every vitlab model (through huggingface_hub's `ModelHubMixin`).
+
+    vitlab.load_checkpoint("hf-hub:google/vit-base-patch16-224")          # transformers layout
+    vitlab.load_checkpoint("timm:vit_base_patch16_224.augreg2_in21k_ft_in1k")  # timm's hub copy
+    model.save_pretrained("my-vit"); VisionTransformer.from_pretrained("my-vit")
+
+Downloads go through huggingface_hub, so its cache, `HF_HUB_OFFLINE=1` and tokens work as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelHubMixin, hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
+
+from vitlab.errors import CheckpointError
+
+HUB_PREFIXES = ("hf-hub:", "timm:")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_NATIVE_FILE = "model.safetensors"
+
+
+def is_hub_reference(path: Any) -> bool:
+    """True for "hf-hub:ORG/NAME[@REVISION]" and "timm:MODEL[.TAG]" strings."""
+    return isinstance(path, str) and path.startswith(HUB_PREFIXES)
+
+
+def parse_reference(ref: str) -> tuple[str, str | None]:
+    """("repo_id", revision) of a hub reference; timm's models live under the "timm/" org."""
+    prefix, _, rest = ref.partition(":")
+    name, _, revision = rest.partition("@")
+    if not name:
+        raise CheckpointError(
+            f"{ref!r} names no model; write e.g. hf-hub:google/vit-base-patch16-224"
+        )
+    repo_id = f"timm/{name}" if prefix == "timm" and "/" not in name else name
+    return repo_id, revision or None
+
+
+def resolve_reference(ref: str, cache_dir: str | Path | None = None) -> Path:
+    """Fetch (or find in the local cache) a hub reference's weights and config.json; return
+    the local snapshot directory that holds them."""
+    repo_id, revision = parse_reference(ref)
+    for name in WEIGHT_FILES:
+        try:
+            weights = Path(_download(repo_id, name, revision, cache_dir))
+        except (EntryNotFoundError, LocalEntryNotFoundError) as e:
+            last: Exception = e
+            continue
+        _download_optional(repo_id, "config.json", revision, cache_dir)
+        return weights.parent
+    raise CheckpointError(
+        f"could not get {' or '.join(WEIGHT_FILES)} of {repo_id!r} from the Hugging Face Hub "
+        f"({type(last).__name__}); check the name, your connection, or unset HF_HUB_OFFLINE"
+    )
+
+
+def _download(repo_id: str, filename: str, revision: str | None, cache_dir: Any, **kw: Any) -> str:
+    try:
+        return hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, **kw)
+    except RepositoryNotFoundError:
+        raise CheckpointError(
+            f"{repo_id!r} is not a model repository on the Hugging Face Hub (or it is private: "
+            "log in with `hf auth login`)"
+        ) from None
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        raise
+    except (HfHubHTTPError, OSError) as e:
+        raise CheckpointError(f"downloading {repo_id}/{filename} failed: {e}") from None
+
+
+def _download_optional(repo_id: str, filename: str, revision: str | None, cache_dir: Any) -> None:
+    with contextlib.suppress(EntryNotFoundError, LocalEntryNotFoundError):
+        _download(repo_id, filename, revision, cache_dir)
+
+
+@functools.cache
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names in index order (shipped offline with torchvision)."""
+    from torchvision.models import ViT_B_16_Weights
+
+    return tuple(ViT_B_16_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+class HubMixin(
+    ModelHubMixin,
+    library_name="vitlab",
+    tags=["vision-transformer", "image-classification"],
+    repo_url="https://arxiv.org/abs/2010.11929",
+):
+    """`save_pretrained(dir)` writes vitlab's self-describing model.safetensors (config and class
+    names in its metadata) plus config.json; `from_pretrained(dir_or_repo_id)` reads it back
+    with `vitlab.load_checkpoint`."""
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        import json
+
+        from vitlab.weights.checkpoint import save_checkpoint
+        from vitlab.weights.io import atomic_write
+
+        save_checkpoint(self, Path(save_directory) / _NATIVE_FILE)
+        text = json.dumps(self.cfg.to_dict(), indent=2, sort_keys=True)
+        atomic_write(Path(save_directory) / "config.json", lambda tmp: tmp.write_text(text))
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        **model_kwargs: Any,
+    ) -> Any:
+        from vitlab.weights.checkpoint import load_checkpoint
+
+        if os.path.isdir(model_id):
+            path = Path(model_id) / _NATIVE_FILE
+        else:
+            kw = {"force_download": force_download, "local_files_only": local_files_only}
+            path = Path(_download(model_id, _NATIVE_FILE, revision, cache_dir, token=token, **kw))
+        return load_checkpoint(path, source="vitlab", **model_kwargs)
