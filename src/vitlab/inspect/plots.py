@@ -38,16 +38,21 @@ def _show_image(ax: Axes, image: np.ndarray) -> None:
     ax.set_axis_off()
 
 
+def _stretch(heat: np.ndarray) -> np.ndarray:
+    """Scale a map from its minimum (0) to its maximum (1); a constant map becomes 0."""
+    lo, hi = float(heat.min()), float(heat.max())
+    return (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
+
+
 def _overlay(ax: Axes, image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> None:
-    """The image with `heat` (gh, gw), scaled to its maximum, stretched over it."""
+    """The image with `heat` (gh, gw), min-max scaled, stretched over it."""
     _show_image(ax, image)
     h, w = image.shape[:2]
-    top = float(heat.max())
     ax.imshow(
-        heat / top if top > 0 else heat,
+        _stretch(heat),
         cmap=HEAT_CMAP,
         alpha=alpha,
-        extent=(0, w, h, 0),
+        extent=(-0.5, w - 0.5, h - 0.5, -0.5),  # the image's own pixel-centred extent
         interpolation="bilinear",
         vmin=0,
         vmax=1,
@@ -55,16 +60,18 @@ def _overlay(ax: Axes, image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) 
 
 
 def plot_overlay(image: np.ndarray, heat: np.ndarray, path: str | Path, title: str) -> Path:
-    """Image | heatmap alone | heatmap over the image (Figure 6)."""
+    """Image | the map with its values | the map min-max scaled over the image (Figure 6)."""
     fig = Figure(figsize=(9, 3.3))
     axes = fig.subplots(1, 3)
     _show_image(axes[0], image)
     axes[0].set_title("input (as the model sees it)", fontsize=8)
-    axes[1].imshow(heat, cmap=HEAT_CMAP)
+    im = axes[1].imshow(heat, cmap=HEAT_CMAP)
     axes[1].set_axis_off()
-    axes[1].set_title(f"map on the {heat.shape[0]}x{heat.shape[1]} patch grid", fontsize=8)
+    axes[1].set_title(f"share per patch ({heat.shape[0]}x{heat.shape[1]} grid)", fontsize=8)
+    cbar = fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
+    cbar.ax.tick_params(labelsize=6)
     _overlay(axes[2], image, heat)
-    axes[2].set_title("overlay", fontsize=8)
+    axes[2].set_title("overlay (min to max)", fontsize=8)
     fig.suptitle(title, fontsize=9)
     return save_figure(fig, path)
 

@@ -169,13 +169,14 @@ def _write_image_figures(
         maps.display,
         maps.rollout,
         out_dir / name,
-        f"{maps.name}: attention rollout ({pool_word}); predicted: {maps.top_label}",
+        f"{Path(maps.name).name}: attention rollout ({pool_word}); predicted: {maps.top_label}",
     )
     figures.append(
         (
             name,
             f"Figure 6: attention rollout for {html.escape(maps.name)} (identity added for the "
-            f"residual, rows renormalised, blocks multiplied; {pool_word} row over the patches).",
+            f"residual, rows renormalised, blocks multiplied; {pool_word} row over the patches; "
+            "overlay scaled from min to max).",
         )
     )
     name = f"heads_block{block}_{i:02d}_{_slug(maps.name)}.png"
@@ -184,14 +185,14 @@ def _write_image_figures(
         maps.heads,
         heads,
         out_dir / name,
-        f"{maps.name}: raw attention of block {block} ({pool_word} over the patches)",
+        f"{Path(maps.name).name}: raw attention of block {block} ({pool_word} over the patches)",
     )
     figures.append(
         (
             name,
             f"Raw attention of heads {', '.join(map(str, heads))} of block {block} for "
-            f"{html.escape(maps.name)}, without rollout ({pool_word} row, each head scaled to "
-            "its maximum).",
+            f"{html.escape(maps.name)}, without rollout ({pool_word} row, each head scaled from "
+            "min to max).",
         )
     )
     return figures
