@@ -195,7 +195,7 @@ def _get_source(name: str) -> Source:
 
 def _import_adapters() -> None:
     """Adapters register themselves on import."""
-    from vitlab.weights import hf, timm, torchvision  # noqa: F401
+    from vitlab.weights import google, hf, timm, torchvision  # noqa: F401
 
 
 # Fields a file determines unless the caller overrides them.

@@ -1,0 +1,355 @@
+"""Google's original JAX/Flax `.npz` layout: vit_jax (google-research/vision_transformer) and
+big_vision, including the R50+ViT hybrids.
+
+Flax stores a Dense kernel as (in, out), a convolution as HWIO, and splits attention into
+query/key/value kernels of shape (D, heads, head_dim) with an output kernel (heads, head_dim, D);
+the rules below move each tensor with one small named transform. The architecture is read from
+the arrays (the head count from the query kernel), and so are the numerics Google's code runs
+with: flax's `nn.gelu` is `jax.nn.gelu(x, approximate=True)`, the tanh form (jax's API docs),
+LayerNorm and GroupNorm use flax's eps 1e-6, and the hybrid's StdConv divides by (std + 1e-5).
+
+Layouts read: vit_jax (`Transformer/posembed_input/pos_embedding`, `encoderblock_N` with
+`MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`); big_vision (`pos_embedding` at the
+top, added to the patches before the class token joins, `MultiHeadDotProductAttention_0`,
+`LayerNorm_1`, `MlpBlock_0`), also "scan" files whose blocks are stacked in one `encoderblock`
+with a leading layer axis; any of them under `opt/target/`, `params/` or `params/img/`.
+
+vitlab's exports add one array, `vitlab/config` (vitlab's config as JSON in a unicode array, no
+pickle), so vitlab reads its own files back exactly while other readers ignore it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitlab.errors import CheckpointError
+from vitlab.models.config import AnyConfig, ResNetConfig, ViTConfig, config_from_dict
+from vitlab.weights.checkpoint import (
+    Rule,
+    Source,
+    apply_rules,
+    invert_rules,
+    register_source,
+    rule,
+    unwrap_model,
+)
+from vitlab.weights.hub import imagenet_class_names
+from vitlab.weights.io import RawCheckpoint, atomic_write
+from vitlab.weights.timm import grid_from_tokens
+
+CONFIG_KEY = "vitlab/config"
+_PREFIXES = ("opt/target/", "params/img/", "params/", "")
+# Block sub-module names of the two code bases.
+_NAMES = {
+    "vit_jax": {
+        "pos": "Transformer/posembed_input/pos_embedding",
+        "mha": "MultiHeadDotProductAttention_1",
+        "ln2": "LayerNorm_2",
+        "mlp": "MlpBlock_3",
+    },
+    "big_vision": {
+        "pos": "pos_embedding",
+        "mha": "MultiHeadDotProductAttention_0",
+        "ln2": "LayerNorm_1",
+        "mlp": "MlpBlock_0",
+    },
+}
+_UNSUPPORTED = {"MAPHead_0/probe": "attention-pooling (MAP) heads"}
+
+
+# ------------------------------------------------------------------------ named transforms
+def _hwio_to_oihw(k: torch.Tensor) -> torch.Tensor:
+    return k.permute(3, 2, 0, 1).contiguous()  # (kh, kw, in, out) -> (out, in, kh, kw)
+
+
+def _oihw_to_hwio(w: torch.Tensor) -> list[torch.Tensor]:
+    return [w.permute(2, 3, 1, 0).contiguous()]  # (out, in, kh, kw) -> (kh, kw, in, out)
+
+
+def _transpose(k: torch.Tensor) -> torch.Tensor:
+    return k.T.contiguous()  # Dense kernel (in, out) <-> Linear weight (out, in)
+
+
+def _transposed(w: torch.Tensor) -> list[torch.Tensor]:
+    return [w.T.contiguous()]
+
+
+def _fuse_qkv_kernels(*ks: torch.Tensor) -> torch.Tensor:
+    d = ks[0].shape[0]
+    return torch.cat([k.reshape(d, -1).T for k in ks], dim=0)  # 3 x (D, h, hd) -> (3D, D)
+
+
+def _fuse_qkv_biases(*bs: torch.Tensor) -> torch.Tensor:
+    return torch.cat([b.reshape(-1) for b in bs], dim=0)  # 3 x (h, hd) -> (3D,)
+
+
+def _out_kernel(k: torch.Tensor) -> torch.Tensor:
+    return k.reshape(-1, k.shape[-1]).T.contiguous()  # (h, hd, D) -> (D, h*hd)
+
+
+def _split_qkv(heads: int, is_bias: bool):
+    def split(t: torch.Tensor) -> list[torch.Tensor]:
+        d = t.shape[0] // 3
+        if is_bias:
+            return [c.reshape(heads, d // heads) for c in t.chunk(3)]  # (3D,) -> 3 x (h, hd)
+        return [c.T.reshape(d, heads, d // heads) for c in t.chunk(3)]  # -> 3 x (D, h, hd)
+
+    return split
+
+
+def _to_out_kernel(heads: int):
+    def split(w: torch.Tensor) -> list[torch.Tensor]:
+        d = w.shape[0]
+        return [w.T.reshape(heads, d // heads, d).contiguous()]  # (D, D) -> (h, hd, D)
+
+    return split
+
+
+# ---------------------------------------------------------------------------------- rules
+def rules(cfg: ViTConfig, layout: str = "vit_jax") -> list[Rule]:
+    """vitlab <-> Google keys for `cfg` in the vit_jax or big_vision naming."""
+    n = _NAMES[layout]
+    out = [
+        rule("patch_embed.proj.weight", "embedding/kernel", _hwio_to_oihw, _oihw_to_hwio),
+        rule("patch_embed.proj.bias", "embedding/bias"),
+        rule("norm.weight", "Transformer/encoder_norm/scale"),
+        rule("norm.bias", "Transformer/encoder_norm/bias"),
+        rule("head.weight", "head/kernel", _transpose, _transposed, optional=True),
+        rule("head.bias", "head/bias", optional=True),
+    ]
+    if cfg.class_token:
+        out.append(rule("cls_token", "cls"))
+    if cfg.pos_embed == "learn":
+        out.append(rule("pos_embed", n["pos"]))
+    if cfg.representation_size:
+        out += [
+            rule("pre_logits.fc.weight", "pre_logits/kernel", _transpose, _transposed),
+            rule("pre_logits.fc.bias", "pre_logits/bias"),
+        ]
+    for i in range(cfg.depth):
+        out += _block_rules(cfg, i, n)
+    if cfg.backbone is not None:
+        out += _resnet_rules(cfg.backbone, "patch_embed.backbone.")
+    return out
+
+
+def _block_rules(cfg: ViTConfig, i: int, n: dict[str, str]) -> list[Rule]:
+    g, ours, h = f"Transformer/encoderblock_{i}/", f"blocks.{i}.", cfg.num_heads
+    mha, mlp = f"{g}{n['mha']}/", f"{g}{n['mlp']}/"
+    out = [
+        rule(f"{ours}norm1.weight", f"{g}LayerNorm_0/scale"),
+        rule(f"{ours}norm1.bias", f"{g}LayerNorm_0/bias"),
+        rule(f"{ours}norm2.weight", f"{g}{n['ln2']}/scale"),
+        rule(f"{ours}norm2.bias", f"{g}{n['ln2']}/bias"),
+        rule(
+            f"{ours}attn.qkv.weight",
+            tuple(f"{mha}{c}/kernel" for c in ("query", "key", "value")),
+            _fuse_qkv_kernels,
+            _split_qkv(h, is_bias=False),
+        ),
+        rule(f"{ours}attn.proj.weight", f"{mha}out/kernel", _out_kernel, _to_out_kernel(h)),
+        rule(f"{ours}attn.proj.bias", f"{mha}out/bias"),
+    ]
+    if cfg.qkv_bias:
+        out.append(
+            rule(
+                f"{ours}attn.qkv.bias",
+                tuple(f"{mha}{c}/bias" for c in ("query", "key", "value")),
+                _fuse_qkv_biases,
+                _split_qkv(h, is_bias=True),
+            )
+        )
+    for r in (0, 1):
+        out += [
+            rule(f"{ours}mlp.fc{r + 1}.weight", f"{mlp}Dense_{r}/kernel", _transpose, _transposed),
+            rule(f"{ours}mlp.fc{r + 1}.bias", f"{mlp}Dense_{r}/bias"),
+        ]
+    return out
+
+
+def _resnet_rules(cfg: ResNetConfig, ours: str) -> list[Rule]:
+    """The hybrid stem: `conv_root`, `gn_root`, `block{s}/unit{u}/{conv,gn}{1,2,3}` + proj."""
+    out = [
+        rule(f"{ours}stem.conv.weight", "conv_root/kernel", _hwio_to_oihw, _oihw_to_hwio),
+        rule(f"{ours}stem.norm.weight", "gn_root/scale"),
+        rule(f"{ours}stem.norm.bias", "gn_root/bias"),
+    ]
+    for s, depth in enumerate(cfg.layers):
+        for u in range(depth):
+            g, o = f"block{s + 1}/unit{u + 1}/", f"{ours}stages.{s}.blocks.{u}."
+            parts = [(f"conv{r}", f"norm{r}", f"conv{r}", f"gn{r}") for r in (1, 2, 3)]
+            if u == 0:
+                parts.append(("downsample.conv", "downsample.norm", "conv_proj", "gn_proj"))
+            for conv, norm, gconv, gnorm in parts:
+                out += [
+                    rule(f"{o}{conv}.weight", f"{g}{gconv}/kernel", _hwio_to_oihw, _oihw_to_hwio),
+                    rule(f"{o}{norm}.weight", f"{g}{gnorm}/scale"),
+                    rule(f"{o}{norm}.bias", f"{g}{gnorm}/bias"),
+                ]
+    return out
+
+
+# -------------------------------------------------------------------------------- reading
+def normalise(arrays: dict[str, Any], path: Any = "checkpoint") -> dict[str, Any]:
+    """The model's arrays with the file's prefix removed and "scan" blocks unstacked."""
+    prefix = next((p for p in _PREFIXES if f"{p}embedding/kernel" in arrays), None)
+    if prefix is None:
+        raise CheckpointError(
+            f"{path}: no 'embedding/kernel' array (also looked under {', '.join(_PREFIXES[:-1])}); "
+            "this is not a Google ViT checkpoint"
+        )
+    flat = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+    flat.pop(CONFIG_KEY, None)
+    scan = "Transformer/encoderblock/"
+    stacked = {k: v for k, v in flat.items() if k.startswith(scan)}
+    for k, v in stacked.items():  # (depth, ...) -> depth arrays
+        del flat[k]
+        for i in range(v.shape[0]):
+            flat[f"Transformer/encoderblock_{i}/{k[len(scan) :]}"] = v[i]
+    return flat
+
+
+def _layout(flat: dict[str, Any]) -> str:
+    return "big_vision" if "pos_embedding" in flat or _has(flat, "LayerNorm_1/") else "vit_jax"
+
+
+def _has(flat: dict[str, Any], part: str) -> bool:
+    return any(part in k for k in flat)
+
+
+def _count(flat: dict[str, Any], pattern: str) -> int:
+    idx = {int(m.group(1)) for k in flat if (m := re.match(pattern, k))}
+    return max(idx) + 1 if idx else 0
+
+
+def _infer_backbone(flat: dict[str, Any]) -> ResNetConfig | None:
+    if "conv_root/kernel" not in flat:
+        return None
+    stages = [s for s in range(1, 5) if f"block{s}/unit1/conv1/kernel" in flat]
+    layers = tuple(_count(flat, rf"block{s}/unit(\d+)/") - 1 for s in stages)  # 1-based
+    root = flat["conv_root/kernel"]  # (7, 7, C, width)
+    return ResNetConfig(
+        layers=layers,
+        stem_width=int(root.shape[-1]),
+        preact=False,
+        stem_type="same",
+        std_conv_eps=1e-5,
+        weight_std="std",
+        gn_eps=1e-6,
+        in_chans=int(root.shape[2]),
+        num_classes=0,
+    )
+
+
+def infer_config(flat: dict[str, Any]) -> ViTConfig:
+    """The architecture and Google's numerics from normalised arrays."""
+    for key, what in _UNSUPPORTED.items():
+        if key in flat:
+            raise CheckpointError(
+                f"this checkpoint uses {what} ({key}), which vitlab does not build"
+            )
+    n = _NAMES[_layout(flat)]
+    kernel = flat["embedding/kernel"]  # (P, P, C, D)
+    patch, chans, dim = int(kernel.shape[0]), int(kernel.shape[2]), int(kernel.shape[3])
+    backbone = _infer_backbone(flat)
+    mha = f"Transformer/encoderblock_0/{n['mha']}/"
+    heads = int(flat[f"{mha}query/kernel"].shape[1])
+    mlp = int(flat[f"Transformer/encoderblock_0/{n['mlp']}/Dense_0/kernel"].shape[1])
+    cls = "cls" in flat
+    pos = flat.get(n["pos"])
+    side, pos_cls = grid_from_tokens(int(pos.shape[1]), int(cls)) if pos is not None else (0, False)
+    head = flat.get("head/kernel")
+    num_classes = 0 if head is None else int(head.shape[-1])
+    pre = flat.get("pre_logits/kernel")
+    return ViTConfig(
+        img_size=side * patch * (backbone.reduction if backbone else 1),
+        patch_size=patch,
+        in_chans=backbone.in_chans if backbone else chans,
+        num_classes=num_classes,
+        class_names=imagenet_class_names() if num_classes == 1000 else None,
+        embed_dim=dim,
+        depth=_count(flat, r"Transformer/encoderblock_(\d+)/"),
+        num_heads=heads,
+        mlp_dim=mlp,
+        pool="token" if cls else "gap",
+        class_token=cls,
+        pos_embed_cls=pos_cls,
+        pos_embed="learn" if pos is not None else "sincos",
+        representation_size=None if pre is None else int(pre.shape[-1]),
+        qkv_bias=f"{mha}query/bias" in flat,
+        layer_norm_eps=1e-6,
+        act="gelu_tanh",
+        backbone=backbone,
+    )
+
+
+def _detect(raw: RawCheckpoint) -> bool:
+    return any(f"{p}embedding/kernel" in raw.tensors for p in _PREFIXES)
+
+
+def _infer(raw: RawCheckpoint) -> AnyConfig:
+    stored = raw.tensors.get(CONFIG_KEY)
+    if stored is not None:  # written by vitlab: the exact config
+        return config_from_dict(json.loads(str(np.asarray(stored))))
+    return infer_config(normalise(raw.tensors, raw.path))
+
+
+def _to_vitlab(raw: RawCheckpoint, cfg: AnyConfig) -> dict[str, torch.Tensor]:
+    if not isinstance(cfg, ViTConfig):
+        raise CheckpointError(f"{raw.path}: Google ViT weights need a ViT model, not {cfg.arch}")
+    flat = normalise(raw.tensors, raw.path)
+    return apply_rules(rules(cfg, _layout(flat)), flat, f"{raw.path} (google)")
+
+
+# -------------------------------------------------------------------------------- writing
+def _check_exportable(cfg: AnyConfig) -> None:
+    problems = {
+        "a ViT (BiT ResNets are exported as 'timm' or 'vitlab')": isinstance(cfg, ViTConfig),
+        "learned position embeddings": getattr(cfg, "pos_embed", "") == "learn",
+        "qkv biases": getattr(cfg, "qkv_bias", False),
+        "fc_norm=False": not getattr(cfg, "fc_norm", True),
+        "a post-activation hybrid stem": getattr(cfg, "backbone", None) is None
+        or not cfg.backbone.preact,
+    }
+    broken = [what for what, ok in problems.items() if not ok]
+    if broken:
+        raise CheckpointError(f"the Google layout needs {', '.join(broken)}")
+
+
+def _export(model: nn.Module, path: Path) -> Path:
+    """A vit_jax-layout .npz (big_vision's when position embeddings skip the class token) that
+    timm's `_load_weights` reads, plus vitlab's config in `vitlab/config`."""
+    model = unwrap_model(model)
+    cfg = model.cfg
+    _check_exportable(cfg)
+    layout = "vit_jax" if cfg.pos_embed_cls or not cfg.class_token else "big_vision"
+    sd = invert_rules(rules(cfg, layout), model.state_dict(), "the Google layout")
+    arrays = {k: v.float().numpy() for k, v in sd.items()}
+    arrays[CONFIG_KEY] = np.array(json.dumps(cfg.to_dict(), sort_keys=True))
+    path = Path(path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+            np.savez(f, **arrays)
+
+    return atomic_write(path, write)
+
+
+register_source(
+    Source(
+        name="google",
+        description="Google JAX .npz (vit_jax or big_vision: embedding/kernel, "
+        "Transformer/encoderblock_N, optional opt/target/ or params/ prefix)",
+        detect=_detect,
+        infer_config=_infer,
+        to_vitlab=_to_vitlab,
+        export=_export,
+    )
+)
