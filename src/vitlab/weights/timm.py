@@ -14,6 +14,7 @@ from vitlab.errors import CheckpointError
 from vitlab.models.config import AnyConfig, ResNetConfig, ViTConfig
 from vitlab.models.registry import _VARIANTS
 from vitlab.weights.checkpoint import Source, register_source, unwrap_model
+from vitlab.weights.hub import imagenet_class_names
 from vitlab.weights.io import RawCheckpoint, save_safetensors
 
 _UNSUPPORTED = {
@@ -126,9 +127,11 @@ def infer_resnet_config(sd: dict[str, torch.Tensor], prefix: str = "") -> ResNet
 
 
 def _infer(raw: RawCheckpoint) -> AnyConfig:
-    if _is_vit(raw.tensors):
-        return infer_vit_config(raw.tensors)
-    return infer_resnet_config(raw.tensors)
+    sd = raw.tensors
+    cfg = infer_vit_config(sd) if _is_vit(sd) else infer_resnet_config(sd)
+    if cfg.num_classes == 1000:  # an ImageNet-1k head: its class names travel with it
+        cfg.class_names = imagenet_class_names()
+    return cfg
 
 
 def _to_vitlab(raw: RawCheckpoint, cfg: AnyConfig) -> dict[str, torch.Tensor]:
