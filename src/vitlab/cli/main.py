@@ -18,12 +18,14 @@ COMMANDS = [
     "predict",
     "inspect",
     "bench",
+    "convert",
 ]
 
 EPILOG = """\
 examples:
   vitlab models                       every variant with its size and cost
   vitlab models --paper               the paper's Table 1
+  vitlab convert ViT-B_16.npz out --to hf   Google weights -> a Hugging Face directory
 
 Run `vitlab COMMAND --help` for the options of a command.
 """

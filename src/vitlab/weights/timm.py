@@ -13,7 +13,7 @@ from torch import nn
 from vitlab.errors import CheckpointError
 from vitlab.models.config import AnyConfig, ResNetConfig, ViTConfig
 from vitlab.models.registry import _VARIANTS
-from vitlab.weights.checkpoint import Source, register_source, unwrap_model
+from vitlab.weights.checkpoint import Source, log, register_source, unwrap_model
 from vitlab.weights.hub import imagenet_class_names
 from vitlab.weights.io import RawCheckpoint, save_safetensors
 
@@ -147,6 +147,17 @@ def _export(model: nn.Module, path: Path) -> Path:
         raise CheckpointError(
             "timm's VisionTransformer has no pre-logits layer; export this model with "
             "format='google' or 'hf' instead, or fine-tune it without representation_size"
+        )
+    cfg = model.cfg
+    if getattr(cfg, "act", "gelu") != "gelu" or getattr(cfg, "layer_norm_eps", 1e-6) != 1e-6:
+        log.warning(
+            "timm builds exact GELU and LayerNorm eps 1e-6 by default; this model uses act=%s, "
+            "eps=%g: pass act_layer=%r and norm_layer=partial(nn.LayerNorm, eps=%g) to "
+            "timm.create_model to reproduce its outputs exactly",
+            cfg.act,
+            cfg.layer_norm_eps,
+            cfg.act,
+            cfg.layer_norm_eps,
         )
     return save_safetensors(sd, path)
 

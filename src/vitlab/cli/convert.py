@@ -1,0 +1,131 @@
+"""`vitlab convert`: read weights in one ecosystem's layout and write them in another's."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vitlab.errors import ConfigError
+
+FORMATS = ["vitlab", "timm", "hf", "google", "torchvision"]
+SOURCES = ["auto", *FORMATS]
+
+HELP = "convert weights between vitlab, timm, Hugging Face, Google .npz and torchvision"
+
+DESCRIPTION = """\
+Read a checkpoint in any layout vitlab understands and write it in another, so weights trained
+or published in one ecosystem run in the others:
+
+  vitlab       one self-describing .safetensors (config and class names inside)
+  timm         a timm state dict (.safetensors): timm.create_model(..., pretrained_cfg_overlay=
+               dict(file=DST)) or model.load_state_dict reads it
+  hf           a directory ViTForImageClassification.from_pretrained(DST) reads
+  google       a vit_jax/big_vision-layout .npz (timm's npz loader reads it too)
+  torchvision  a state dict torchvision.models.VisionTransformer.load_state_dict takes (.pth)
+
+SRC may be a file, a Hugging Face directory, or a hub reference (hf-hub:ORG/NAME, timm:MODEL.TAG;
+downloaded once with huggingface_hub). The architecture is read from the weights; files that do
+not record everything (timm and torchvision store no head count) can be completed with --set.
+Each ecosystem computes slightly differently (LayerNorm eps, exact or tanh GELU): the numbers a
+model was loaded with travel with it, and a target that cannot express them is refused with the
+reason before anything is written; every file is written atomically.
+"""
+
+EPILOG = """\
+examples:
+  vitlab convert ViT-B_16.npz vit_b16_hf --to hf
+  vitlab convert hf-hub:google/vit-base-patch16-224 vit_b16.safetensors --to vitlab
+  vitlab convert vit_b_16.pth vit_b16.npz --to google --from torchvision --set num_heads=12
+  vitlab convert ViT-B_16.npz vit_b16_384.safetensors --to timm --set img_size=384
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help=HELP,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("src", metavar="SRC", help="weights to read: file, directory or hub reference")
+    p.add_argument("dst", metavar="DST", help="where to write (a directory for --to hf)")
+    p.add_argument("--to", required=True, choices=FORMATS, help="the layout to write")
+    p.add_argument(
+        "--from",
+        dest="source",
+        default="auto",
+        choices=SOURCES,
+        help="the layout of SRC (default: detected, and reported)",
+    )
+    p.add_argument(
+        "--model",
+        metavar="NAME",
+        help="build this registry variant instead of reading the architecture (`vitlab models`)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config field to set, e.g. num_heads=12, img_size=384 (resamples position "
+        "embeddings), num_classes=10 (a new zero head); repeatable",
+    )
+    p.add_argument(
+        "--resample",
+        metavar="METHOD",
+        help="position-embedding resampling when img_size changes: google, timm_npz, timm, hf, "
+        "torchvision, bicubic, bilinear (default: the source library's own)",
+    )
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """["num_heads=12", "act=gelu"] -> {"num_heads": 12, "act": "gelu"} (values read as YAML)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r} (e.g. --set num_heads=12)")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: cannot read the value {value!r}") from None
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from vitlab.weights import load_checkpoint, save_checkpoint
+
+    overrides = parse_overrides(args.overrides)
+    model = load_checkpoint(
+        args.src, args.model, source=args.source, resample=args.resample, **overrides
+    )
+    print(f"read   {args.src} ({model.cfg.extra.get('source')} layout)")
+    print(f"       {describe(model)}")
+    out = save_checkpoint(model, args.dst, format=args.to)
+    files = sorted(p for p in Path(out).rglob("*") if p.is_file()) if Path(out).is_dir() else [out]
+    size = sum(Path(f).stat().st_size for f in files)
+    print(f"wrote  {out} ({args.to} layout): {len(files)} file(s), {size / 1e6:.1f} MB")
+    return 0
+
+
+def describe(model: Any) -> str:
+    """One line of facts about a loaded model."""
+    c = model.cfg
+    names = " with class names" if c.class_names else ""
+    params = f"{model.num_params() / 1e6:.1f}M params"
+    if c.arch == "resnetv2":
+        return (
+            f"ResNetV2 stages {c.layers} x{c.width_factor}, {c.img_size} px, {c.num_classes} "
+            f"classes{names}, {params}"
+        )
+    stem = f"ResNet stem {c.backbone.layers} + " if c.backbone is not None else ""
+    return (
+        f"{stem}ViT {c.depth} layers, D {c.embed_dim}, {c.num_heads} heads, patch "
+        f"{c.patch_size}, {c.img_size} px, {c.num_classes} classes{names}, act {c.act}, "
+        f"LayerNorm eps {c.layer_norm_eps:g}, {params}"
+    )
