@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 
-from vitlab.models import ViTConfig, create_model, get_variant, list_models, vit_flops
+from vitlab.models import ResNetConfig, create_model, get_variant, list_models
+from vitlab.models.flops import model_flops
 
 HELP = "list model variants with layers, width, heads, parameters and GFLOPs"
 
 DESCRIPTION = """\
-List every model variant vitlab can build. Sizes are computed from the registry without
-allocating weights, so even ViT-H/14 lists instantly. Any name shown here, the paper's names
-("ViT-B/16", "B/16") and timm's ("vit_base_patch16_384") work wherever a model is asked for.
+List every model variant vitlab can build: the ViTs, the R50+ViT hybrids and the BiT ResNets
+the paper compares against. Sizes are computed from the registry without allocating weights, so
+even ViT-H/14 lists instantly. Any name shown here, the paper's names ("ViT-B/16", "B/16",
+"R50+ViT-B/16") and timm's ("vit_base_patch16_384", "resnetv2_50x1_bit") work wherever a model is
+asked for. For the CNNs, "layers" is the ResNet depth and "width" the final channels; for hybrids
+and CNNs "patch" is the pixels per token / per final feature (the total stride).
 """
 
 
@@ -38,27 +42,41 @@ def rows(pattern: str | None = None, paper: bool = False) -> list[dict]:
     for name in list_models(pattern, paper_only=paper):
         v = get_variant(name)
         cfg = v.config
-        if not isinstance(cfg, ViTConfig):
-            continue
         img = 224 if paper else cfg.img_size
         model = create_model(name, device="meta", img_size=img)
         out.append(
             {
                 "name": name,
                 "aliases": list(v.aliases),
-                "layers": cfg.depth,
-                "width": cfg.embed_dim,
-                "mlp": cfg.mlp_dim,
-                "heads": cfg.num_heads,
-                "patch": cfg.patch_size,
+                **_shape(cfg),
                 "img_size": img,
                 "params_m": round(model.num_params() / 1e6, 3),
                 "paper_params_m": v.paper_params_m,
-                "gflops": round(vit_flops(model.cfg) / 1e9, 3),
+                "gflops": round(model_flops(model.cfg) / 1e9, 3),
                 "description": v.description,
             }
         )
     return out
+
+
+def _shape(cfg) -> dict:
+    """layers / width / mlp / heads / patch of a ViT, a hybrid or a ResNet (None where n/a)."""
+    if isinstance(cfg, ResNetConfig):
+        depth = 2 + 3 * sum(cfg.layers)  # stem, 3 convs per unit, head
+        return {
+            "layers": depth,
+            "width": cfg.out_chans,
+            "mlp": None,
+            "heads": None,
+            "patch": cfg.reduction,
+        }
+    return {
+        "layers": cfg.depth,
+        "width": cfg.embed_dim,
+        "mlp": cfg.mlp_dim,
+        "heads": cfg.num_heads,
+        "patch": cfg.feature_stride,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,9 +97,10 @@ def run(args: argparse.Namespace) -> int:
     for r in table:
         alias = r["aliases"][0] if r["aliases"] else ""
         paper_p = f"{r['paper_params_m']}M" if r["paper_params_m"] else ""
+        mlp, heads = r["mlp"] or "-", r["heads"] or "-"
         print(
-            f"{r['name']:<14}{alias:<12}{r['layers']:>7}{r['width']:>7}{r['mlp']:>7}"
-            f"{r['heads']:>6}{r['img_size']:>6}{_params(r['params_m']):>10}{paper_p:>9}"
+            f"{r['name']:<14}{alias:<12}{r['layers']:>7}{r['width']:>7}{mlp:>7}"
+            f"{heads:>6}{r['img_size']:>6}{_params(r['params_m']):>10}{paper_p:>9}"
             f"{r['gflops']:>9.2f}"
         )
     print(

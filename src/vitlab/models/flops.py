@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from vitlab.models.config import ViTConfig
+import math
+
+from vitlab.models.config import AnyConfig, ResNetConfig, ViTConfig, _pair, replace
 
 
 def vit_flops(cfg: ViTConfig, img_size: int | tuple[int, int] | None = None) -> int:
@@ -27,4 +29,42 @@ def vit_flops(cfg: ViTConfig, img_size: int | tuple[int, int] | None = None) -> 
     if rep:
         flops += 2 * d * rep
     flops += 2 * (rep or d) * cfg.num_classes
+    return flops
+
+
+def resnet_flops(cfg: ResNetConfig, img_size: int | tuple[int, int] | None = None) -> int:
+    """Forward FLOPs for one image through a ResNetV2: every convolution (stem, the three of each
+    bottleneck, the projection shortcuts) and the head; norms and pooling are not counted.
+    Every stride-2 layer (SAME or symmetric padding alike) maps a side s to ceil(s / 2)."""
+    h, w = _pair(cfg.img_size if img_size is None else img_size)
+    width = cfg.stem_width * cfg.width_factor
+    k, s = (3, 1) if cfg.stem_type == "small" else (7, 2)
+    h, w = math.ceil(h / s), math.ceil(w / s)
+    flops = 2 * h * w * width * cfg.in_chans * k * k
+    if cfg.stem_type != "small":  # the stem's 3x3 stride-2 max-pool
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    cin = width
+    for i, depth in enumerate(cfg.layers):
+        cout = 4 * width * 2**i
+        mid = cout // 4
+        for u in range(depth):
+            stride = 2 if i > 0 and u == 0 else 1
+            c_in = cin if u == 0 else cout
+            flops += 2 * h * w * mid * c_in  # 1x1 reduce, before the stride
+            h, w = math.ceil(h / stride), math.ceil(w / stride)
+            flops += 2 * h * w * mid * mid * 9 + 2 * h * w * cout * mid  # 3x3 and 1x1 expand
+            if u == 0:
+                flops += 2 * h * w * cout * c_in  # projection shortcut
+        cin = cout
+    return flops + 2 * cin * cfg.num_classes
+
+
+def model_flops(cfg: AnyConfig, img_size: int | tuple[int, int] | None = None) -> int:
+    """Forward FLOPs of any vitlab model: a ViT, a hybrid (its CNN stem included) or a ResNet."""
+    if isinstance(cfg, ResNetConfig):
+        return resnet_flops(cfg, img_size)
+    flops = vit_flops(cfg, img_size)
+    if cfg.backbone is not None:
+        stem = replace(cfg.backbone, in_chans=cfg.in_chans, num_classes=0, class_names=None)
+        flops += resnet_flops(stem, cfg.img_size if img_size is None else img_size)
     return flops

@@ -122,7 +122,7 @@ def _register_cnns() -> None:
                 name=name,
                 config=ResNetConfig(layers=layers, width_factor=wf),
                 description=f"BiT ResNet-{depth}x{wf} (pre-activation, GroupNorm, WS)",
-                aliases=(f"resnetv2_{depth}x{wf}_bit", f"BiT-R{depth}x{wf}"),
+                aliases=(f"BiT-R{depth}x{wf}", f"resnetv2_{depth}x{wf}_bit"),
             )
         )
     stem = ResNetConfig(layers=(3, 4, 9), preact=False, stem_type="same", num_classes=0)
