@@ -19,6 +19,9 @@ COMMANDS = [
     "inspect",
     "bench",
     "convert",
+    "train",
+    "finetune",
+    "eval",
 ]
 
 EPILOG = """\

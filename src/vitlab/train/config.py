@@ -1,0 +1,237 @@
+"""TrainConfig: every knob of a training run in one dataclass, read from a YAML preset, overridden
+from the command line (`--set key=value`), and saved as `config.yaml` in every run directory.
+
+Defaults follow the paper's pre-training recipe (Appendix B.1: Adam β1 0.9, β2 0.999, linear
+warmup, cosine decay, global-norm clipping at 1); the presets in `configs/` tune them per task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from vitlab.errors import ConfigError
+
+Optimizer = Literal["adamw", "sgd"]
+Schedule = Literal["cosine", "linear", "constant"]
+Precision = Literal["fp32", "bf16", "fp16"]
+Strategy = Literal["ddp", "fsdp"]
+
+
+@dataclass
+class TrainConfig:
+    """One training or fine-tuning run. Field names are the keys of the YAML presets and of
+    `--set key=value`; `model_args` takes ViTConfig/ResNetConfig fields (`model_args.depth=4`)."""
+
+    # what to train
+    model: str = "vit_test"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None  # fine-tuning: any checkpoint vitlab.load_checkpoint reads
+    img_size: int | None = None  # None: the model's (or the checkpoint's) resolution
+    # data
+    data: str = "synthetic"
+    data_root: str | None = None
+    download: bool = False
+    val_split: float = 0.0  # fraction of train held out when the dataset has no val split
+    workers: int = 0  # DataLoader worker processes (0: batches prepared in the main process)
+    # augmentation and regularisation
+    scale: float = 1.0  # smallest area fraction of random-resized crops (1: off)
+    pad_crop: int = 0
+    hflip: float = 0.0
+    randaug_n: int = 2
+    randaug_m: int = 0  # RandAugment magnitude (0: off)
+    random_erase: float = 0.0
+    mixup: float = 0.0  # Beta(alpha, alpha) of mixup (0: off)
+    cutmix: float = 0.0
+    label_smoothing: float = 0.0
+    # optimisation (per step)
+    epochs: float = 1.0
+    steps: int | None = None  # total optimiser steps; overrides epochs (the paper counts steps)
+    batch_size: int = 64  # global batch (all processes, all accumulation steps)
+    accum_steps: int = 1
+    optimizer: Optimizer = "adamw"
+    lr: float = 1e-3
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9
+    schedule: Schedule = "cosine"
+    warmup_steps: int = 0
+    warmup_epochs: float = 0.0
+    clip_grad: float | None = 1.0
+    ema_decay: float | None = None  # Polyak averaging (Table 2 uses 0.9999)
+    # precision, speed, parallelism
+    precision: Precision = "fp32"
+    compile: bool = False
+    strategy: Strategy = "ddp"
+    device: str = "auto"
+    threads: int | None = None  # CPU threads per process (None: torch's default)
+    # bookkeeping
+    seed: int = 0
+    deterministic: bool = False
+    out: str = "runs/train"
+    ckpt_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends)
+    eval_every: int = 1  # epochs between validation passes
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        checks = [
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.accum_steps >= 1, "accum_steps must be >= 1"),
+            (self.batch_size % self.accum_steps == 0, "batch_size must divide by accum_steps"),
+            (self.epochs > 0 or (self.steps or 0) > 0, "epochs (or steps) must be > 0"),
+            (self.lr > 0, "lr must be > 0"),
+            (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
+            (0.0 < self.scale <= 1.0, "scale must be in (0, 1]"),
+            (self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay must be in (0, 1)"),
+            (0.0 <= self.val_split < 1.0, "val_split must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"{message} (check the preset or --set)")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+# ---------------------------------------------------------------------------- type checking
+def _check_types(cfg: TrainConfig) -> None:
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        coerced = _coerce(f.name, value, hints[f.name])
+        setattr(cfg, f.name, coerced)
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """`value` as type `hint`, or a ConfigError naming the key, the value and the type."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(name, value, a)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{name} must be a list of {len(args)} numbers, got {value!r}")
+        return tuple(_coerce(name, v, a) for v, a in zip(value, args))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{name} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+# ------------------------------------------------------------------------ presets and overrides
+def configs_dir() -> Path:
+    """The YAML presets: $VITLAB_CONFIGS, else the repository's `configs/`."""
+    env = os.environ.get("VITLAB_CONFIGS")
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "configs"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in configs_dir().glob("*.yaml"))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of TrainConfig keys")
+    return data
+
+
+def preset_path(name: str) -> Path:
+    """A preset name (`fashion_mnist_vit`) or a path to a YAML file."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    path = configs_dir() / f"{name}.yaml"
+    if path.is_file():
+        return path
+    raise ConfigError(
+        f"no preset or YAML file named {name!r}; presets: {', '.join(list_presets()) or 'none'}"
+    )
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`["lr=3e-3", "model_args.depth=4"]` -> {"lr": 0.003, "model_args": {"depth": 4}}; values
+    are read as YAML scalars (numbers, true/false, null, [lists])."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set takes key=value, got {item!r} (e.g. --set lr=3e-3)")
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError:
+            value = raw
+        head, _, sub = key.partition(".")
+        if sub:
+            out.setdefault(head, {})[sub] = value
+        else:
+            out[key] = value
+    return out
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in overrides.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_config(
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """A preset (name or YAML path) with `overrides` applied; unknown keys are an error."""
+    data = read_yaml(preset_path(preset)) if preset else {}
+    data = merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        import difflib
+
+        hints = [difflib.get_close_matches(k, names, n=1) for k in unknown]
+        said = ", ".join(
+            f"{k}" + (f" (did you mean {h[0]}?)" if h else "") for k, h in zip(unknown, hints)
+        )
+        raise ConfigError(f"unknown config key(s): {said}; `vitlab train --help` lists them")
+    return TrainConfig(**data)
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    from vitlab.weights.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def load_config(path: Path) -> TrainConfig:
+    return TrainConfig(**read_yaml(path))

@@ -1,0 +1,323 @@
+"""A whole run: data, model, optimiser, resume, the epoch loop, checkpoints and the final report.
+
+`fit(cfg)` trains from scratch or, with `cfg.init_from`, fine-tunes (paper section 3.2: the
+pre-trained head is replaced by a zero-initialised one for the new classes, and the position
+embeddings are resampled when `img_size` changes).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import vitlab
+from vitlab.data.datasets import AugmentedDataset, DataSplits, ImageSet, load_data
+from vitlab.data.transforms import AugConfig
+from vitlab.errors import ConfigError
+from vitlab.models.registry import create_model
+from vitlab.train import report as rep
+from vitlab.train.config import TrainConfig, save_config
+from vitlab.train.distributed import DistInfo, barrier, init_distributed, wrap_model
+from vitlab.train.loop import (
+    EvalResult,
+    KeyBatchSampler,
+    StepContext,
+    evaluate,
+    make_loader,
+    train_one_epoch,
+)
+from vitlab.train.optim import build_ema, build_optimizer, build_scheduler
+from vitlab.train.state import (
+    TrainState,
+    check_same_run,
+    find_resume,
+    publish,
+    read_state,
+    restore,
+    save_state,
+)
+from vitlab.weights.checkpoint import unwrap_model
+
+log = logging.getLogger("vitlab")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    report: dict[str, Any]
+    state: TrainState
+
+
+def setup_runtime(cfg: TrainConfig) -> DistInfo:
+    """Threads, deterministic algorithms, process group."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if cfg.precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("precision=fp16 needs a CUDA GPU; use precision=bf16 on a CPU")
+    return init_distributed(cfg.device)
+
+
+def build_model(cfg: TrainConfig, data: DataSplits) -> nn.Module:
+    """A new model sized for the data, or (fine-tuning) a loaded one with a new head."""
+    fit = {"num_classes": data.num_classes, "class_names": data.class_names}
+    if cfg.img_size:
+        fit["img_size"] = cfg.img_size
+    if cfg.init_from:
+        model = vitlab.load_checkpoint(cfg.init_from, **cfg.model_args, **fit)
+        return model.train()
+    torch.manual_seed(cfg.seed)
+    return create_model(
+        cfg.model,
+        **{"in_chans": data.in_chans, "mean": data.mean, "std": data.std},
+        **{**cfg.model_args, **fit},
+    )
+
+
+def augmentations(cfg: TrainConfig, model: nn.Module) -> tuple[AugConfig, AugConfig]:
+    c = unwrap_model(model).cfg
+    train = AugConfig(
+        img_size=c.img_size,
+        channels=c.in_chans,
+        train=True,
+        scale=cfg.scale,
+        pad_crop=cfg.pad_crop,
+        hflip=cfg.hflip,
+        randaug_n=cfg.randaug_n,
+        randaug_m=cfg.randaug_m,
+        erase=cfg.random_erase,
+        crop_pct=c.crop_pct,
+    )
+    return train, AugConfig(img_size=c.img_size, channels=c.in_chans, crop_pct=c.crop_pct)
+
+
+def steps_per_epoch(n: int, cfg: TrainConfig, info: DistInfo) -> int:
+    spe = (n // info.world) // (cfg.batch_size // info.world)
+    if spe == 0:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is larger than the {n} training images; lower it"
+        )
+    return spe
+
+
+def _eval_loader(images: ImageSet, aug: AugConfig, cfg: TrainConfig, info: DistInfo):
+    batch = max(1, cfg.batch_size // info.world)
+    sampler = KeyBatchSampler(len(images), batch, info, cfg.seed, train=False)
+    return make_loader(AugmentedDataset(images, aug), sampler, cfg.workers)
+
+
+def build_state(
+    cfg: TrainConfig, model: nn.Module, info: DistInfo, total: int, spe: int
+) -> TrainState:
+    model = model.to(info.device)
+    ema = build_ema(model, cfg.ema_decay) if cfg.ema_decay else None
+    if ema is not None and cfg.strategy == "fsdp" and info.world > 1:
+        raise ConfigError("ema_decay is not supported with --strategy fsdp; use ddp or drop EMA")
+    wrapped = wrap_model(model, info, cfg.strategy)
+    sharded = cfg.strategy == "fsdp" and info.world > 1
+    opt = build_optimizer(wrapped, cfg, fused=not sharded)
+    sched = build_scheduler(opt, cfg, spe, total)
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    if cfg.compile:
+        wrapped = torch.compile(wrapped)
+    return TrainState(wrapped, opt, sched, scaler, ema)
+
+
+def fit(cfg: TrainConfig, resume: str | None = None) -> RunResult:
+    """Train (or fine-tune) as `cfg` says, resuming from `resume` ("auto" or a path)."""
+    info = setup_runtime(cfg)
+    run_dir = Path(cfg.out)
+    data = load_data(
+        cfg.data, cfg.data_root, download=cfg.download, val_split=cfg.val_split, seed=cfg.seed
+    )
+    model = build_model(cfg, data)
+    spe = steps_per_epoch(len(data.train), cfg, info)
+    total = cfg.steps or math.ceil(cfg.epochs * spe)
+    state = build_state(cfg, model, info, total, spe)
+    resume_path = find_resume(resume, run_dir)
+    if resume_path is not None:
+        saved = read_state(resume_path)
+        check_same_run(saved["config"], cfg, resume_path)
+        restore(state, saved)
+        if info.main:
+            log.info("resumed %s at step %d of %d", resume_path, state.step, total)
+    if info.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        _log_start(cfg, data, model, total, spe, run_dir)
+    _train_epochs(cfg, data, state, info, total, spe, run_dir)
+    return RunResult(run_dir, final_report(cfg, data, state, info, run_dir), state)
+
+
+def _log_start(cfg, data: DataSplits, model, total: int, spe: int, run_dir: Path) -> None:
+    m = unwrap_model(model)
+    val = len(data.val) if data.val is not None else 0
+    test = len(data.test) if data.test is not None else 0
+    log.info(
+        "%s: %d train / %d val / %d test images, %d classes; %s (%.2fM params, %d px); "
+        "%d steps (%d per epoch, batch %d); run dir %s",
+        data.name,
+        len(data.train),
+        val,
+        test,
+        data.num_classes,
+        cfg.init_from or cfg.model,
+        m.num_params() / 1e6,
+        m.cfg.img_size,
+        total,
+        spe,
+        cfg.batch_size,
+        run_dir,
+    )
+
+
+def _train_epochs(cfg, data, state: TrainState, info, total: int, spe: int, run_dir: Path) -> None:
+    train_aug, eval_aug = augmentations(cfg, state.model)
+    c = unwrap_model(state.model).cfg
+    ctx = StepContext(cfg, info, tuple(c.mean), tuple(c.std), data.num_classes)
+    sampler = KeyBatchSampler(
+        len(data.train),
+        cfg.batch_size // info.world,
+        info,
+        cfg.seed,
+        train=True,
+        steps_per_epoch=spe,
+    )
+    loader = make_loader(AugmentedDataset(data.train, train_aug), sampler, cfg.workers)
+    held = data.val if data.val is not None else data.test
+    val_loader = _eval_loader(held, eval_aug, cfg, info) if held is not None else None
+    epochs = math.ceil(total / spe)
+
+    def on_step(s: TrainState) -> None:
+        if cfg.ckpt_every and s.step % cfg.ckpt_every == 0 and s.step % spe and s.step < total:
+            save_state(s, cfg, run_dir, info.main)
+
+    while state.step < total:
+        epoch, skip = divmod(state.step, spe)
+        sampler.set_epoch(epoch, skip)
+        if info.main:
+            log.info("epoch %d/%d", epoch + 1, epochs)
+        stats = train_one_epoch(state, loader, ctx, total, on_step)
+        row = {"epoch": epoch + 1, "step": state.step, "lr": state.scheduler.get_last_lr()[0]}
+        row.update(stats)
+        if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or state.step >= total):
+            res = evaluate(state.eval_model, val_loader, ctx, desc="validate")
+            row.update(val_loss=res.loss, val_acc=res.top1, val_top5=res.top5)
+            _log_epoch(info, row, data.val is None)
+        state.history.append(row)
+        _end_of_epoch(cfg, state, info, run_dir, row)
+
+
+def _log_epoch(info: DistInfo, row: dict, on_test: bool) -> None:
+    if info.main:
+        which = "test" if on_test else "val"
+        log.info(
+            "epoch %d: train loss %.4f acc %.4f | %s loss %.4f acc %.4f | %.0f img/s",
+            row["epoch"],
+            row["train_loss"],
+            row["train_acc"],
+            which,
+            row["val_loss"],
+            row["val_acc"],
+            row["img_s"],
+        )
+
+
+def _end_of_epoch(cfg, state: TrainState, info, run_dir: Path, row: dict) -> None:
+    """Best checkpoint (by validation accuracy), last checkpoint, metrics files, curves."""
+    improved = row.get("val_acc") is not None and row["val_acc"] > state.best.get("val_acc", -1)
+    if improved:
+        state.best = {"val_acc": row["val_acc"], "epoch": row["epoch"], "step": state.step}
+        if info.main:
+            publish(state, run_dir / "best.safetensors")
+    save_state(state, cfg, run_dir, info.main)
+    if info.main:
+        rep.write_history(run_dir, state.history)
+        rep.plot_curves(state.history, run_dir / "curves.png")
+    barrier()
+
+
+def final_report(cfg, data: DataSplits, state: TrainState, info, run_dir: Path) -> dict[str, Any]:
+    """Evaluate the published weights on the test split (else validation) and write the report."""
+    split, images = ("test", data.test) if data.test is not None else ("val", data.val)
+    if images is None:
+        return {}
+    _, eval_aug = augmentations(cfg, state.model)
+    c = unwrap_model(state.model).cfg
+    ctx = StepContext(cfg, info, tuple(c.mean), tuple(c.std), data.num_classes)
+    res = evaluate(state.eval_model, _eval_loader(images, eval_aug, cfg, info), ctx, desc=split)
+    report = report_dict(res, data.class_names, split, cfg.init_from or cfg.model)
+    report.update(
+        epochs=len(state.history),
+        steps=state.step,
+        train_minutes=state.train_time / 60,
+        img_s=state.images / max(state.train_time, 1e-9),
+        skipped=state.skipped,
+        best=state.best,
+        weights=str(run_dir / "last.safetensors"),
+    )
+    if info.main:
+        rep.write_report(run_dir, report)
+        title = f"{data.name} {split}: top-1 {100 * res.top1:.2f}%"
+        rep.plot_confusion(res.confusion, data.class_names, run_dir / "confusion.png", title)
+    return report
+
+
+def report_dict(res: EvalResult, names: tuple[str, ...], split: str, model: str) -> dict[str, Any]:
+    return {
+        "split": split,
+        "model": model,
+        "n": res.n,
+        "top1": res.top1,
+        "top5": res.top5,
+        "loss": res.loss,
+        "per_class": {n: float(a) for n, a in zip(names, res.per_class)},
+        "confusion": res.confusion.tolist(),
+        "skipped_eval": res.skipped,
+    }
+
+
+def eval_checkpoint(
+    checkpoint: str,
+    data_spec: str,
+    root: str | None,
+    split: str,
+    batch_size: int,
+    out: Path | None,
+    download: bool = False,
+) -> dict[str, Any]:
+    """`vitlab eval`: a checkpoint's top-1/top-5/per-class accuracy and confusion matrix."""
+    info = DistInfo()
+    model = vitlab.load_checkpoint(checkpoint)
+    data = load_data(data_spec, root, download=download)
+    images = getattr(data, split)
+    if images is None:
+        raise ConfigError(f"{data.name} has no {split} split; try --split test or --split val")
+    if model.cfg.num_classes != data.num_classes:
+        raise ConfigError(
+            f"{checkpoint} has {model.cfg.num_classes} classes but {data.name} has "
+            f"{data.num_classes}; fine-tune it first (vitlab finetune --from {checkpoint})"
+        )
+    cfg = TrainConfig(batch_size=batch_size)
+    aug = AugConfig(
+        img_size=model.cfg.img_size, channels=model.cfg.in_chans, crop_pct=model.cfg.crop_pct
+    )
+    ctx = StepContext(cfg, info, tuple(model.cfg.mean), tuple(model.cfg.std), data.num_classes)
+    t0 = time.perf_counter()
+    res = evaluate(model, _eval_loader(images, aug, cfg, info), ctx, desc=split)
+    report = report_dict(res, data.class_names, split, str(checkpoint))
+    report["img_s"] = res.n / max(time.perf_counter() - t0, 1e-9)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        rep.write_report(out, report)
+        title = f"{data.name} {split}: top-1 {100 * res.top1:.2f}%"
+        rep.plot_confusion(res.confusion, data.class_names, out / "confusion.png", title)
+    return report
