@@ -84,11 +84,13 @@ def test_probabilities_match_independent_preprocessing(tmp_path, checkpoint, cap
 
 def test_explain_writes_rollout_overlays(tmp_path, checkpoint):
     good = _good_images(tmp_path / "in")
+    (tmp_path / "more").mkdir()
+    Image.new("RGB", (20, 20)).save(tmp_path / "more" / "rgb.png")  # same stem as in/rgb.jpg
     rc = main(["-q", "predict", "--checkpoint", str(checkpoint), str(tmp_path / "in"),
-               "--explain", str(tmp_path / "why")])  # fmt: skip
+               str(tmp_path / "more"), "--explain", str(tmp_path / "why")])  # fmt: skip
     assert rc == 0
     pngs = sorted(p.name for p in (tmp_path / "why").iterdir())
-    assert len(pngs) == len(good)
+    assert len(pngs) == len(good) + 1 and "rgb-2.png" in pngs
     with Image.open(tmp_path / "why" / pngs[0]) as img:
         assert img.format == "PNG"
 

@@ -14,14 +14,16 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from vitlab.inspect.embeddings import FilterComponents, PositionSimilarity
 from vitlab.weights.io import atomic_path
 
 HEAT_CMAP = "jet"
+DPI = 110
 
 
-def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+def save_figure(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
     """Write `fig` as a PNG at `path` atomically (rendered with Agg)."""
     FigureCanvasAgg(fig)
     with atomic_path(path) as tmp:
@@ -135,11 +137,11 @@ def plot_position_similarity(sim: PositionSimilarity, path: str | Path, title: s
     """The grid of small grids of Figure 7 (centre): tile (i, j) shows the cosine similarity of
     patch (i, j)'s position embedding to every patch position."""
     gh, gw = sim.similarity.shape[:2]
-    fig = Figure(figsize=(6.5, 6.0))
+    mosaic = similarity_mosaic(sim.similarity)
+    side = max(6.0, 2.2 * mosaic.shape[1] / DPI)  # about 1.6 screen pixels per value
+    fig = Figure(figsize=(side + 0.5, side))
     ax = fig.subplots()
-    im = ax.imshow(
-        similarity_mosaic(sim.similarity), cmap="viridis", vmin=-1, vmax=1, interpolation="nearest"
-    )
+    im = ax.imshow(mosaic, cmap="viridis", vmin=-1, vmax=1, interpolation="nearest")
     ax.set_xticks([j * (gw + 1) + (gw - 1) / 2 for j in range(gw)], [str(j + 1) for j in range(gw)])
     ax.set_yticks([i * (gh + 1) + (gh - 1) / 2 for i in range(gh)], [str(i + 1) for i in range(gh)])
     ax.tick_params(labelsize=max(4, 9 - gw // 6), length=0)
@@ -163,11 +165,13 @@ def plot_attention_distance(
         ax.scatter(np.arange(depth), distance[:, h], s=14, color=cmap(h % cmap.N), label=f"{h}")
     ax.set_xlabel("network depth (block)")
     ax.set_ylabel("mean attention distance (pixels)")
-    ax.set_xticks(range(depth))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if img_px:
         ax.set_ylim(0, max(img_px * 0.75, float(distance.max()) * 1.05))
     ax.grid(alpha=0.3)
     if n_heads <= 16:
-        ax.legend(title="head", fontsize=6, title_fontsize=7, ncol=2, loc="upper left")
+        ax.legend(
+            title="head", fontsize=6, title_fontsize=7, loc="upper left", bbox_to_anchor=(1, 1)
+        )
     ax.set_title(title, fontsize=9)
     return save_figure(fig, path)

@@ -84,13 +84,20 @@ def _classify(model: nn.Module, x: torch.Tensor, explain: bool) -> tuple[torch.T
     return out["logits"].float().softmax(-1), maps
 
 
-def _unique_png(directory: Path, stem: str, taken: set[str]) -> Path:
-    name, n = f"{stem}.png", 1
-    while name in taken:
-        n += 1
-        name = f"{stem}-{n}.png"
-    taken.add(name)
-    return directory / name
+@dataclass
+class _Explainer:
+    """Writes rollout overlays into `directory`, one name per image of this run."""
+
+    directory: Path
+    taken: set[str] = field(default_factory=set)
+
+    def write(self, path: Path, show: np.ndarray, heat: np.ndarray, title: str) -> str:
+        name, n = f"{path.stem}.png", 1
+        while name in self.taken:  # photos/a.jpg and more/a.png: a.png, a-2.png
+            n += 1
+            name = f"{path.stem}-{n}.png"
+        self.taken.add(name)
+        return str(plot_overlay(show, heat, self.directory / name, title))
 
 
 def predict_files(
@@ -118,10 +125,10 @@ def predict_files(
         _results_format(out)
     model.eval()
     topk = min(topk, model.cfg.num_classes)
-    explain = Path(explain_dir) if explain_dir is not None else None
+    explain = _Explainer(Path(explain_dir)) if explain_dir is not None else None
     if explain:
-        explain.mkdir(parents=True, exist_ok=True)
-    result, taken = PredictResult(), set()
+        explain.directory.mkdir(parents=True, exist_ok=True)
+    result = PredictResult()
     device = next(model.parameters()).device
     with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
         for paths, xs, shows, failures in _batches(
@@ -132,18 +139,32 @@ def predict_files(
             if not paths:
                 continue
             probs, maps = _classify(model, torch.stack(xs).to(device), explain is not None)
-            p, idx = probs.topk(topk, dim=-1)
-            for i, path in enumerate(paths):
-                top = [(int(c), label_of(model, int(c)), float(q)) for q, c in zip(p[i], idx[i])]
-                pred = Prediction(str(path), top)
-                if explain is not None:
-                    png = _unique_png(explain, path.stem, taken)
-                    title = f"{path.name}: {top[0][1]} ({top[0][2]:.1%}); attention rollout"
-                    pred.explanation = str(plot_overlay(shows[i], maps[i], png, title))
-                result.predictions.append(pred)
+            result.predictions += _predictions(model, paths, probs, topk, explain, shows, maps)
     if out is not None:
         write_results(result, out)
     return result
+
+
+def _predictions(
+    model: nn.Module,
+    paths: list[Path],
+    probs: torch.Tensor,
+    topk: int,
+    explain: _Explainer | None,
+    shows: list[np.ndarray],
+    maps: np.ndarray,
+) -> list[Prediction]:
+    """One Prediction per image of a batch; with `explain`, its rollout overlay PNG too."""
+    p, idx = probs.topk(topk, dim=-1)  # (B, k) each
+    out = []
+    for i, path in enumerate(paths):
+        top = [(int(c), label_of(model, int(c)), float(q)) for q, c in zip(p[i], idx[i])]
+        pred = Prediction(str(path), top)
+        if explain is not None:
+            title = f"{path.name}: {top[0][1]} ({top[0][2]:.1%}); attention rollout"
+            pred.explanation = explain.write(path, shows[i], maps[i], title)
+        out.append(pred)
+    return out
 
 
 def _results_format(path: str | Path) -> str:
