@@ -64,3 +64,35 @@ def test_grad_checkpointing_recomputes_blocks_and_keeps_gradients():
     with torch.no_grad():
         ckpt(x)
     assert len(calls) == len(ckpt.blocks)  # nothing to save for a backward pass: no checkpoints
+
+
+def _bf16_step(model, x, y):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    return loss.detach().float(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def test_bf16_training_on_cpu_takes_the_explicit_path_with_sdpa_gradients(monkeypatch):
+    from vitlab.models import layers
+
+    fast, ref = _pair()
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        layers.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k)
+    )
+    loss_fast, grads_fast = _bf16_step(fast.train(), x, y)
+    assert calls == []  # the explicit path
+    monkeypatch.setattr(layers, "_explicit_is_faster", lambda q: False)
+    loss_ref, grads_ref = _bf16_step(ref.train(), x, y)
+    assert len(calls) == len(ref.blocks)  # the fused kernel, for reference
+    torch.testing.assert_close(loss_fast, loss_ref, rtol=2e-2, atol=2e-2)
+    for name, g in grads_ref.items():
+        scale = g.abs().max().clamp_min(1e-6)
+        assert (grads_fast[name] - g).abs().max() / scale < 5e-2, name
+    calls.clear()
+    with torch.inference_mode():
+        fast.eval().to(torch.bfloat16)(x.bfloat16())
+    assert len(calls) == len(fast.blocks)  # inference keeps the fused kernel

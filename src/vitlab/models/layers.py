@@ -65,15 +65,27 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, h, hd)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, hd)
         drop = self.attn_drop if self.training else 0.0
-        if return_attn:
+        if return_attn or _explicit_is_faster(q):
             attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, N, N)
             attn = attn.softmax(dim=-1)
             x = F.dropout(attn, drop, self.training) @ v  # (B, h, N, hd)
         else:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, h, N, hd)
+        # SDPA on the CPU writes its output as (B, N, h, hd) already: this reshape is a view.
         x = x.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
         x = self.proj_drop(self.proj(x))
         return (x, attn) if return_attn else x
+
+
+def _explicit_is_faster(q: torch.Tensor) -> bool:
+    """Whether plain matmul-softmax-matmul beats `scaled_dot_product_attention` here.
+
+    On the CPU, the fused kernel's backward pass in bf16/fp16 is several times slower than
+    two batched matmuls and a softmax (measured with torch.profiler on ViT-S/16 and the 28 px
+    Fashion-MNIST variant; see benchmarks/speed.py), so a reduced-precision training step
+    takes the explicit path. Inference and fp32 keep the fused kernel, which wins there.
+    """
+    return q.device.type == "cpu" and q.requires_grad and q.dtype in (torch.bfloat16, torch.float16)
 
 
 class Mlp(nn.Module):
