@@ -69,9 +69,11 @@ def test_hf_hub_reference_loads_transformers_weights(hub_cache):
         },
     )
     ours = vitlab.load_checkpoint("hf-hub:google/vit-test")
+    mixin = vitlab.VisionTransformer.from_pretrained("google/vit-test")  # same repo, same model
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert (ours(x) - ref(pixel_values=x).logits).abs().max() <= 1e-4
+        assert torch.equal(mixin(x), ours(x))
 
 
 def _legacy_state_dict(ref):

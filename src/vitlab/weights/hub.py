@@ -48,17 +48,18 @@ def parse_reference(ref: str) -> tuple[str, str | None]:
     return repo_id, revision or None
 
 
-def resolve_reference(ref: str, cache_dir: str | Path | None = None) -> Path:
+def resolve_reference(ref: str, cache_dir: str | Path | None = None, **download: Any) -> Path:
     """Fetch (or find in the local cache) a hub reference's weights and config.json; return
-    the local snapshot directory that holds them."""
+    the local snapshot directory that holds them. `download` goes to `hf_hub_download`."""
     repo_id, revision = parse_reference(ref)
     for name in WEIGHT_FILES:
         try:
-            weights = Path(_download(repo_id, name, revision, cache_dir))
+            weights = Path(_download(repo_id, name, revision, cache_dir, **download))
         except (EntryNotFoundError, LocalEntryNotFoundError) as e:
             last: Exception = e
             continue
-        _download_optional(repo_id, "config.json", revision, cache_dir)
+        for extra in ("config.json", "preprocessor_config.json"):
+            _download_optional(repo_id, extra, revision, cache_dir, **download)
         return weights.parent
     raise CheckpointError(
         f"could not get {' or '.join(WEIGHT_FILES)} of {repo_id!r} from the Hugging Face Hub "
@@ -80,9 +81,11 @@ def _download(repo_id: str, filename: str, revision: str | None, cache_dir: Any,
         raise CheckpointError(f"downloading {repo_id}/{filename} failed: {e}") from None
 
 
-def _download_optional(repo_id: str, filename: str, revision: str | None, cache_dir: Any) -> None:
+def _download_optional(
+    repo_id: str, filename: str, revision: str | None, cache_dir: Any, **kw: Any
+) -> None:
     with contextlib.suppress(EntryNotFoundError, LocalEntryNotFoundError):
-        _download(repo_id, filename, revision, cache_dir)
+        _download(repo_id, filename, revision, cache_dir, **kw)
 
 
 @functools.cache
@@ -101,7 +104,7 @@ class HubMixin(
 ):
     """`save_pretrained(dir)` writes vitlab's self-describing model.safetensors (config and class
     names in its metadata) plus config.json; `from_pretrained(dir_or_repo_id)` reads it back
-    with `vitlab.load_checkpoint`."""
+    with `vitlab.load_checkpoint`, which also takes other layouts (a transformers ViT repo)."""
 
     def _save_pretrained(self, save_directory: Path) -> None:
         import json
@@ -128,8 +131,9 @@ class HubMixin(
         from vitlab.weights.checkpoint import load_checkpoint
 
         if os.path.isdir(model_id):
-            path = Path(model_id) / _NATIVE_FILE
+            path = Path(model_id)
         else:
+            ref = f"hf-hub:{model_id}" + (f"@{revision}" if revision else "")
             kw = {"force_download": force_download, "local_files_only": local_files_only}
-            path = Path(_download(model_id, _NATIVE_FILE, revision, cache_dir, token=token, **kw))
-        return load_checkpoint(path, source="vitlab", **model_kwargs)
+            path = resolve_reference(ref, cache_dir, token=token, **kw)
+        return load_checkpoint(path, **model_kwargs)
