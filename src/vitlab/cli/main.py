@@ -28,6 +28,8 @@ EPILOG = """\
 examples:
   vitlab models                       every variant with its size and cost
   vitlab models --paper               the paper's Table 1
+  vitlab predict --checkpoint m.safetensors photos/   top-5 classes per image
+  vitlab inspect --checkpoint m.safetensors --out maps/   Figures 6 and 7 as PNGs + index.html
   vitlab convert ViT-B_16.npz out --to hf   Google weights -> a Hugging Face directory
 
 Run `vitlab COMMAND --help` for the options of a command.
