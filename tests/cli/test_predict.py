@@ -110,3 +110,18 @@ def test_help_explains_exit_status(capsys):
         main(["predict", "--help"])
     out = capsys.readouterr().out
     assert "exit status" in out and "--explain" in out and "examples:" in out
+
+
+def test_cnn_checkpoint_predicts_but_cannot_explain(tmp_path, capsys):
+    model = vitlab.create_model(
+        "bit_r50x1", in_chans=1, num_classes=10, img_size=28, layers=(1, 1), stem_width=32
+    )
+    ckpt = vitlab.save_checkpoint(model, tmp_path / "cnn.safetensors")
+    Image.new("L", (28, 28)).save(tmp_path / "a.png")
+    args = ["-q", "predict", "--checkpoint", str(ckpt), str(tmp_path / "a.png")]
+    assert main(args) == 0
+    assert main([*args, "--explain", str(tmp_path / "why")]) == 2
+    assert main(["-q", "inspect", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "ResNetV2 has no attention" in err and "not a Vision Transformer" in err
+    assert not (tmp_path / "why").exists()

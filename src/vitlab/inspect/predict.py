@@ -123,6 +123,11 @@ def predict_files(
         raise ConfigError(f"batch size and top-k must be at least 1 (got {batch_size}, {topk})")
     if out is not None:
         _results_format(out)
+    if explain_dir is not None and not hasattr(model, "forward_intermediates"):
+        raise InspectError(
+            f"--explain draws attention rollout, and a {type(model).__name__} has no attention; "
+            "leave --explain out for this model"
+        )
     model.eval()
     topk = min(topk, model.cfg.num_classes)
     explain = _Explainer(Path(explain_dir)) if explain_dir is not None else None

@@ -213,6 +213,11 @@ def inspect_model(
     gradients, so the large variants fit on a CPU."""
     if not images:
         raise InspectError("no images to inspect; pass --images or leave it out for the samples")
+    if not hasattr(model, "forward_intermediates"):
+        raise InspectError(
+            f"{type(model).__name__} is not a Vision Transformer: it has no attention or "
+            "position embeddings to inspect"
+        )
     model.eval()
     report = Report(Path(out_dir))
     report.out_dir.mkdir(parents=True, exist_ok=True)
