@@ -162,7 +162,9 @@ def _write_distance_figure(distance: np.ndarray, img_px: int, report: Report) ->
 def _write_image_figures(
     model: nn.Module, maps: ImageMaps, i: int, block: int, heads: Sequence[int], out_dir: Path
 ) -> list[tuple[str, str]]:
-    pool_word = "class token" if model.cfg.pool == "token" else "mean of the patch tokens' rows"
+    token = model.cfg.pool == "token"
+    pool_word = "class token" if token else "mean of the patch rows"  # for titles
+    rows = "the class token's row" if token else "the mean of the patch tokens' rows"
     figures = []
     name = f"rollout_{i:02d}_{_slug(maps.name)}.png"
     plots.plot_overlay(
@@ -175,7 +177,7 @@ def _write_image_figures(
         (
             name,
             f"Figure 6: attention rollout for {html.escape(maps.name)} (identity added for the "
-            f"residual, rows renormalised, blocks multiplied; {pool_word} row over the patches; "
+            f"residual, rows renormalised, blocks multiplied; {rows} over the patches; "
             "overlay scaled from min to max).",
         )
     )
@@ -191,7 +193,7 @@ def _write_image_figures(
         (
             name,
             f"Raw attention of heads {', '.join(map(str, heads))} of block {block} for "
-            f"{html.escape(maps.name)}, without rollout ({pool_word} row, each head scaled from "
+            f"{html.escape(maps.name)}, without rollout ({rows}, each head scaled from "
             "min to max).",
         )
     )
