@@ -28,14 +28,14 @@ class InspectError(VitlabError):
 @torch.inference_mode()
 def collect_attention(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
     """Run `model.forward_intermediates(x)` without gradients and return its per-block attention
-    probabilities (a list of (B, heads, N, N) float32 tensors) and the rest of its outputs
+    probabilities (a list of (B, heads, N, N) float32 CPU tensors) and the rest of its outputs
     (`grid`, `logits`, ...). The per-block token tensors are dropped to save memory."""
     if not hasattr(model, "forward_intermediates"):
         raise InspectError(
             f"{type(model).__name__} has no attention to inspect; pass a Vision Transformer"
         )
     out = model.forward_intermediates(x)
-    attn = [a.float() for a in out.pop("attn")]
+    attn = [a.float().cpu() for a in out.pop("attn")]  # the maps are small; NumPy wants the CPU
     for key in ("blocks", "embed", "norm"):
         out.pop(key, None)
     return attn, out

@@ -77,7 +77,8 @@ def analyse_image(
     attention distance of every head; the attention tensors are freed before returning."""
     cfg = model.cfg
     x, display = prepare_image(model, image)
-    attn, out = collect_attention(model, x[None])
+    device = next(model.parameters()).device
+    attn, out = collect_attention(model, x[None].to(device))
     grid, prefix = out["grid"], cfg.num_prefix_tokens
     rollout = attention_rollout(attn, grid, prefix, cfg.pool)[0]
     chosen = head_attention(attn[block], grid, prefix, cfg.pool, heads)[0]
