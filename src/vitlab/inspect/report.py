@@ -108,7 +108,7 @@ def _write_embedding_figures(model: nn.Module, report: Report, components: int) 
     try:
         comps = patch_embedding_components(model, components)
     except InspectError as e:
-        report.notes.append(f"Patch-embedding filters: not applicable. {e}.")
+        report.notes.append(f"No patch-embedding filters: {e}.")
     else:
         p = cfg.patch_size
         plots.plot_filters(
