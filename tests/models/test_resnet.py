@@ -72,6 +72,7 @@ def test_small_inputs_and_gray_images():
             num_classes=10,
             img_size=28,
             layers=(1, 1, 1, 1),
+            stem_width=32,
             stem_type=stem,
         )
         logits = model(torch.randn(3, 1, 28, 28))
@@ -94,17 +95,29 @@ def test_reset_classifier_zero_head():
     assert model(torch.randn(1, 3, 32, 32)).abs().max() == 0
 
 
-@pytest.mark.parametrize("size", [64, 96])
-def test_hybrid_matches_timm(tmp_path, size):
-    kw = {"depth": 1, "embed_dim": 64, "num_heads": 2, "mlp_ratio": 2.0, "num_classes": 7}
-    ref = perturb_(
-        timm.create_model("vit_base_r50_s16_224", pretrained=False, img_size=size, **kw)
-    ).eval()
+def timm_hybrid(layers=(1, 1, 1), img_size=64, **kw):
+    """timm's R50+ViT hybrid as `vit_base_r50_s16_224` builds it, with `layers` stem units."""
+    from timm.layers import HybridEmbed
+    from timm.models.vision_transformer import VisionTransformer
+    from timm.models.vision_transformer_hybrid import _resnetv2
+
+    embed = partial(HybridEmbed, backbone=_resnetv2(layers))
+    kw = {"depth": 1, "embed_dim": 64, "num_heads": 2, "mlp_ratio": 2.0, "num_classes": 7, **kw}
+    model = VisionTransformer(img_size=img_size, patch_size=1, embed_layer=embed, **kw)
+    return perturb_(model).eval()
+
+
+@pytest.mark.parametrize(
+    ("layers", "size"),
+    [((1, 1, 1), 96), ((2, 1, 1, 1), 64), pytest.param((3, 4, 9), 64, marks=pytest.mark.slow)],
+)
+def test_hybrid_matches_timm(tmp_path, layers, size):
+    ref = timm_hybrid(layers, size)
     path = tmp_path / "hybrid.safetensors"
     vitlab.weights.io.save_safetensors(ref.state_dict(), path)
     ours = vitlab.load_checkpoint(path, num_heads=2)  # head counts are not in the tensors
-    assert ours.cfg.backbone.layers == (3, 4, 9) and not ours.cfg.backbone.preact
-    assert ours.cfg.img_size == size and ours.cfg.feature_stride == 16
+    assert ours.cfg.backbone.layers == layers and not ours.cfg.backbone.preact
+    assert ours.cfg.img_size == size and ours.cfg.feature_stride == 2 ** (len(layers) + 1)
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         _close(ours(x), ref(x))

@@ -10,7 +10,9 @@ import torch
 
 import vitlab
 from tests.conftest import perturb_
+from tests.models.test_resnet import timm_hybrid
 from vitlab.errors import CheckpointError
+from vitlab.models.config import replace
 from vitlab.weights.google import CONFIG_KEY
 
 timm = pytest.importorskip("timm")
@@ -50,19 +52,15 @@ def test_plain_vit_npz_round_trip_through_timm(tmp_path):
     _close(_logits(back, x), _logits(ours, x))
 
 
-def test_hybrid_npz_round_trip_through_timm(tmp_path):
-    ours = perturb_(vitlab.create_model("r50_vit_b16", img_size=64, num_classes=5, **SMALL)).eval()
+@pytest.mark.parametrize("layers", [(2, 1, 1), pytest.param((3, 4, 9), marks=pytest.mark.slow)])
+def test_hybrid_npz_round_trip_through_timm(tmp_path, layers):
+    stem = vitlab.get_config("r50_vit_b16").backbone
+    ours = vitlab.create_model(
+        "r50_vit_b16", img_size=64, num_classes=5, backbone=replace(stem, layers=layers), **SMALL
+    )
+    ours = perturb_(ours).eval()
     path = vitlab.save_checkpoint(ours, tmp_path / "R50+ViT-test.npz", format="google")
-    ref = timm.create_model(
-        "vit_base_r50_s16_224",
-        pretrained=False,
-        img_size=64,
-        num_classes=5,
-        embed_dim=64,
-        depth=2,
-        num_heads=4,
-        mlp_ratio=2.0,
-    ).eval()
+    ref = timm_hybrid(layers, 64, num_classes=5, embed_dim=64, depth=2, num_heads=4)
     _load_weights(ref, str(path))
     x = torch.randn(2, 3, 64, 64)
     _close(_logits(ours, x), _logits(ref, x))
@@ -80,7 +78,8 @@ def _strip_config(path, out, transform=lambda d: d):
 def test_original_google_file_gets_google_numerics(tmp_path):
     """Without vitlab's config array the architecture comes from the arrays, and the numerics
     from Google's code: tanh-GELU, eps 1e-6, StdConv dividing by std + 1e-5."""
-    ours = perturb_(vitlab.create_model("r50_vit_b16", img_size=64, num_classes=1000, **SMALL))
+    ours = vitlab.create_model("r50_vit_b16", img_size=64, num_classes=1000, **SMALL)
+    ours = perturb_(ours)
     path = vitlab.save_checkpoint(ours, tmp_path / "v.npz", format="google")
     orig = _strip_config(path, tmp_path / "orig.npz")
     model = vitlab.load_checkpoint(orig)
