@@ -159,3 +159,22 @@ def test_config_array_is_plain_unicode(tmp_path):
     with np.load(path, allow_pickle=False) as f:  # no pickle needed to read anything
         cfg = json.loads(str(f[CONFIG_KEY]))
     assert cfg["embed_dim"] == 32
+
+
+@pytest.mark.parametrize("classes", [10, 0])
+def test_bit_npz_round_trip_through_timm(tmp_path, classes):
+    """A BiT ResNet written in big_transfer's layout loads in timm's own BiT npz reader."""
+    from tests.models.test_resnet import _timm_bit
+    from timm.models.resnetv2 import _load_weights as load_bit
+
+    ours = vitlab.create_model("bit_r50x1", layers=(1, 2, 1, 1), num_classes=classes)
+    ours = perturb_(ours).eval()
+    path = vitlab.save_checkpoint(ours, tmp_path / "BiT-test.npz", format="google")
+    ref = _timm_bit((1, 2, 1, 1), num_classes=classes)
+    load_bit(ref, str(path))
+    x = torch.randn(2, 3, 64, 64)
+    _close(_logits(ours, x), _logits(ref, x))
+    orig = _strip_config(path, tmp_path / "orig.npz")  # as big_transfer publishes it
+    back = vitlab.load_checkpoint(orig)
+    assert back.cfg.layers == (1, 2, 1, 1) and back.cfg.num_classes == classes
+    _close(_logits(back, x), _logits(ours, x))

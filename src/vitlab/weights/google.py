@@ -12,7 +12,8 @@ Layouts read: vit_jax (`Transformer/posembed_input/pos_embedding`, `encoderblock
 `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`); big_vision (`pos_embedding` at the
 top, added to the patches before the class token joins, `MultiHeadDotProductAttention_0`,
 `LayerNorm_1`, `MlpBlock_0`), also "scan" files whose blocks are stacked in one `encoderblock`
-with a leading layer axis; any of them under `opt/target/`, `params/` or `params/img/`.
+with a leading layer axis; any of them under `opt/target/`, `params/` or `params/img/`; and
+big_transfer's BiT ResNet files (`resnet/root_block/...`).
 
 vitlab's exports add one array, `vitlab/config` (vitlab's config as JSON in a unicode array, no
 pickle), so vitlab reads its own files back exactly while other readers ignore it.
@@ -290,28 +291,99 @@ def infer_config(flat: dict[str, Any]) -> ViTConfig:
     )
 
 
+# ------------------------------------------------------------- BiT ResNets (big_transfer)
+_BIT = "resnet/"
+
+
+def _is_bit(arrays: dict[str, Any]) -> bool:
+    return f"{_BIT}root_block/standardized_conv2d/kernel" in arrays
+
+
+def bit_rules(cfg: ResNetConfig) -> list[Rule]:
+    """vitlab <-> big_transfer keys (under "resnet/"): `root_block`, `block{s}/unit{uu}/{a,b,c}`
+    (pre-activation: each GroupNorm precedes its convolution), `group_norm`, `head/conv2d`."""
+    conv = "standardized_conv2d/kernel"
+    out = [
+        rule("stem.conv.weight", f"root_block/{conv}", _hwio_to_oihw, _oihw_to_hwio),
+        rule("norm.weight", "group_norm/gamma"),
+        rule("norm.bias", "group_norm/beta"),
+        rule("head.fc.weight", "head/conv2d/kernel", _hwio_to_oihw, _oihw_to_hwio, optional=True),
+        rule("head.fc.bias", "head/conv2d/bias", optional=True),
+    ]
+    for s, depth in enumerate(cfg.layers):
+        for u in range(depth):
+            g, o = f"block{s + 1}/unit{u + 1:02d}/", f"stages.{s}.blocks.{u}."
+            for r, part in enumerate("abc", start=1):
+                out += [
+                    rule(f"{o}conv{r}.weight", f"{g}{part}/{conv}", _hwio_to_oihw, _oihw_to_hwio),
+                    rule(f"{o}norm{r}.weight", f"{g}{part}/group_norm/gamma"),
+                    rule(f"{o}norm{r}.bias", f"{g}{part}/group_norm/beta"),
+                ]
+            if u == 0:
+                proj = f"{g}a/proj/{conv}"
+                out.append(rule(f"{o}downsample.conv.weight", proj, _hwio_to_oihw, _oihw_to_hwio))
+    return out
+
+
+def infer_bit_config(flat: dict[str, Any]) -> ResNetConfig:
+    """A BiT ResNet-v2 from big_transfer's arrays, with timm's numerics for these weights
+    (standardisation eps 1e-8, GroupNorm eps 1e-5); the input size is not stored (224)."""
+    root = flat["root_block/standardized_conv2d/kernel"]  # (7, 7, C, width)
+    width = int(root.shape[-1])
+    wf = width // 64 if width % 64 == 0 else 1
+    stages = [s for s in range(1, 5) if f"block{s}/unit01/a/group_norm/gamma" in flat]
+    head = flat.get("head/conv2d/bias")
+    num_classes = 0 if head is None else int(head.shape[0])
+    return ResNetConfig(
+        layers=tuple(_count(flat, rf"block{s}/unit(\d+)/") - 1 for s in stages),  # 1-based
+        width_factor=wf,
+        stem_width=width // wf,
+        in_chans=int(root.shape[2]),
+        num_classes=num_classes,
+        class_names=imagenet_class_names() if num_classes == 1000 else None,
+    )
+
+
+def _bit_arrays(arrays: dict[str, Any]) -> dict[str, Any]:
+    return {k[len(_BIT) :]: v for k, v in arrays.items() if k.startswith(_BIT)}
+
+
+# ------------------------------------------------------------------------------ the source
 def _detect(raw: RawCheckpoint) -> bool:
-    return any(f"{p}embedding/kernel" in raw.tensors for p in _PREFIXES)
+    return _is_bit(raw.tensors) or any(f"{p}embedding/kernel" in raw.tensors for p in _PREFIXES)
 
 
 def _infer(raw: RawCheckpoint) -> AnyConfig:
     stored = raw.tensors.get(CONFIG_KEY)
     if stored is not None:  # written by vitlab: the exact config
         return config_from_dict(json.loads(str(np.asarray(stored))))
+    if _is_bit(raw.tensors):
+        return infer_bit_config(_bit_arrays(raw.tensors))
     return infer_config(normalise(raw.tensors, raw.path))
 
 
 def _to_vitlab(raw: RawCheckpoint, cfg: AnyConfig) -> dict[str, torch.Tensor]:
+    what = f"{raw.path} (google)"
+    if _is_bit(raw.tensors):
+        if not isinstance(cfg, ResNetConfig):
+            raise CheckpointError(f"{raw.path} holds a BiT ResNet; load it as one (bit_r50x1, ...)")
+        return apply_rules(bit_rules(cfg), _bit_arrays(raw.tensors), what)
     if not isinstance(cfg, ViTConfig):
         raise CheckpointError(f"{raw.path}: Google ViT weights need a ViT model, not {cfg.arch}")
     flat = normalise(raw.tensors, raw.path)
-    return apply_rules(rules(cfg, _layout(flat)), flat, f"{raw.path} (google)")
+    return apply_rules(rules(cfg, _layout(flat)), flat, what)
 
 
 # -------------------------------------------------------------------------------- writing
 def _check_exportable(cfg: AnyConfig) -> None:
+    if isinstance(cfg, ResNetConfig):
+        if not cfg.preact or cfg.stem_type != "fixed":
+            raise CheckpointError(
+                "the BiT layout holds pre-activation ResNets with BiT's stem; export this one "
+                "as 'timm' or 'vitlab'"
+            )
+        return
     problems = {
-        "a ViT (BiT ResNets are exported as 'timm' or 'vitlab')": isinstance(cfg, ViTConfig),
         "learned position embeddings": getattr(cfg, "pos_embed", "") == "learn",
         "qkv biases": getattr(cfg, "qkv_bias", False),
         "fc_norm=False": not getattr(cfg, "fc_norm", True),
@@ -324,13 +396,18 @@ def _check_exportable(cfg: AnyConfig) -> None:
 
 
 def _export(model: nn.Module, path: Path) -> Path:
-    """A vit_jax-layout .npz (big_vision's when position embeddings skip the class token) that
-    timm's `_load_weights` reads, plus vitlab's config in `vitlab/config`."""
+    """A vit_jax-layout .npz (big_vision's when position embeddings skip the class token; for a
+    BiT ResNet, big_transfer's) that timm's npz readers load, plus vitlab's config in
+    `vitlab/config`."""
     model = unwrap_model(model)
     cfg = model.cfg
     _check_exportable(cfg)
-    layout = "vit_jax" if cfg.pos_embed_cls or not cfg.class_token else "big_vision"
-    sd = invert_rules(rules(cfg, layout), model.state_dict(), "the Google layout")
+    if isinstance(cfg, ResNetConfig):
+        sd = invert_rules(bit_rules(cfg), model.state_dict(), "the BiT layout")
+        sd = {f"{_BIT}{k}": v for k, v in sd.items()}
+    else:
+        layout = "vit_jax" if cfg.pos_embed_cls or not cfg.class_token else "big_vision"
+        sd = invert_rules(rules(cfg, layout), model.state_dict(), "the Google layout")
     arrays = {k: v.float().numpy() for k, v in sd.items()}
     arrays[CONFIG_KEY] = np.array(json.dumps(cfg.to_dict(), sort_keys=True))
     path = Path(path)
@@ -346,7 +423,8 @@ register_source(
     Source(
         name="google",
         description="Google JAX .npz (vit_jax or big_vision: embedding/kernel, "
-        "Transformer/encoderblock_N, optional opt/target/ or params/ prefix)",
+        "Transformer/encoderblock_N, optional opt/target/ or params/ prefix; BiT: "
+        "resnet/root_block/standardized_conv2d/kernel)",
         detect=_detect,
         infer_config=_infer,
         to_vitlab=_to_vitlab,
