@@ -164,8 +164,9 @@ def test_config_array_is_plain_unicode(tmp_path):
 @pytest.mark.parametrize("classes", [10, 0])
 def test_bit_npz_round_trip_through_timm(tmp_path, classes):
     """A BiT ResNet written in big_transfer's layout loads in timm's own BiT npz reader."""
-    from tests.models.test_resnet import _timm_bit
     from timm.models.resnetv2 import _load_weights as load_bit
+
+    from tests.models.test_resnet import _timm_bit
 
     ours = vitlab.create_model("bit_r50x1", layers=(1, 2, 1, 1), num_classes=classes)
     ours = perturb_(ours).eval()
