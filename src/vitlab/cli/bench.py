@@ -71,6 +71,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iters", type=int, default=10, help="timed steps per model (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's allocator as it is (by default freed large blocks are kept for "
+        "reuse, which saves page faults on CPUs)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -87,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         iters=args.iters,
         device=args.device,
+        keep_freed_memory=not args.default_malloc,
     )
 
     def progress(rounds):
