@@ -133,8 +133,14 @@ def random_resized_crop(
     h = (torch.sqrt(area / log_r.exp()) * H).clamp(max=H)
     x0 = torch.rand(B, generator=g) * (W - w)
     y0 = torch.rand(B, generator=g) * (H - h)
-    boxes = torch.stack([torch.arange(B, dtype=torch.float32), x0, y0, x0 + w, y0 + h], 1)
-    out = roi_align(x.float(), boxes, output_size=size, sampling_ratio=2, aligned=True)
+    return crop_boxes(x, torch.stack([x0, y0, x0 + w, y0 + h], 1), size)
+
+
+def crop_boxes(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Resample box i = (x0, y0, x1, y1) of image i to size x size: bilinear samples at the
+    output pixel centres (`roi_align` with one sample per bin, pixel-aligned)."""
+    rois = torch.cat([torch.arange(len(x), dtype=torch.float32)[:, None], boxes.float()], 1)
+    out = roi_align(x.float(), rois, output_size=size, sampling_ratio=1, aligned=True)
     return out.round_().clamp_(0, 255).to(torch.uint8)  # (B, C, size, size)
 
 

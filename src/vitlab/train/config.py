@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -140,6 +141,11 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         return dict(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads "3e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{name} must be {hint.__name__}, got {value!r}")
     return value
@@ -179,6 +185,9 @@ def preset_path(name: str) -> Path:
     )
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
     """`["lr=3e-3", "model_args.depth=4"]` -> {"lr": 0.003, "model_args": {"depth": 4}}; values
     are read as YAML scalars (numbers, true/false, null, [lists])."""
@@ -191,6 +200,8 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw else None
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str) and _FLOAT.fullmatch(value):
+            value = float(value)  # YAML 1.1 reads "3e-3" as a string
         head, _, sub = key.partition(".")
         if sub:
             out.setdefault(head, {})[sub] = value

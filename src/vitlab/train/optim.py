@@ -17,10 +17,12 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vitlab.train.config import TrainConfig
+from vitlab.weights.checkpoint import unwrap_model
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: decayed matrices/kernels, and everything exempt from weight decay."""
+    model = unwrap_model(model)  # DDP and torch.compile hide no_weight_decay() and rename
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
     decay, no_decay = [], []
     for name, p in model.named_parameters():

@@ -120,6 +120,7 @@ def format_report(report: dict[str, Any]) -> str:
             f"training: {report['train_minutes']:.2f} min of steps, {report['img_s']:.0f} img/s, "
             f"{report['epochs']} epochs, {report['steps']} steps"
         )
-    if report.get("skipped"):
-        lines.append(f"skipped {report['skipped']} unreadable image(s)")
+    skipped = report.get("skipped", 0) + report.get("skipped_eval", 0)
+    if skipped:
+        lines.append(f"skipped {skipped} unreadable image(s) (listed in the log above)")
     return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""Train the Fashion-MNIST presets from scratch and print test accuracy, wall minutes and img/s.
+
+    flock /tmp/vitlab-heavy.lock python benchmarks/fashion_mnist.py                 # all three
+    python benchmarks/fashion_mnist.py fashion_mnist_vit --set epochs=2             # a quick look
+
+Each preset trains in its own run directory under --out (default runs/bench); the figures come
+from the run's report.json. Wall minutes count everything from start to report (data loading,
+validation, checkpoints); "train min" only the optimiser steps. Say which machine ran them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from vitlab.train import build_config, fit
+from vitlab.train.config import parse_set
+
+PRESETS = ["fashion_mnist_vit", "fashion_mnist_vit_long", "fashion_mnist_bit"]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def bench(preset: str, out: Path, overrides: dict) -> dict:
+    cfg = build_config(preset, {**overrides, "out": str(out / preset)})
+    t0 = time.perf_counter()
+    result = fit(cfg)
+    wall = (time.perf_counter() - t0) / 60
+    r = result.report
+    return {
+        "preset": preset,
+        "model": cfg.model,
+        "epochs": r["epochs"],
+        "test_top1": 100 * r["top1"],
+        "wall_min": wall,
+        "train_min": r["train_minutes"],
+        "img_s": r["img_s"],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "presets", nargs="*", default=PRESETS, help="presets to train (default: all three)"
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/bench"), help="parent of the run directories"
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override every preset"
+    )
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rows = [bench(name, args.out, parse_set(args.set)) for name in args.presets]
+    print(f"\nFashion-MNIST test accuracy on {machine()}")
+    head = f"{'preset':<24}{'epochs':>7}{'test top-1':>12}{'wall min':>10}"
+    print(head + f"{'train min':>11}{'img/s':>8}")
+    for r in rows:
+        print(
+            f"{r['preset']:<24}{r['epochs']:>7}{r['test_top1']:>11.2f}%{r['wall_min']:>10.2f}"
+            f"{r['train_min']:>11.2f}{r['img_s']:>8.0f}"
+        )
+    for r in rows:
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()

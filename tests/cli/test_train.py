@@ -1,0 +1,73 @@
+import json
+
+import pytest
+from PIL import Image
+
+import vitlab
+from vitlab.cli.main import main
+
+TINY = ["--model", "vit_test", "--data", "synthetic", "--img-size", "16", "--batch-size", "32",
+        "--set", "model_args.patch_size=4"]  # fmt: skip
+
+
+def test_train_then_eval_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "test top-1" in printed and str(out / "last.safetensors") in printed
+    report = json.loads((out / "report.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert (out / "summary.csv").read_text().startswith("epoch,step,lr,train_loss")
+    assert vitlab.load_checkpoint(out / "last.safetensors").cfg.class_names[0] == "pattern 0"
+    code = main(["eval", "--checkpoint", str(out / "last.safetensors"), "--data", "synthetic",
+                 "--out", str(tmp_path / "eval")])  # fmt: skip
+    assert code == 0
+    again = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert again["top1"] == pytest.approx(report["top1"]) and again["n"] == report["n"]
+    assert (tmp_path / "eval" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_finished_run_resumed_reports_without_training_again(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    stamp = (out / "last.state.pt").stat().st_mtime_ns
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out), "--resume"]) == 0
+    assert (out / "last.state.pt").stat().st_mtime_ns == stamp
+    assert "test top-1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--set", "lrr=1"], "unknown config key(s): lrr (did you mean lr?)"),
+        (["train", "--set", "batch_size=many"], "batch_size must be int, got 'many'"),
+        (["train", "--config", "no_such_preset"], "no preset or YAML file named"),
+        (["train", "--data", "imagefolder:/no/such/dir"], "/no/such/dir is not a folder"),
+        (["train", "--data", "mnits"], "unknown dataset 'mnits'"),
+        (["eval", "--checkpoint", "/no/such.safetensors", "--data", "synthetic"], "does not exist"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
+
+
+def test_bad_images_are_skipped_and_counted_in_the_report(tmp_path, capsys):
+    root = tmp_path / "imgs"
+    for c, color in (("a", (250, 0, 0)), ("b", (0, 0, 250))):
+        (root / c).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (20, 20), color).save(root / c / f"{i}.png")
+    (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    (root / "b" / "empty.png").write_bytes(b"")
+    argv = ["train", "--model", "vit_test", "--data", f"imagefolder:{root}", "--img-size", "16",
+            "--batch-size", "7", "--epochs", "1", "--out", str(tmp_path / "run"),
+            "--set", "model_args.patch_size=4", "--set", "val_split=0.25"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["split"] == "val"
+    # 14 training images in 2 batches of 7 and 4 held out: each bad file is met exactly once
+    assert report["skipped"] + report["skipped_eval"] == 2
+    assert "skipped 2 unreadable image(s)" in capsys.readouterr().out
