@@ -40,3 +40,29 @@ def test_inspect_bad_block_is_a_one_line_error(tmp_path, checkpoint, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("vitlab inspect: error: block 9 does not exist")
+
+
+def test_inspect_dataset_images_one_per_class_first(tmp_path, capsys):
+    model = vitlab.create_model("vit_test", img_size=16, patch_size=4, in_chans=1, num_classes=4)
+    ckpt = vitlab.save_checkpoint(model, tmp_path / "m.safetensors")
+    out = tmp_path / "maps"
+    rc = main(["-q", "inspect", "--checkpoint", str(ckpt), "--data", "synthetic",
+               "--num-images", "5", "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    rollouts = sorted(p.name for p in out.glob("rollout_*.png"))
+    assert len(rollouts) == 5
+    from vitlab.data.datasets import load_data
+
+    splits = load_data("synthetic")
+    labels = splits.test.labels.tolist()
+    firsts = [labels.index(c) for c in range(len(splits.class_names))]
+    expected = [*firsts, min(set(range(len(labels))) - set(firsts))]
+    names = [f"test{i}_{splits.class_names[labels[i]]}".replace(" ", "_") for i in expected]
+    assert rollouts == sorted(f"rollout_{k:02d}_{n}.png" for k, n in enumerate(names))
+
+
+def test_images_and_data_are_exclusive(tmp_path, checkpoint, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["inspect", "--checkpoint", str(checkpoint), "--out", str(tmp_path),
+              "--images", "a.png", "--data", "digits"])  # fmt: skip
+    assert e.value.code == 2 and "not allowed with" in capsys.readouterr().err

@@ -20,15 +20,17 @@ that shows each one with a line of explanation:
   rollout_*.png            attention rollout per image (Figure 6)
   heads_block*_*.png       raw attention of the chosen heads of the chosen block per image
 
-Without --images, scikit-image's sample photos (astronaut, coffee, chelsea) are used; install
-them with `pip install 'vitlab[inspect]'`. For average-pooled models (no class token) rollout
-and raw attention show the mean over the patch tokens' rows. Images run one at a time without
-gradients, so even ViT-L and ViT-H fit on a CPU.
+The images: --images (files or folders), or --data for the first test images of a dataset
+(one per class first), or else scikit-image's sample photos (astronaut, coffee, chelsea;
+`pip install 'vitlab[inspect]'`). For average-pooled models (no class token) rollout and raw
+attention show the mean over the patch tokens' rows. Images run one at a time without
+gradients, so even ViT-L and ViT-H fit on a CPU. Exit status: 0 done; 1 some --images could not
+be read (the rest were inspected); 2 a usage error.
 """
 
 EPILOG = """\
 examples:
-  vitlab inspect --checkpoint runs/demo/model.safetensors --out runs/demo/inspect
+  vitlab inspect --checkpoint runs/demo/best.safetensors --data fashion-mnist --out maps
   vitlab inspect --checkpoint vit_b16.safetensors --images cat.jpg dog.jpg --out b16_maps
   vitlab inspect --checkpoint vit_b16.safetensors --block 0 --head 0 5 11 --out b16_block0
 """
@@ -55,8 +57,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the checkpoint's ecosystem (default: detected from the file)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs and index.html")
-    p.add_argument(
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
         "--images", nargs="+", metavar="IMAGE_OR_DIR", help="images or folders (default: samples)"
+    )
+    which.add_argument(
+        "--data",
+        metavar="NAME[:PATH]",
+        help="or test images of a dataset, one per class first (as in vitlab train --data)",
+    )
+    p.add_argument("--data-root", metavar="DIR", help="where the --data files are")
+    p.add_argument(
+        "--num-images", type=int, default=6, metavar="N", help="images taken from --data (6)"
     )
     p.add_argument(
         "--block",
@@ -86,6 +98,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vitlab.data.images import read_images, sample_photos
     from vitlab.inspect.report import inspect_model
+    from vitlab.inspect.samples import dataset_images
     from vitlab.weights import load_checkpoint
 
     model = load_checkpoint(args.checkpoint, source=args.source)
@@ -100,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.images:
         images = read_images(args.images, model.cfg.in_chans, on_error=report_bad)
+    elif args.data:
+        images = dataset_images(args.data, args.data_root, args.num_images, model.cfg.in_chans)
     else:
         images = sample_photos(model.cfg.in_chans)
     report = inspect_model(
