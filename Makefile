@@ -39,6 +39,7 @@ demo: $(STAMP) fashion-mnist
 	$(BIN)/vitlab eval --checkpoint $(DEMO_RUN)/last.safetensors --data fashion-mnist --download \
 		--out $(DEMO_RUN)/eval
 	@echo "demo run: $(DEMO_RUN) (report.json, curves.png, confusion.png, last.safetensors)"
+	$(BIN)/vitlab inspect --checkpoint $(DEMO_RUN)/last.safetensors --data fashion-mnist --num-images 10 --out $(DEMO_RUN)/inspect
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist where apt is usable (root or sudo without a
 # password); otherwise `vitlab train --download` fetches it through torchvision.
