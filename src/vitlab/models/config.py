@@ -33,7 +33,10 @@ class ResNetConfig:
     """ResNetV2 as in BiT (Kolesnikov et al. 2020): the paper's CNN baseline and hybrid stem.
 
     `preact=True` is BiT's pre-activation bottleneck; `preact=False` is the post-activation unit
-    that vit_jax and timm use in the R50+ViT hybrid stem.
+    that vit_jax and timm use in the R50+ViT hybrid stem. `stem_type` is BiT's "fixed" stem, the
+    hybrid's TF-"SAME" one, or "small" (3x3 stride 1, no pooling) for 28-64 px images.
+    `weight_std` and `std_conv_eps` say how convolution weights are standardised (timm's
+    sqrt(var + 1e-8) by default; vit_jax checkpoints use std + 1e-5), `gn_eps` the GroupNorm eps.
     """
 
     layers: tuple[int, ...] = (3, 4, 6, 3)
