@@ -55,8 +55,12 @@ def resolve_reference(ref: str, cache_dir: str | Path | None = None, **download:
     for name in WEIGHT_FILES:
         try:
             weights = Path(_download(repo_id, name, revision, cache_dir, **download))
-        except (EntryNotFoundError, LocalEntryNotFoundError) as e:
+        except LocalEntryNotFoundError as e:  # offline or unreachable: only the cache is left
             last: Exception = e
+            download = {**download, "local_files_only": True}
+            continue
+        except EntryNotFoundError as e:  # the repo has no such file: try the next
+            last = e
             continue
         for extra in ("config.json", "preprocessor_config.json"):
             _download_optional(repo_id, extra, revision, cache_dir, **download)
