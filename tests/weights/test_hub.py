@@ -135,3 +135,16 @@ def test_save_pretrained_from_pretrained(tmp_path, hub_cache, name):
         assert torch.equal(from_hub(x), model(x))
     plain = vitlab.load_checkpoint(tmp_path / "saved")  # a plain directory too
     assert plain.cfg.to_dict() | {"extra": {}} == again.cfg.to_dict() | {"extra": {}}
+
+
+def test_offline_falls_back_to_cached_pytorch_bin(hub_cache):
+    timm = pytest.importorskip("timm")
+    ref = perturb_(timm.create_model("vit_tiny_patch16_224", depth=1, img_size=32)).eval()
+    snap = hub_cache(
+        "timm/only-bin", {"pytorch_model.bin": lambda p: torch.save(ref.state_dict(), p)}
+    )
+    assert resolve_reference("timm:only-bin") == snap
+    ours = vitlab.load_checkpoint("timm:only-bin")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (ours(x) - ref(x)).abs().max() <= 1e-4
