@@ -64,6 +64,7 @@ class StdConv2d(nn.Conv2d):
         self.eps, self.form, self.dynamic_pad = eps, form, dynamic
 
     def standardized_weight(self) -> torch.Tensor:
+        """The kernel with zero mean and unit variance per output filter (over in, kh, kw)."""
         w = self.weight
         mean = w.mean(dim=(1, 2, 3), keepdim=True)
         if self.form == "std":
