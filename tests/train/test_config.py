@@ -19,7 +19,8 @@ def test_every_promised_preset_exists_and_builds():
     assert set(PRESETS) <= set(list_presets())
     for name in PRESETS:
         cfg = build_config(name)
-        get_config(cfg.model, **cfg.model_args)  # the model and its overrides are valid
+        size = {"img_size": cfg.img_size} if cfg.img_size else {}
+        get_config(cfg.model, **cfg.model_args, **size)  # the model and its overrides are valid
 
 
 def test_set_overrides_parse_yaml_scalars_and_dotted_keys():

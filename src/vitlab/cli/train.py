@@ -111,7 +111,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> TrainConfig:
     """Preset, then flags, then --set (later wins)."""
-    overrides = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items()}
+    flags = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items()}
+    overrides = {k: v for k, v in flags.items() if v is not None}  # flags not given
     if args.download:
         overrides["download"] = True
     if args.compile:

@@ -223,7 +223,7 @@ def build_config(
 ) -> TrainConfig:
     """A preset (name or YAML path) with `overrides` applied; unknown keys are an error."""
     data = read_yaml(preset_path(preset)) if preset else {}
-    data = merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+    data = merge(data, overrides or {})
     names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(data) - names)
     if unknown:

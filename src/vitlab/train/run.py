@@ -38,7 +38,6 @@ from vitlab.train.state import (
     TrainState,
     check_same_run,
     find_resume,
-    publish,
     read_state,
     restore,
     save_state,
@@ -236,9 +235,7 @@ def _end_of_epoch(cfg, state: TrainState, info, run_dir: Path, row: dict) -> Non
     improved = row.get("val_acc") is not None and row["val_acc"] > state.best.get("val_acc", -1)
     if improved:
         state.best = {"val_acc": row["val_acc"], "epoch": row["epoch"], "step": state.step}
-        if info.main:
-            publish(state, run_dir / "best.safetensors")
-    save_state(state, cfg, run_dir, info.main)
+    save_state(state, cfg, run_dir, info.main, best=improved)
     if info.main:
         rep.write_history(run_dir, state.history)
         rep.plot_curves(state.history, run_dir / "curves.png")

@@ -92,14 +92,19 @@ def state_dict(state: TrainState, cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
-def save_state(state: TrainState, cfg: TrainConfig, run_dir: Path, main: bool) -> None:
-    """Write `last.state.pt` and `last.safetensors` (rank 0; every rank joins the gathering)."""
+def save_state(
+    state: TrainState, cfg: TrainConfig, run_dir: Path, main: bool, best: bool = False
+) -> None:
+    """Write `last.state.pt`, `last.safetensors` and, when `best`, `best.safetensors` (rank 0
+    writes; every rank must call, since gathering sharded weights is a collective)."""
     sd = state_dict(state, cfg)
     if not main:
         return
     with atomic_path(run_dir / STATE_FILE) as tmp:
         torch.save(sd, tmp)
     publish(state, run_dir / "last.safetensors", sd["model"])
+    if best:
+        publish(state, run_dir / "best.safetensors", sd["model"])
 
 
 def publish(state: TrainState, path: Path, model_sd: dict | None = None) -> None:
