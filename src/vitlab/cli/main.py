@@ -31,6 +31,9 @@ examples:
   vitlab predict --checkpoint m.safetensors photos/   top-5 classes per image
   vitlab inspect --checkpoint m.safetensors --out maps/   Figures 6 and 7 as PNGs + index.html
   vitlab convert ViT-B_16.npz out --to hf   Google weights -> a Hugging Face directory
+  vitlab train --config fashion_mnist_vit   train a ViT from scratch on Fashion-MNIST
+  vitlab finetune --from m.safetensors --data imagefolder:photos   new head, paper's recipe
+  vitlab eval --checkpoint m.safetensors --data fashion-mnist   top-1/top-5, confusion matrix
 
 Run `vitlab COMMAND --help` for the options of a command.
 """
