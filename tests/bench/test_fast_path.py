@@ -96,3 +96,15 @@ def test_bf16_training_on_cpu_takes_the_explicit_path_with_sdpa_gradients(monkey
     with torch.inference_mode():
         fast.eval().to(torch.bfloat16)(x.bfloat16())
     assert len(calls) == len(fast.blocks)  # inference keeps the fused kernel
+
+
+def test_attention_path_choice_on_cpu():
+    from vitlab.models.layers import _explicit_is_faster
+
+    def q(n, dtype=torch.float32, grad=True):
+        return torch.randn(1, 2, n, 16, dtype=dtype).requires_grad_(grad)
+
+    assert _explicit_is_faster(q(50))  # short fp32 training sequences
+    assert not _explicit_is_faster(q(197))  # ViT-*/16 at 224 px in fp32: the fused kernel
+    assert _explicit_is_faster(q(197, torch.bfloat16))
+    assert not _explicit_is_faster(q(50, grad=False))  # inference: always the fused kernel
