@@ -390,7 +390,8 @@ def time_interleaved(
     device: torch.device,
     progress: Callable[[Iterator[int]], Iterator[int]] | None = None,
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Warm every step up, then time them in turns; per-step times and peak memory (MB)."""
+    """Warm every step up, then time them in turns (the order flipping every round); per-step
+    times and peak memory (MB)."""
     mem = PeakMemory(device)
     peaks = dict.fromkeys(steps, 0.0)
     for _ in range(spec.warmup):
@@ -401,8 +402,9 @@ def time_interleaved(
             peaks[name] = max(peaks[name], mem.read())
     times: dict[str, list[float]] = {name: [] for name in steps}
     rounds = iter(range(spec.iters))
-    for _ in progress(rounds) if progress else rounds:
-        for name, step in steps.items():
+    for i in progress(rounds) if progress else rounds:
+        order = list(steps.items())
+        for name, step in order if i % 2 == 0 else order[::-1]:  # A B, B A: no order bias
             mem.reset()
             synchronize(device)
             start = time.perf_counter()
