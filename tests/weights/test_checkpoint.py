@@ -123,3 +123,10 @@ def test_zip_named_npz_that_is_not_npz(tmp_path):
         z.writestr("data.pkl", pickle.dumps({"a": 1}))
     with pytest.raises(CheckpointError):
         vitlab.load_checkpoint(path)
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    plain = tmp_path / "plain"
+    plain.write_text("x")  # what any other program would create here
+    path = vitlab.save_checkpoint(_model(), tmp_path / "m.safetensors")
+    assert path.stat().st_mode == plain.stat().st_mode

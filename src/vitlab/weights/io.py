@@ -21,6 +21,8 @@ from safetensors.torch import save_file
 
 from vitlab.errors import CheckpointError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once at import: the mode a plain open() would give new files
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 # Wrappers that training scripts put around a state dict, outermost first.
 _WRAPPER_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema", "module", "params")
@@ -50,6 +52,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide the file from other users
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
