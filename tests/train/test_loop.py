@@ -40,7 +40,8 @@ def _test_loss(cfg, model):
 @pytest.mark.parametrize("data", ["synthetic", "digits"])
 def test_a_few_steps_lower_the_loss(tmp_path, data):
     size = {"synthetic": 16, "digits": 8}[data]
-    cfg = _cfg(tmp_path, data=data, img_size=size, model_args={"patch_size": 2 if size == 8 else 4})
+    patch = {"patch_size": 2 if size == 8 else 4}
+    cfg = _cfg(tmp_path, data=data, img_size=size, model_args=patch, batch_size=64, lr=5e-3)
     before = _test_loss(cfg, build_model(cfg, load_data(data)))
     result = fit(cfg)
     assert result.report["loss"] < 0.8 * before
