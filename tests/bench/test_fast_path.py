@@ -104,7 +104,6 @@ def test_attention_path_choice_on_cpu():
     def q(n, dtype=torch.float32, grad=True):
         return torch.randn(1, 2, n, 16, dtype=dtype).requires_grad_(grad)
 
-    assert _explicit_is_faster(q(50))  # short fp32 training sequences
-    assert not _explicit_is_faster(q(197))  # ViT-*/16 at 224 px in fp32: the fused kernel
+    assert not _explicit_is_faster(q(50))  # fp32: the fused kernel
     assert _explicit_is_faster(q(197, torch.bfloat16))
     assert not _explicit_is_faster(q(50, grad=False))  # inference: always the fused kernel

@@ -80,15 +80,15 @@ class Attention(nn.Module):
 def _explicit_is_faster(q: torch.Tensor) -> bool:
     """Whether plain matmul-softmax-matmul beats `scaled_dot_product_attention` here.
 
-    On the CPU the fused kernel's backward pass is slower than two batched matmuls and a
-    softmax in bf16/fp16 (by 1.2-3x per layer, measured on ViT-Ti/S/B/16 and the 28 px
-    Fashion-MNIST variant), and in fp32 for short sequences (64 tokens or fewer: 1.5x at 50
-    tokens; at 197 tokens the fused kernel wins). So a CPU training step takes the explicit path
-    there; inference keeps the fused kernel, which wins in every case measured.
+    On the CPU the fused kernel's backward pass in bf16/fp16 is slower than two batched matmuls
+    and a softmax: whole training steps ran 1.1-2.1x faster with the explicit path on
+    ViT-Ti/S/B/16 and the 28 px Fashion-MNIST variant (benchmarks/speed.py). So a
+    reduced-precision CPU training step takes it; fp32 and inference keep the fused kernel,
+    which was as fast or faster there.
     """
     if q.device.type != "cpu" or not q.requires_grad:
         return False
-    return q.dtype in (torch.bfloat16, torch.float16) or q.shape[-2] <= 64
+    return q.dtype in (torch.bfloat16, torch.float16)
 
 
 class Mlp(nn.Module):
