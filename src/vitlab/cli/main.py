@@ -14,26 +14,29 @@ from vitlab.errors import VitlabError
 # Subcommand -> module under vitlab.cli; each module has `add_parser(subparsers)` and `run(args)`.
 # One per line, in the order `vitlab --help` shows them.
 COMMANDS = [
-    "models",
-    "predict",
-    "inspect",
-    "bench",
-    "convert",
     "train",
     "finetune",
     "eval",
+    "predict",
+    "inspect",
+    "convert",
+    "bench",
+    "models",
 ]
 
 EPILOG = """\
 examples:
-  vitlab models                       every variant with its size and cost
-  vitlab models --paper               the paper's Table 1
-  vitlab predict --checkpoint m.safetensors photos/   top-5 classes per image
-  vitlab inspect --checkpoint m.safetensors --out maps/   Figures 6 and 7 as PNGs + index.html
-  vitlab convert ViT-B_16.npz out --to hf   Google weights -> a Hugging Face directory
-  vitlab train --config fashion_mnist_vit   train a ViT from scratch on Fashion-MNIST
-  vitlab finetune --from m.safetensors --data imagefolder:photos   new head, paper's recipe
-  vitlab eval --checkpoint m.safetensors --data fashion-mnist   top-1/top-5, confusion matrix
+  vitlab train --config fashion_mnist_vit              a ViT from scratch on Fashion-MNIST
+  vitlab finetune --from m.safetensors --data imagefolder:photos
+                                                       new head, the paper's fine-tuning recipe
+  vitlab eval --checkpoint m.safetensors --data fashion-mnist
+                                                       top-1/top-5, per-class, confusion matrix
+  vitlab predict --checkpoint m.safetensors photos/    top-5 classes per image
+  vitlab inspect --checkpoint m.safetensors --out maps/
+                                                       Figures 6 and 7 as PNGs + index.html
+  vitlab convert ViT-B_16.npz out --to hf              Google weights -> a Hugging Face directory
+  vitlab bench --model vit_s16 --vs timm               img/s and utilisation, side by side
+  vitlab models --paper                                the paper's Table 1
 
 Run `vitlab COMMAND --help` for the options of a command.
 """
