@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vitlab.errors import ConfigError
+from vitlab.models.base import VitlabModule
 from vitlab.models.config import ResNetConfig, ViTConfig, replace
-from vitlab.weights.hub import HubMixin
 
 
 def _same_pad(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> torch.Tensor:
@@ -222,13 +221,15 @@ class ClassifierHead(nn.Module):
         return self.fc(x[:, :, None, None]).flatten(1)  # (B, C, 1, 1) -> (B, classes)
 
 
-class ResNetV2(nn.Module, HubMixin):
+class ResNetV2(nn.Module, VitlabModule):
     """BiT ResNet-v2 (pre-activation) or the hybrid's post-activation ResNet.
 
     Forward runs in stages like the ViT: `forward_features` (B, C, h, w) -> `pool` (B, C) ->
     `forward_head` (B, num_classes). `save_pretrained` / `from_pretrained` go through
     huggingface_hub.
     """
+
+    interpolation = "bilinear"  # BiT's and timm's preprocessing for these weights
 
     def __init__(self, cfg: ResNetConfig) -> None:
         super().__init__()
@@ -293,22 +294,6 @@ class ResNetV2(nn.Module, HubMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.pool(self.forward_features(x)))
-
-    @property
-    def data_config(self) -> dict[str, Any]:
-        """How inputs must be prepared for these weights: size, channels, normalisation, crop."""
-        c = self.cfg
-        return {
-            "img_size": c.img_size,
-            "in_chans": c.in_chans,
-            "mean": c.mean,
-            "std": c.std,
-            "crop_pct": c.crop_pct,
-            "interpolation": "bilinear",
-        }
-
-    def num_params(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def no_weight_decay(self) -> set[str]:
         """No extra names: every bias and norm weight is skipped by the optimizer anyway."""

@@ -11,12 +11,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vitlab.errors import ConfigError
+from vitlab.models.base import VitlabModule
 from vitlab.models.config import ViTConfig, _pair
 from vitlab.models.layers import Block, PatchEmbed, posemb_sincos_2d, resample_pos_embed
-from vitlab.weights.hub import HubMixin
 
 
-class VisionTransformer(nn.Module, HubMixin):
+class VisionTransformer(nn.Module, VitlabModule):
     """ViT: patch embedding, class token, position embeddings, L pre-norm blocks, a head.
 
     Forward runs in stages: `forward_features` (tokens after the final LayerNorm) -> `pool`
@@ -232,22 +232,6 @@ class VisionTransformer(nn.Module, HubMixin):
         self.cfg = new_cfg
 
     # ---------------------------------------------------------------------------------- facts
-    @property
-    def data_config(self) -> dict[str, Any]:
-        """How inputs must be prepared for these weights: size, channels, normalisation, crop."""
-        c = self.cfg
-        return {
-            "img_size": c.img_size,
-            "in_chans": c.in_chans,
-            "mean": c.mean,
-            "std": c.std,
-            "crop_pct": c.crop_pct,
-            "interpolation": "bicubic",
-        }
-
-    def num_params(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
     def no_weight_decay(self) -> set[str]:
         """Parameter names that weight decay should skip (also: every bias and norm weight)."""
         return {"pos_embed", "cls_token"}

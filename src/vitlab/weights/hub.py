@@ -1,5 +1,5 @@
-"""The Hugging Face Hub: hub references for `load_checkpoint`, and `save_pretrained` /
-`from_pretrained` on every vitlab model (through huggingface_hub's `ModelHubMixin`).
+"""The Hugging Face Hub: hub references for `load_checkpoint` (`save_pretrained` /
+`from_pretrained` on every vitlab model build on them: see `vitlab.models.base`).
 
     vitlab.load_checkpoint("hf-hub:google/vit-base-patch16-224")          # transformers layout
     vitlab.load_checkpoint("timm:vit_base_patch16_224.augreg2_in21k_ft_in1k")  # timm's hub copy
@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelHubMixin, hf_hub_download
+from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -28,7 +27,6 @@ from vitlab.errors import CheckpointError
 
 HUB_PREFIXES = ("hf-hub:", "timm:")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-_NATIVE_FILE = "model.safetensors"
 
 
 def is_hub_reference(path: Any) -> bool:
@@ -98,46 +96,3 @@ def imagenet_class_names() -> tuple[str, ...]:
     from torchvision.models import ViT_B_16_Weights
 
     return tuple(ViT_B_16_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-class HubMixin(
-    ModelHubMixin,
-    library_name="vitlab",
-    tags=["vision-transformer", "image-classification"],
-    repo_url="https://arxiv.org/abs/2010.11929",
-):
-    """`save_pretrained(dir)` writes vitlab's self-describing model.safetensors (config and class
-    names in its metadata) plus config.json; `from_pretrained(dir_or_repo_id)` reads it back
-    with `vitlab.load_checkpoint`, which also takes other layouts (a transformers ViT repo)."""
-
-    def _save_pretrained(self, save_directory: Path) -> None:
-        import json
-
-        from vitlab.weights.checkpoint import save_checkpoint
-        from vitlab.weights.io import atomic_write
-
-        save_checkpoint(self, Path(save_directory) / _NATIVE_FILE)
-        text = json.dumps(self.cfg.to_dict(), indent=2, sort_keys=True)
-        atomic_write(Path(save_directory) / "config.json", lambda tmp: tmp.write_text(text))
-
-    @classmethod
-    def _from_pretrained(
-        cls,
-        *,
-        model_id: str,
-        revision: str | None,
-        cache_dir: str | Path | None,
-        force_download: bool,
-        local_files_only: bool,
-        token: str | bool | None,
-        **model_kwargs: Any,
-    ) -> Any:
-        from vitlab.weights.checkpoint import load_checkpoint
-
-        if os.path.isdir(model_id):
-            path = Path(model_id)
-        else:
-            ref = f"hf-hub:{model_id}" + (f"@{revision}" if revision else "")
-            kw = {"force_download": force_download, "local_files_only": local_files_only}
-            path = resolve_reference(ref, cache_dir, token=token, **kw)
-        return load_checkpoint(path, **model_kwargs)
