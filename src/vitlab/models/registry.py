@@ -85,6 +85,7 @@ def _register_small_vits() -> None:
     small = [
         ("vit_test", 32, 8, 32, 2, 2, 64, "unit-test size: 2 blocks, D 32"),
         ("vit_nano_p4", 32, 4, 64, 4, 4, 128, "4 blocks, D 64, patch 4: seconds per epoch"),
+        ("vit_micro_p7", 28, 7, 128, 4, 4, 256, "4 blocks, D 128, patch 7: the 28 px demo"),
         ("vit_micro_p4", 32, 4, 128, 6, 4, 256, "6 blocks, D 128, patch 4 (Fashion-MNIST, CIFAR)"),
         ("vit_mini_p4", 32, 4, 192, 8, 6, 384, "8 blocks, D 192, patch 4 (CIFAR at 32 px)"),
         ("vit_mini_p8", 64, 8, 192, 8, 6, 384, "8 blocks, D 192, patch 8 (64 px images)"),
