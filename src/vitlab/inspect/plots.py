@@ -78,17 +78,23 @@ def plot_overlay(image: np.ndarray, heat: np.ndarray, path: str | Path, title: s
     return save_figure(fig, path)
 
 
+def _axes_grid(n: int, cell: tuple[float, float], max_cols: int = 7) -> tuple[Figure, np.ndarray]:
+    """A figure with n cells of `cell` inches (width, height), at most `max_cols` a row, axes
+    hidden: (figure, (rows, cols) array of axes)."""
+    cols = min(n, max_cols)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(cell[0] * cols, cell[1] * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    return fig, axes
+
+
 def plot_heads(
     image: np.ndarray, maps: np.ndarray, heads: Sequence[int], path: str | Path, title: str
 ) -> Path:
     """The image and one overlay per head: maps (heads, gh, gw)."""
-    n = len(heads) + 1
-    cols = min(n, 7)
-    rows = math.ceil(n / cols)
-    fig = Figure(figsize=(1.9 * cols, 2.0 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
+    fig, axes = _axes_grid(len(heads) + 1, (1.9, 2.0))
     _show_image(axes[0, 0], image)
     axes[0, 0].set_title("input", fontsize=8)
     for i, (h, m) in enumerate(zip(heads, maps), start=1):
@@ -101,13 +107,7 @@ def plot_heads(
 
 def plot_filters(comps: FilterComponents, path: str | Path, title: str) -> Path:
     """Each principal component as a P x P (x C) image, min-max scaled (Figure 7 left)."""
-    k = len(comps.images)
-    cols = min(k, 7)
-    rows = math.ceil(k / cols)
-    fig = Figure(figsize=(1.3 * cols, 1.45 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
+    fig, axes = _axes_grid(len(comps.images), (1.3, 1.45))
     for i, (img, ratio) in enumerate(zip(comps.images, comps.explained_variance_ratio)):
         lo, hi = img.min(), img.max()
         scaled = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
