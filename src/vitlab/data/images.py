@@ -1,11 +1,13 @@
 """Image decoding a user can throw anything at: EXIF orientation, every PIL mode, clear errors.
 
 `load_image` returns a PIL image in the mode a model expects ("RGB" or "L") or raises
-`ImageError` naming the file and the reason (empty, truncated, not an image, too large).
+`ImageError` naming the file and the reason (empty, truncated, not an image, too large);
+`decode_image` does the same for bytes already in memory (a member of a WebDataset shard).
 """
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -32,15 +34,28 @@ def load_image(path: str | Path, channels: int = 3, max_pixels: int = MAX_PIXELS
         named = path.suffix.lower() in IMAGE_SUFFIXES
         why = "a directory, not an image" if named else "a directory without image files"
         raise ImageError(f"{path}: {why}")
+    return _decode(path, str(path), channels, max_pixels)
+
+
+def decode_image(
+    data: bytes, name: str, channels: int = 3, max_pixels: int = MAX_PIXELS
+) -> Image.Image:
+    """`load_image` for an image already in memory (a member of a tar shard); `name` is what
+    the errors call it."""
+    return _decode(io.BytesIO(data), name, channels, max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, name: str, channels: int, max_pixels: int) -> Image.Image:
     try:
-        if path.stat().st_size == 0:
-            raise ImageError(f"{path}: empty file (0 bytes)")
+        size = source.stat().st_size if isinstance(source, Path) else source.getbuffer().nbytes
+        if size == 0:
+            raise ImageError(f"{name}: empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 if img.width * img.height > max_pixels:
                     raise ImageError(
-                        f"{path}: {img.width}x{img.height} px is larger than the {max_pixels} "
+                        f"{name}: {img.width}x{img.height} px is larger than the {max_pixels} "
                         "pixel limit (a possible decompression bomb); downscale it first"
                     )
                 img.load()
@@ -48,15 +63,15 @@ def load_image(path: str | Path, channels: int = 3, max_pixels: int = MAX_PIXELS
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{path}: too large to decode safely ({e})") from None
+        raise ImageError(f"{name}: too large to decode safely ({e})") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image (format not recognised)") from None
+        raise ImageError(f"{name}: not an image (format not recognised)") from None
     except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
+        raise ImageError(f"{name}: no such file") from None
     except IsADirectoryError:
-        raise ImageError(f"{path}: is a directory, not an image") from None
+        raise ImageError(f"{name}: is a directory, not an image") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
-        raise ImageError(f"{path}: truncated or corrupt image ({e})") from None
+        raise ImageError(f"{name}: truncated or corrupt image ({e})") from None
     return to_mode(img, channels)
 
 
