@@ -20,7 +20,8 @@ curves.png, last/best .safetensors checkpoints (load them with vitlab.load_check
 resumable last.state.pt, report.json and confusion.png.
 
 datasets (--data): fashion-mnist, imagefolder:PATH, cifar10, cifar100, pets, flowers102,
-digits, synthetic.
+digits, synthetic, wds:PATTERN (WebDataset shards KEY.jpg + KEY.cls, streamed, e.g.
+wds:/data/{split}-{000000..000127}.tar; pip install 'vitlab[wds]').
 """
 
 EPILOG = """\

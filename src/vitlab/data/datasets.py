@@ -7,11 +7,15 @@
 - `cifar10`, `cifar100`, `pets`, `flowers102`: through torchvision (the paper's transfer
   benchmarks, section 4.1);
 - `digits`: scikit-learn's 8x8 digits (offline, seconds);
-- `synthetic`: class-dependent random patterns, for tests and smoke runs.
+- `synthetic`: class-dependent random patterns, for tests and smoke runs;
+- `wds:PATTERN`: WebDataset tar shards (`KEY.jpg` + `KEY.cls`), streamed for data beyond one
+  disk; `{split}` in PATTERN becomes train/val/test (see `vitlab.data.wds`; `pip install
+  'vitlab[wds]'`).
 
 Small sets are held in memory as one uint8 tensor (`ArraySet`) and augmented a batch at a time;
 image files (`FileSet`) are decoded with `vitlab.data.images.load_image`, and a file that cannot
-be read is skipped and counted, never fatal.
+be read is skipped and counted, never fatal. Shards (`vitlab.data.wds.ShardSet`) are streamed by
+`ShardStream`, which decodes and augments their images as `FileSet` does.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +37,9 @@ from vitlab.data.images import IMAGE_SUFFIXES, ImageError, load_image
 from vitlab.data.transforms import AugConfig, augment_batch, sample_transform
 from vitlab.errors import VitlabError
 
+if TYPE_CHECKING:
+    from vitlab.data.wds import ShardSet
+
 log = logging.getLogger("vitlab")
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -40,7 +48,7 @@ FASHION_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 DATA_NAMES = ("fashion-mnist", "imagefolder:PATH", "cifar10", "cifar100", "pets", "flowers102")
-DATA_NAMES += ("digits", "synthetic")
+DATA_NAMES += ("digits", "synthetic", "wds:PATTERN")
 
 BatchKey = tuple[int, Sequence[int]]  # (seed of this batch's augmentation, sample indices)
 
@@ -151,9 +159,9 @@ class DataSplits:
     """What a `--data` spec resolves to: train/val/test image sets and their facts."""
 
     name: str
-    train: ImageSet
-    val: ImageSet | None
-    test: ImageSet | None
+    train: ImageSet | ShardSet
+    val: ImageSet | ShardSet | None
+    test: ImageSet | ShardSet | None
     class_names: tuple[str, ...]
     in_chans: int
     img_size: int  # native resolution (the largest side for image files: 0 = varies)
@@ -177,7 +185,7 @@ def load_data(
     """Resolve a `--data` spec (see the module docstring) into train/val/test sets.
 
     `val_split` holds out that fraction of the training set (stratified, seeded) as validation
-    where the dataset has no validation split of its own."""
+    where the dataset has no validation split of its own (not for `wds:`, an error there)."""
     name, _, arg = spec.partition(":")
     loaders = {
         "fashion-mnist": lambda: _fashion_mnist(root, download),
@@ -188,6 +196,7 @@ def load_data(
         "flowers102": lambda: _flowers(root, download),
         "digits": _digits,
         "synthetic": _synthetic,
+        "wds": lambda: _wds(arg, val_split),
     }
     if name not in loaders:
         raise DatasetError(f"unknown dataset {spec!r}; choose one of {', '.join(DATA_NAMES)}")
@@ -403,6 +412,12 @@ def _folder(root: Path, names: tuple[str, ...] | None = None) -> tuple[FileSet, 
     paths = [p for p, _ in samples]
     labels = torch.tensor([y for _, y in samples])
     return FileSet(lambda i: load_image(paths[i], 3), labels, None), tuple(classes)
+
+
+def _wds(pattern: str, val_split: float) -> DataSplits:
+    from vitlab.data.wds import load_shards
+
+    return load_shards(pattern, val_split)
 
 
 # ------------------------------------------------------------------------- offline sets

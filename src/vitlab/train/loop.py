@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from vitlab.data.datasets import AugmentedDataset, BatchKey
 from vitlab.data.transforms import mix_transform, normalize
+from vitlab.data.wds import ShardStream
 from vitlab.errors import VitlabError
 from vitlab.train.config import TrainConfig
 from vitlab.train.distributed import DistInfo, all_reduce_sum
@@ -84,14 +85,21 @@ def _identity(batch):
     return batch
 
 
-def make_loader(dataset: AugmentedDataset, sampler: KeyBatchSampler, workers: int) -> DataLoader:
-    """Whole batches come from the dataset (`__getitems__`); workers prepare them ahead."""
+def make_loader(
+    dataset: AugmentedDataset | ShardStream, sampler: KeyBatchSampler | None, workers: int
+) -> DataLoader:
+    """Whole batches come from the dataset, `(x, y, skipped)`; workers prepare them ahead.
+
+    An `AugmentedDataset` builds the batch the sampler's key names (`__getitems__`), and its
+    workers live for the whole run. A `ShardStream` (no sampler) yields batches itself; its
+    workers start afresh every epoch, so each one streams the epoch `set_epoch` chose."""
+    batching = {"batch_size": None} if sampler is None else {"batch_sampler": sampler}
     return DataLoader(
         dataset,
-        batch_sampler=sampler,
+        **batching,
         collate_fn=_identity,
         num_workers=workers,
-        persistent_workers=workers > 0,
+        persistent_workers=workers > 0 and sampler is not None,
         prefetch_factor=4 if workers > 0 else None,
     )
 

@@ -16,10 +16,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 import vitlab
 from vitlab.data.datasets import AugmentedDataset, DataSplits, ImageSet, load_data
 from vitlab.data.transforms import AugConfig
+from vitlab.data.wds import ShardSet, ShardStream
 from vitlab.errors import ConfigError
 from vitlab.models.registry import create_model
 from vitlab.train import report as rep
@@ -107,10 +109,31 @@ def steps_per_epoch(n: int, cfg: TrainConfig, info: DistInfo) -> int:
     return spe
 
 
-def _eval_loader(images: ImageSet, aug: AugConfig, cfg: TrainConfig, info: DistInfo):
+def _loader(
+    images: ImageSet | ShardSet,
+    aug: AugConfig,
+    cfg: TrainConfig,
+    info: DistInfo,
+    train: bool = False,
+    spe: int = 0,
+) -> tuple[DataLoader, KeyBatchSampler | ShardStream]:
+    """This process's loader of `(x, y, skipped)` batches, and what `set_epoch` goes to:
+    a key sampler over images we can index, or a stream over WebDataset shards."""
     batch = max(1, cfg.batch_size // info.world)
-    sampler = KeyBatchSampler(len(images), batch, info, cfg.seed, train=False)
-    return make_loader(AugmentedDataset(images, aug), sampler, cfg.workers)
+    if isinstance(images, ShardSet):
+        where = {"rank": info.rank, "world": info.world, "workers": cfg.workers}
+        stream = ShardStream(
+            images, aug, batch, seed=cfg.seed, train=train, steps_per_epoch=spe, **where
+        )
+        return make_loader(stream, None, cfg.workers), stream
+    sampler = KeyBatchSampler(len(images), batch, info, cfg.seed, train, steps_per_epoch=spe)
+    return make_loader(AugmentedDataset(images, aug), sampler, cfg.workers), sampler
+
+
+def _eval_loader(
+    images: ImageSet | ShardSet, aug: AugConfig, cfg: TrainConfig, info: DistInfo
+) -> DataLoader:
+    return _loader(images, aug, cfg, info)[0]
 
 
 def build_state(
@@ -182,15 +205,7 @@ def _train_epochs(cfg, data, state: TrainState, info, total: int, spe: int, run_
     train_aug, eval_aug = augmentations(cfg, state.model)
     c = unwrap_model(state.model).cfg
     ctx = StepContext(cfg, info, tuple(c.mean), tuple(c.std), data.num_classes)
-    sampler = KeyBatchSampler(
-        len(data.train),
-        cfg.batch_size // info.world,
-        info,
-        cfg.seed,
-        train=True,
-        steps_per_epoch=spe,
-    )
-    loader = make_loader(AugmentedDataset(data.train, train_aug), sampler, cfg.workers)
+    loader, sampler = _loader(data.train, train_aug, cfg, info, train=True, spe=spe)
     held = data.val if data.val is not None else data.test
     val_loader = _eval_loader(held, eval_aug, cfg, info) if held is not None else None
     epochs = math.ceil(total / spe)
