@@ -209,3 +209,27 @@ def test_torchrun_two_processes_train_and_write_once(tmp_path, strategy):
     state = torch.load(out / "last.state.pt", weights_only=True)
     assert all(torch.equal(v, state["model"][k]) for k, v in model.state_dict().items())
     assert state["step"] == 8  # 256 images / global batch 32
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_writes_plain_checkpoints(tmp_path):
+    """The demo preset compiles its model: same losses as eager (up to kernel rounding), and the
+    checkpoint keys are the model's own (no `_orig_mod.` prefix), so eval/predict read them."""
+    runs = {}
+    for compiled in (False, True):
+        cfg = _cfg(tmp_path / str(compiled), epochs=1, steps=4, compile=compiled, val_split=0.0)
+        runs[compiled] = fit(cfg)
+    eager, comp = runs[False].report["loss"], runs[True].report["loss"]
+    assert math.isclose(eager, comp, rel_tol=1e-3)
+    keys = load_file(runs[True].run_dir / "last.safetensors").keys()
+    assert keys == load_file(runs[False].run_dir / "last.safetensors").keys()
+
+
+def test_without_a_cxx_compiler_compile_is_skipped_with_a_warning(monkeypatch, caplog):
+    from vitlab.train import run
+
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.delenv("CXX", raising=False)
+    assert run.can_compile(torch.device("cpu")) is False
+    assert "no C++ compiler" in caplog.text and "compile=false" in caplog.text
+    assert run.can_compile(torch.device("cuda")) is True

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,9 +150,25 @@ def build_state(
     opt = build_optimizer(wrapped, cfg, fused=not sharded)
     sched = build_scheduler(opt, cfg, spe, total)
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-    if cfg.compile:
+    if cfg.compile and can_compile(info.device):
         wrapped = torch.compile(wrapped)
     return TrainState(wrapped, opt, sched, scaler, ema)
+
+
+def can_compile(device: torch.device) -> bool:
+    """Whether `torch.compile` can work here: on the CPU its code generator needs a C++
+    compiler. Without one the run goes on uncompiled (same results, slower) with a warning."""
+    if device.type != "cpu":
+        return True
+    names = [os.environ.get("CXX", ""), "g++", "clang++", "c++"]
+    if any(name and shutil.which(name) for name in names):
+        return True
+    log.warning(
+        "compile: no C++ compiler found (g++, clang++ or $CXX), which torch.compile needs on "
+        "the CPU; training without it (same results, slower). Install g++ to compile, or "
+        "pass --set compile=false to silence this"
+    )
+    return False
 
 
 def fit(cfg: TrainConfig, resume: str | None = None) -> RunResult:
