@@ -208,3 +208,14 @@ def test_torchrun_fsdp_steps_and_evaluates_together_on_uneven_shards(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["steps"] == 6 and report["n"] == 5  # 24 samples / batch 8, 2 epochs
+
+
+def test_inspect_takes_the_first_image_of_each_class_from_shards(tmp_path):
+    from vitlab.inspect.samples import dataset_images
+
+    pattern = write_shards(tmp_path / "d", "test", 2, 4, classes=3, bad={0})
+    got = dataset_images(f"wds:{pattern}", n=4)
+    labels = [int(name.rsplit("_", 1)[-1]) for name, _ in got]
+    assert labels[:3] == [0, 1, 2]  # one per class first (sample 0 is unreadable: skipped)
+    assert len(got) == 4 and all(im.mode == "RGB" for _, im in got)
+    assert got[0][0] == "train_sample00003_0"  # no {split}: the training shards

@@ -341,6 +341,30 @@ def _decode(r: RawSample) -> Image.Image:
     return decode_image(r.image, r.name, 3)
 
 
+def first_images(shards: ShardSet, n: int) -> list[tuple[int, str, Image.Image]]:
+    """Up to `n` readable samples of a split as (label, SHARD:KEY, image), read in shard order:
+    the first of each class first, then the next ones (for `vitlab inspect --data wds:...`).
+    Unreadable samples are skipped with a warning; reading stops after 2n good samples."""
+
+    def readable() -> Iterator[tuple[int, str, Image.Image]]:
+        for url in shards.urls:
+            for sample in _samples(url, _warn):
+                r = raw_sample(url, sample)
+                try:
+                    yield int(r.label if r.label is not None else -1), r.name, _decode(r)
+                except ImageError as e:
+                    log.warning("skipping %s", e)
+
+    firsts: dict[int, tuple[int, str, Image.Image]] = {}
+    rest = []
+    for item in itertools.islice(readable(), 2 * n):
+        if item[0] not in firsts and len(firsts) < n:
+            firsts[item[0]] = item
+        else:
+            rest.append(item)
+    return ([firsts[c] for c in sorted(firsts)] + rest)[:n]
+
+
 def shuffled(samples: Iterable, size: int, rng: random.Random) -> Iterator:
     """Shuffle a stream through a buffer of `size`: each arriving sample swaps out a random one."""
     buf: list = []

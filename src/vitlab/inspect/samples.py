@@ -44,9 +44,24 @@ def dataset_images(
     splits = load_data(spec, root)
     split = next(s for s in ("test", "val", "train") if getattr(splits, s) is not None)
     part = getattr(splits, split)
+    if not hasattr(part, "labels"):  # WebDataset shards: streamed, so the first ones read
+        from vitlab.data.wds import first_images
+
+        return [
+            (
+                f"{split}_{key.rsplit(':', 1)[-1]}_{_safe(splits.class_names[y])}",
+                to_mode(im, channels),
+            )
+            for y, key, im in first_images(part, n)
+        ]
     labels = _labels_in_order(part)
     out = []
     for i in _pick(labels, n):
-        name = splits.class_names[int(labels[i])].replace("/", "-").replace(" ", "_")
+        name = _safe(splits.class_names[int(labels[i])])
         out.append((f"{split}{i}_{name}", to_mode(_image_at(part, i), channels)))
     return out
+
+
+def _safe(name: str) -> str:
+    """A class name as part of a file name."""
+    return name.replace("/", "-").replace(" ", "_")
