@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import vitlab
 from tests.conftest import perturb_
 from vitlab.errors import ConfigError
+from vitlab.models import layers
 from vitlab.models.layers import posemb_sincos_2d, resample_pos_embed
 
 
@@ -115,9 +116,31 @@ def test_resample_identity_and_bicubic():
 
 
 @pytest.mark.parametrize("act", ["gelu", "gelu_tanh"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_inference_fast_path_equals_the_plain_path(act, dtype):
+    """Inference on the CPU runs oneDNN linears with the bias and GELU fused; with gradients on,
+    the plain F.linear + F.gelu path runs. Both must give the same logits."""
+    if layers._ONEDNN_LINEAR is None or (dtype == torch.bfloat16 and not layers._ONEDNN_BF16):
+        pytest.skip("this PyTorch build or CPU has no oneDNN linear for this dtype")
+    m = _tiny(act=act, qkv_bias=act == "gelu").to(dtype)
+    x = torch.randn(3, 3, 32, 32, dtype=dtype)
+    calls = []
+    op = layers._ONEDNN_LINEAR
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(layers, "_ONEDNN_LINEAR", lambda *a: calls.append(a[3:]) or op(*a))
+        with torch.no_grad():
+            fast = m(x)
+    plain = m(x).detach()  # gradients enabled: F.linear
+    assert ("gelu", [], "tanh" if act == "gelu_tanh" else "none") in calls
+    assert len(calls) == 4 * m.cfg.depth  # qkv, proj, fc1 + GELU, fc2 in every block
+    tol = 1e-5 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(fast, plain, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_tanh"])
 def test_configurable_knobs(act):
     m = vitlab.create_model("vit_test", act=act, layer_norm_eps=1e-12, qkv_bias=False, in_chans=1)
-    assert m.blocks[0].mlp.act.approximate == ("tanh" if act == "gelu_tanh" else "none")
+    assert m.blocks[0].mlp.act == act
     assert m.blocks[0].norm1.eps == 1e-12 and m.norm.eps == 1e-12
     assert m.blocks[0].attn.qkv.bias is None
     assert m(torch.randn(2, 1, 32, 32)).shape == (2, 10)
