@@ -428,8 +428,8 @@ def time_interleaved(
 def run_bench(
     spec: BenchSpec, progress: Callable[[Iterator[int]], Iterator[int]] | None = None
 ) -> BenchResult:
-    """Build the model(s), measure the matmul peak, time the steps and put the figures
-    together (see the module docstring for what each one means)."""
+    """Build the model(s), measure the matmul peak (before and after the steps, the higher
+    counts), time the steps and put the figures together (see the module docstring)."""
     spec.check()
     device = pick_device(spec.device)
     tuned = device.type == "cpu" and spec.keep_freed_memory and keep_freed_memory()
@@ -438,6 +438,9 @@ def run_bench(
     steps = {name: make_step(m, cfg, spec, device) for name, m in models.items()}
     peak = matmul_peak_gflops(device, DTYPES[spec.precision])
     times, mem = time_interleaved(steps, spec, device, progress)
+    # Measured again after the steps: a busy moment can only lower a reading, so the higher
+    # one is the better estimate of what the machine can do.
+    peak = max(peak, matmul_peak_gflops(device, DTYPES[spec.precision]))
     flops = flops_per_image(cfg, spec.mode)
     img_s = spec.batch / statistics.median(times["vitlab"])
     achieved = img_s * flops / 1e9
