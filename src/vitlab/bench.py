@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab.errors import ConfigError, VitlabError
-from vitlab.models import ViTConfig, create_model, layers, vit_flops
+from vitlab.models import ViTConfig, create_model, vit_flops
+from vitlab.models.layers import onednn_linear
 
 Mode = Literal["infer", "train"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -217,9 +218,8 @@ def matmul_peak_gflops(
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     kernels = [lambda: torch.mm(a, b)]
-    fast = layers._ONEDNN_LINEAR if device.type == "cpu" else None
-    onednn_dtypes = {torch.float32} | ({torch.bfloat16} if layers._ONEDNN_BF16 else set())
-    if fast is not None and dtype in onednn_dtypes:
+    fast = onednn_linear(dtype) if device.type == "cpu" else None
+    if fast is not None:
         kernels.append(lambda: fast(a, b, None, "none", [], ""))  # a @ b.T
     best = 0.0
     with torch.inference_mode():

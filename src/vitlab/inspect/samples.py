@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from vitlab.data.images import to_mode
+from vitlab.data.wds import ShardSet, first_images
 
 
 def _labels_in_order(part) -> torch.Tensor:
@@ -44,9 +45,7 @@ def dataset_images(
     splits = load_data(spec, root)
     split = next(s for s in ("test", "val", "train") if getattr(splits, s) is not None)
     part = getattr(splits, split)
-    if not hasattr(part, "labels"):  # WebDataset shards: streamed, so the first ones read
-        from vitlab.data.wds import first_images
-
+    if isinstance(part, ShardSet):  # WebDataset shards: streamed, so the first ones read
         return [
             (
                 f"{split}_{key.rsplit(':', 1)[-1]}_{_safe(splits.class_names[y])}",

@@ -25,18 +25,26 @@ _ONEDNN_LINEAR = _onednn_linear_op()
 _ONEDNN_BF16 = _ONEDNN_LINEAR is not None and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+def onednn_linear(dtype: torch.dtype):
+    """oneDNN's CPU linear `op(x, weight, bias, attr, scalars, algorithm)` = x W^T + b (with the
+    activation `attr` fused) where it handles `dtype` (fp32, and bf16 where the CPU has it),
+    else None."""
+    if dtype == torch.float32 or (dtype == torch.bfloat16 and _ONEDNN_BF16):
+        return _ONEDNN_LINEAR
+    return None
+
+
 def _onednn_applies(x: torch.Tensor, layer: nn.Linear) -> bool:
-    """Inference on the CPU in fp32 (or bf16 where the CPU has it), with the weights in the
-    input's dtype, outside autocast, torch.compile (which fuses on its own) and dispatch modes
-    such as `FlopCounterMode` (which count the standard operators)."""
-    if _ONEDNN_LINEAR is None or x.device.type != "cpu" or torch.is_grad_enabled():
+    """Inference on the CPU in a dtype oneDNN handles, with the weights in the input's dtype,
+    outside autocast, torch.compile (which fuses on its own) and dispatch modes such as
+    `FlopCounterMode` (which count the standard operators)."""
+    if x.device.type != "cpu" or torch.is_grad_enabled() or onednn_linear(x.dtype) is None:
         return False
     if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
         return False
     if _get_current_dispatch_mode() is not None:
         return False
-    ok = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _ONEDNN_BF16)
-    return ok and layer.weight.dtype == x.dtype
+    return layer.weight.dtype == x.dtype
 
 
 def linear(x: torch.Tensor, layer: nn.Linear, act: str = "") -> torch.Tensor:

@@ -1,5 +1,5 @@
 """The Hugging Face Hub: hub references for `load_checkpoint` (`save_pretrained` /
-`from_pretrained` on every vitlab model build on them: see `vitlab.models.base`).
+`from_pretrained` on every vitlab model are built on them: see `vitlab.models.base`).
 
     vitlab.load_checkpoint("hf-hub:google/vit-base-patch16-224")          # transformers layout
     vitlab.load_checkpoint("timm:vit_base_patch16_224.augreg2_in21k_ft_in1k")  # timm's hub copy
