@@ -68,3 +68,47 @@ def test_saved_config_round_trips(tmp_path):
 
 def test_ints_are_accepted_for_floats():
     assert TrainConfig(lr=1, epochs=2).lr == 1.0
+
+
+@pytest.mark.parametrize(
+    ("bf16_gflops", "expected"), [(400.0, "bf16"), (220.0, "fp32"), (170.0, "fp32")]
+)
+def test_precision_auto_takes_bf16_only_where_it_is_faster(monkeypatch, bf16_gflops, expected):
+    """`precision: auto` times a bf16 and an fp32 matmul on the CPU and takes bf16 only when it
+    is clearly faster (here fp32 runs at 200 GFLOP/s); explicit precisions pass through."""
+    import torch
+
+    from vitlab.train import run
+    from vitlab.train.distributed import DistInfo
+
+    speeds = {torch.float32: 200.0, torch.bfloat16: bf16_gflops}
+    monkeypatch.setattr(run, "matmul_peak_gflops", lambda device, dtype, **kw: speeds[dtype])
+    monkeypatch.setattr(run, "onednn_linear", lambda dtype: object())
+    cpu = DistInfo(device=torch.device("cpu"))
+    assert run.resolve_precision("auto", cpu) == expected
+    assert run.resolve_precision("fp32", cpu) == "fp32"
+    assert run.resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(run, "onednn_linear", lambda dtype: None)  # no native bf16 on this CPU
+    assert run.resolve_precision("auto", cpu) == "fp32"
+
+
+def test_precision_auto_is_resolved_before_the_run_starts(tmp_path):
+    """The run's saved config records the precision it actually trained in."""
+    from vitlab.train import fit
+
+    cfg = build_config(
+        None,
+        {
+            "model": "vit_test",
+            "data": "synthetic",
+            "steps": 1,
+            "batch_size": 4,
+            "img_size": 32,
+            "precision": "auto",
+            "out": str(tmp_path / "run"),
+        },
+    )
+    fit(cfg)
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "precision: auto" not in saved
+    assert "precision: fp32" in saved or "precision: bf16" in saved

@@ -73,7 +73,9 @@ def add_common(p: argparse.ArgumentParser, default_config: str | None) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
     p.add_argument(
-        "--precision", choices=["fp32", "bf16", "fp16"], help="bf16 autocast; fp16 needs a GPU"
+        "--precision",
+        choices=["fp32", "bf16", "fp16", "auto"],
+        help="bf16 autocast; fp16 needs a GPU; auto: bf16 where it is measured faster here",
     )
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--workers", type=int, help="data-loading processes (0: in the main one)")

@@ -22,7 +22,7 @@ from vitlab.errors import ConfigError
 
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["cosine", "linear", "constant"]
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
 Strategy = Literal["ddp", "fsdp"]
 
 
