@@ -91,10 +91,18 @@ def test_precision_auto_takes_bf16_only_where_it_is_faster(monkeypatch, bf16_gfl
     monkeypatch.setattr(run, "onednn_linear", lambda dtype: None)  # no native bf16 on this CPU
     assert run.resolve_precision("auto", cpu) == "fp32"
 
+    def no_timing(device, dtype, **kw):
+        raise AssertionError("a resumed run must not measure again")
 
-def test_precision_auto_is_resolved_before_the_run_starts(tmp_path):
-    """The run's saved config records the precision it actually trained in."""
-    from vitlab.train import fit
+    monkeypatch.setattr(run, "matmul_peak_gflops", no_timing)
+    assert run.resolve_precision("auto", cpu, resumed="bf16") == "bf16"
+    assert run.resolve_precision("fp32", cpu, resumed="bf16") == "fp32"  # given outright
+
+
+def test_precision_auto_is_resolved_before_the_run_starts(tmp_path, monkeypatch):
+    """The run's saved config records the precision it actually trained in, and a resume
+    keeps it without measuring again."""
+    from vitlab.train import fit, run
 
     cfg = build_config(
         None,
@@ -112,3 +120,10 @@ def test_precision_auto_is_resolved_before_the_run_starts(tmp_path):
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert "precision: auto" not in saved
     assert "precision: fp32" in saved or "precision: bf16" in saved
+
+    def no_timing(device, dtype, **kw):
+        raise AssertionError("a resumed run must not measure again")
+
+    monkeypatch.setattr(run, "matmul_peak_gflops", no_timing)
+    fit(cfg, resume="auto")
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved

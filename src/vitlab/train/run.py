@@ -173,8 +173,10 @@ def can_compile(device: torch.device) -> bool:
     return False
 
 
-def resolve_precision(precision: str, info: DistInfo) -> str:
-    """`auto` -> "bf16" where bf16 matmuls are measured faster than fp32 here, else "fp32".
+def resolve_precision(precision: str, info: DistInfo, resumed: str | None = None) -> str:
+    """`auto` -> "bf16" where bf16 matmuls are measured faster than fp32 here, else "fp32";
+    a resumed run keeps `resumed`, the precision its first part chose (timings near the
+    threshold could otherwise choose differently and change what the run computes).
 
     bf16 autocast is not faster on every CPU: it was 1.5x faster for the demo on an AMD EPYC
     with AVX512-BF16 (bf16 matmul peak 434 against 218 GFLOP/s in fp32), but 0.65x on an Intel
@@ -183,6 +185,8 @@ def resolve_precision(precision: str, info: DistInfo) -> str:
     supports it. Under torchrun, rank 0 decides for every process."""
     if precision != "auto":
         return precision
+    if resumed is not None:
+        return resumed
     device = info.device
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
@@ -206,8 +210,11 @@ def resolve_precision(precision: str, info: DistInfo) -> str:
 def fit(cfg: TrainConfig, resume: str | None = None) -> RunResult:
     """Train (or fine-tune) as `cfg` says, resuming from `resume` ("auto" or a path)."""
     info = setup_runtime(cfg)
-    cfg = replace(cfg, precision=resolve_precision(cfg.precision, info))
     run_dir = Path(cfg.out)
+    resume_path = find_resume(resume, run_dir)
+    saved = read_state(resume_path) if resume_path is not None else None
+    resumed = saved["config"].get("precision") if saved is not None else None
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, info, resumed))
     data = load_data(
         cfg.data, cfg.data_root, download=cfg.download, val_split=cfg.val_split, seed=cfg.seed
     )
@@ -215,11 +222,10 @@ def fit(cfg: TrainConfig, resume: str | None = None) -> RunResult:
     spe = steps_per_epoch(len(data.train), cfg, info)
     total = cfg.steps or math.ceil(cfg.epochs * spe)
     state = build_state(cfg, model, info, total, spe)
-    resume_path = find_resume(resume, run_dir)
-    if resume_path is not None:
-        saved = read_state(resume_path)
+    if saved is not None:
         check_same_run(saved["config"], cfg, resume_path)
         restore(state, saved)
+        saved = None  # the live objects hold it now
         if info.main:
             log.info("resumed %s at step %d of %d", resume_path, state.step, total)
     if info.main:
