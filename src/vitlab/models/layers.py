@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
+from torch.utils.weak import WeakIdKeyDictionary
 from torchvision.ops import StochasticDepth
 
 from vitlab.errors import ConfigError
@@ -23,6 +24,9 @@ def _onednn_linear_op():
 
 _ONEDNN_LINEAR = _onednn_linear_op()
 _ONEDNN_BF16 = _ONEDNN_LINEAR is not None and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+_ONEDNN_PACK = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None) if _ONEDNN_LINEAR else None
+# weight -> (an alias holding its storage, its version when packed, oneDNN's packed copy)
+_PACKED = WeakIdKeyDictionary()
 
 
 def onednn_linear(dtype: torch.dtype):
@@ -52,13 +56,36 @@ def linear(x: torch.Tensor, layer: nn.Linear, act: str = "") -> torch.Tensor:
 
     CPU inference goes through oneDNN with the bias and the GELU fused into the matmul: measured
     on ViT-S/16 blocks, fc1 + GELU took 18 ms instead of 33 ms (fp32) and a plain linear about
-    9% less than `F.linear`, which adds the bias in a separate pass. Everything else (training,
-    GPUs, autocast, compile) takes `F.linear` and `F.gelu`; the results agree to rounding."""
+    9% less than `F.linear`, which adds the bias in a separate pass. The weight is kept in
+    oneDNN's blocked layout between calls (`packed_weight`). Everything else (training, GPUs,
+    autocast, compile) takes `F.linear` and `F.gelu`; the results agree to rounding."""
     if _onednn_applies(x, layer):
         attr, algo = {"": ("none", ""), "gelu": ("gelu", "none")}.get(act, ("gelu", "tanh"))
-        return _ONEDNN_LINEAR(x, layer.weight, layer.bias, attr, [], algo)
+        return _ONEDNN_LINEAR(x, packed_weight(layer.weight), layer.bias, attr, [], algo)
     y = F.linear(x, layer.weight, layer.bias)
     return F.gelu(y, approximate="tanh" if act == "gelu_tanh" else "none") if act else y
+
+
+def packed_weight(w: torch.Tensor) -> torch.Tensor:
+    """`w` in oneDNN's blocked layout, packed once and reused until `w` changes.
+
+    Without it oneDNN reorders every weight on every call: packing once made ViT-S/16 fp32
+    inference 4-7% faster on a 2-core Xeon. The copy costs the linear weights' memory once more
+    while the model lives. It is redone when the weight's storage, dtype, shape or version
+    counter changes (optimiser steps, `load_state_dict` and `.to()` all change one); the alias
+    kept beside it holds the old storage, so a new weight cannot reuse its address unnoticed."""
+    if _ONEDNN_PACK is None:
+        return w
+    hit = _PACKED.get(w)
+    if hit is not None:
+        held, version, packed = hit
+        same = held.data_ptr() == w.data_ptr() and held.dtype == w.dtype
+        if same and held.shape == w.shape and version == w._version:
+            return packed
+    held = w.detach()
+    packed = _ONEDNN_PACK(held, None)
+    _PACKED[w] = (held, w._version, packed)
+    return packed
 
 
 class PatchEmbed(nn.Module):
