@@ -34,7 +34,7 @@ from torch import nn
 
 from vitlab.errors import ConfigError, VitlabError
 from vitlab.models import ViTConfig, create_model, vit_flops
-from vitlab.models.layers import onednn_linear
+from vitlab.models.layers import PackedWeights, onednn_linear
 
 Mode = Literal["infer", "train"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -332,8 +332,10 @@ def make_step(
         if spec.compile:
             fn = torch.compile(model, fullgraph=True)
 
+        packs = PackedWeights()  # as `vitlab eval` and `predict` run it
+
         def infer() -> torch.Tensor:
-            with torch.inference_mode():
+            with torch.inference_mode(), packs:
                 return fn(x)
 
         return infer

@@ -138,25 +138,32 @@ def test_cpu_inference_fast_path_equals_the_plain_path(act, dtype):
 
 
 def test_packed_inference_weights_follow_every_weight_change():
-    """CPU inference packs each linear weight once for oneDNN and reuses it; an optimiser step,
-    load_state_dict and a dtype round trip must each be seen, never a stale packed copy."""
+    """Inside `PackedWeights`, CPU inference packs each linear weight once for oneDNN and
+    reuses it; an optimiser step, load_state_dict and a dtype round trip must each be seen,
+    never a stale packed copy. Outside the block nothing is packed or kept."""
     if layers._ONEDNN_PACK is None:
         pytest.skip("this PyTorch build has no oneDNN weight packing")
     m = _tiny()
     x = torch.randn(2, 3, 32, 32)
     packs = []
     pack = layers._ONEDNN_PACK
+    scope = layers.PackedWeights()
 
-    def check(expected_packs: int) -> None:
+    def check(expected_packs: int, inside: bool = True) -> None:
         packs.clear()
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(layers, "_ONEDNN_PACK", lambda w, b: packs.append(w) or pack(w, b))
             with torch.inference_mode():
-                fast = m(x)
+                if inside:
+                    with scope:
+                        fast = m(x)
+                else:
+                    fast = m(x)
         assert len(packs) == expected_packs
         torch.testing.assert_close(fast, m(x).detach(), atol=1e-5, rtol=1e-5)
 
     n = 4 * m.cfg.depth  # qkv, proj, fc1, fc2 in every block
+    check(0, inside=False)
     check(n)
     check(0)  # reused
     opt = torch.optim.AdamW(m.parameters(), lr=0.1)
@@ -167,6 +174,7 @@ def test_packed_inference_weights_follow_every_weight_change():
     check(n)
     m.to(torch.bfloat16).to(torch.float32)
     check(n)
+    check(0, inside=False)
 
 
 @pytest.mark.parametrize("act", ["gelu", "gelu_tanh"])

@@ -23,6 +23,7 @@ from vitlab.errors import ConfigError
 from vitlab.inspect.attention import InspectError, attention_rollout, collect_attention
 from vitlab.inspect.plots import plot_overlay
 from vitlab.inspect.report import label_of, prepare_image
+from vitlab.models.layers import PackedWeights
 from vitlab.weights.io import atomic_path
 
 
@@ -135,7 +136,8 @@ def predict_files(
         explain.directory.mkdir(parents=True, exist_ok=True)
     result = PredictResult()
     device = next(model.parameters()).device
-    with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
+    bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress)
+    with bar, PackedWeights():
         for paths, xs, shows, failures in _batches(
             model, list(map(Path, files)), batch_size, on_failure
         ):

@@ -25,8 +25,6 @@ def _onednn_linear_op():
 _ONEDNN_LINEAR = _onednn_linear_op()
 _ONEDNN_BF16 = _ONEDNN_LINEAR is not None and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 _ONEDNN_PACK = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None) if _ONEDNN_LINEAR else None
-# weight -> (an alias holding its storage, its version when packed, oneDNN's packed copy)
-_PACKED = WeakIdKeyDictionary()
 
 
 def onednn_linear(dtype: torch.dtype):
@@ -56,8 +54,8 @@ def linear(x: torch.Tensor, layer: nn.Linear, act: str = "") -> torch.Tensor:
 
     CPU inference goes through oneDNN with the bias and the GELU fused into the matmul: measured
     on ViT-S/16 blocks, fc1 + GELU took 18 ms instead of 33 ms (fp32) and a plain linear about
-    9% less than `F.linear`, which adds the bias in a separate pass. The weight is kept in
-    oneDNN's blocked layout between calls (`packed_weight`). Everything else (training, GPUs,
+    9% less than `F.linear`, which adds the bias in a separate pass; inside `PackedWeights` the
+    weight is packed for oneDNN once rather than on every call. Everything else (training, GPUs,
     autocast, compile) takes `F.linear` and `F.gelu`; the results agree to rounding."""
     if _onednn_applies(x, layer):
         attr, algo = {"": ("none", ""), "gelu": ("gelu", "none")}.get(act, ("gelu", "tanh"))
@@ -66,17 +64,46 @@ def linear(x: torch.Tensor, layer: nn.Linear, act: str = "") -> torch.Tensor:
     return F.gelu(y, approximate="tanh" if act == "gelu_tanh" else "none") if act else y
 
 
-def packed_weight(w: torch.Tensor) -> torch.Tensor:
-    """`w` in oneDNN's blocked layout, packed once and reused until `w` changes.
+class PackedWeights:
+    """`with PackedWeights():` CPU inference inside the block packs each linear weight into
+    oneDNN's blocked layout once and reuses it, instead of oneDNN reordering every weight on
+    every call: ViT-S/16 and B/16 inference ran 4-6% faster on a 2-core Xeon. The packed copies
+    (the linear weights' memory once more) live as long as this object; the same object can be
+    entered again, e.g. once per batch.
 
-    Without it oneDNN reorders every weight on every call: packing once made ViT-S/16 fp32
-    inference 4-7% faster on a 2-core Xeon. The copy costs the linear weights' memory once more
-    while the model lives. It is redone when the weight's storage, dtype, shape or version
-    counter changes (optimiser steps, `load_state_dict` and `.to()` all change one); the alias
-    kept beside it holds the old storage, so a new weight cannot reuse its address unnoticed."""
-    if _ONEDNN_PACK is None:
+    `vitlab eval`, `predict`, validation passes and `vitlab bench` use it. A weight changed
+    inside the block through the usual paths (an optimiser step, `load_state_dict`, `.to()`) is
+    repacked; one written behind autograd's back (`p.data.copy_(...)`, or FSDP's all-gather
+    into the same storage) would not be seen, so scope it to loops whose weights stay fixed."""
+
+    def __init__(self) -> None:
+        # weight -> (an alias holding its storage, its version when packed, the packed copy)
+        self._cache = WeakIdKeyDictionary()
+        self._outer: list[WeakIdKeyDictionary | None] = []
+
+    def __enter__(self) -> PackedWeights:
+        global _ACTIVE_PACKS
+        self._outer.append(_ACTIVE_PACKS)
+        _ACTIVE_PACKS = self._cache
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _ACTIVE_PACKS
+        _ACTIVE_PACKS = self._outer.pop()
+
+
+_ACTIVE_PACKS: WeakIdKeyDictionary | None = None
+
+
+def packed_weight(w: torch.Tensor) -> torch.Tensor:
+    """`w` in oneDNN's blocked layout, from the active `PackedWeights` cache (packed on first
+    use, again when the weight's storage, dtype, shape or version counter changes; the alias
+    kept beside it holds the old storage, so a new weight cannot reuse its address unnoticed);
+    `w` itself outside such a block."""
+    cache = _ACTIVE_PACKS
+    if cache is None or _ONEDNN_PACK is None:
         return w
-    hit = _PACKED.get(w)
+    hit = cache.get(w)
     if hit is not None:
         held, version, packed = hit
         same = held.data_ptr() == w.data_ptr() and held.dtype == w.dtype
@@ -84,7 +111,7 @@ def packed_weight(w: torch.Tensor) -> torch.Tensor:
             return packed
     held = w.detach()
     packed = _ONEDNN_PACK(held, None)
-    _PACKED[w] = (held, w._version, packed)
+    cache[w] = (held, w._version, packed)
     return packed
 
 

@@ -24,6 +24,7 @@ from vitlab.data.datasets import AugmentedDataset, BatchKey
 from vitlab.data.transforms import mix_transform, normalize
 from vitlab.data.wds import ShardStream
 from vitlab.errors import VitlabError
+from vitlab.models.layers import PackedWeights
 from vitlab.train.config import TrainConfig
 from vitlab.train.distributed import DistInfo, all_reduce_sum
 from vitlab.train.state import TrainState
@@ -243,10 +244,11 @@ def evaluate(
     K, dev = ctx.num_classes, ctx.info.device
     conf = torch.zeros(K * K, dtype=torch.float64)
     sums = torch.zeros(3, dtype=torch.float64)  # loss, top-5 hits, skipped
+    packs = PackedWeights()  # the weights stay fixed during the pass
     for x, y, skip in tqdm(loader, disable=not ctx.info.main, leave=False, desc=desc):
         sums[2] += skip
         x, y = normalize(x.to(dev), ctx.mean, ctx.std), y.to(dev)
-        with ctx.autocast():
+        with ctx.autocast(), packs:
             logits = model(x).float()
         keep = y >= 0  # padding entries of the last rank's shard carry label -1
         logits, y = logits[keep], y[keep]
