@@ -51,6 +51,14 @@ def test_a_few_steps_lower_the_loss(tmp_path, data):
     assert files <= {p.name for p in result.run_dir.iterdir()}
 
 
+def test_progress_bar_writes_few_lines_into_a_log_file(tmp_path, capsys):
+    """With stderr a file (nohup, Slurm), the bar refreshes every 30 s at most, instead of
+    writing a line per logged step."""
+    fit(_cfg(tmp_path, steps=40, batch_size=8, log_every=1, epochs=1))
+    err = capsys.readouterr().err
+    assert err.count("batch/s") + err.count("s/batch") < 10  # 40 logged steps
+
+
 def _state(cfg, model):
     opt = build_optimizer(model, cfg, fused=False)
     return TrainState(model, opt, build_scheduler(opt, cfg, 10, 10))

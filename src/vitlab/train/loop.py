@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -184,13 +185,26 @@ def _optimizer_step(state: TrainState, cfg: TrainConfig) -> None:
 
 
 # ---------------------------------------------------------------------------------- epochs
+def _bar_every() -> float:
+    """Seconds between progress-bar refreshes: tqdm's 0.1 on a terminal; 30 when stderr is a
+    file (nohup, Slurm, CI), where every refresh is another line of the log."""
+    return 0.1 if sys.stderr.isatty() else 30.0
+
+
 def train_one_epoch(
     state: TrainState, loader: DataLoader, ctx: StepContext, total_steps: int, on_step=None
 ) -> dict[str, float]:
     """Run the loader's batches (stopping at `total_steps`); returns mean loss, accuracy, img/s.
     `on_step(state)` runs after every step (checkpointing)."""
     loss_sum, correct, seen, skipped, t0 = 0.0, 0, 0, 0, time.perf_counter()
-    bar = tqdm(loader, disable=not ctx.info.main, leave=False, dynamic_ncols=True, unit="batch")
+    bar = tqdm(
+        loader,
+        disable=not ctx.info.main,
+        leave=False,
+        dynamic_ncols=True,
+        unit="batch",
+        mininterval=_bar_every(),
+    )
     for x, y, skip in bar:
         if state.step >= total_steps:
             break
@@ -205,8 +219,12 @@ def train_one_epoch(
         if state.step % ctx.cfg.log_every == 0 or state.step == total_steps:
             rate = seen * ctx.info.world / (time.perf_counter() - t0)
             lr = state.optimizer.param_groups[0]["lr"]
-            bar.set_postfix(
-                loss=f"{loss:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}"
+            bar.set_postfix(  # shown at the bar's next refresh, at most every _bar_every() s
+                loss=f"{loss:.3f}",
+                acc=f"{correct / seen:.3f}",
+                lr=f"{lr:.2e}",
+                img_s=f"{rate:.0f}",
+                refresh=False,
             )
         if on_step is not None:
             on_step(state)
@@ -245,7 +263,8 @@ def evaluate(
     conf = torch.zeros(K * K, dtype=torch.float64)
     sums = torch.zeros(3, dtype=torch.float64)  # loss, top-5 hits, skipped
     packs = PackedWeights()  # the weights stay fixed during the pass
-    for x, y, skip in tqdm(loader, disable=not ctx.info.main, leave=False, desc=desc):
+    bar = tqdm(loader, disable=not ctx.info.main, leave=False, desc=desc, mininterval=_bar_every())
+    for x, y, skip in bar:
         sums[2] += skip
         x, y = normalize(x.to(dev), ctx.mean, ctx.std), y.to(dev)
         with ctx.autocast(), packs:
