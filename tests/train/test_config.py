@@ -70,6 +70,10 @@ def test_ints_are_accepted_for_floats():
     assert TrainConfig(lr=1, epochs=2).lr == 1.0
 
 
+def _no_timing(device, dtype, **kw):
+    raise AssertionError("a resumed run must not measure again")
+
+
 @pytest.mark.parametrize(
     ("bf16_gflops", "expected"), [(400.0, "bf16"), (220.0, "fp32"), (170.0, "fp32")]
 )
@@ -91,10 +95,7 @@ def test_precision_auto_takes_bf16_only_where_it_is_faster(monkeypatch, bf16_gfl
     monkeypatch.setattr(run, "onednn_linear", lambda dtype: None)  # no native bf16 on this CPU
     assert run.resolve_precision("auto", cpu) == "fp32"
 
-    def no_timing(device, dtype, **kw):
-        raise AssertionError("a resumed run must not measure again")
-
-    monkeypatch.setattr(run, "matmul_peak_gflops", no_timing)
+    monkeypatch.setattr(run, "matmul_peak_gflops", _no_timing)
     assert run.resolve_precision("auto", cpu, resumed="bf16") == "bf16"
     assert run.resolve_precision("fp32", cpu, resumed="bf16") == "fp32"  # given outright
 
@@ -121,9 +122,6 @@ def test_precision_auto_is_resolved_before_the_run_starts(tmp_path, monkeypatch)
     assert "precision: auto" not in saved
     assert "precision: fp32" in saved or "precision: bf16" in saved
 
-    def no_timing(device, dtype, **kw):
-        raise AssertionError("a resumed run must not measure again")
-
-    monkeypatch.setattr(run, "matmul_peak_gflops", no_timing)
+    monkeypatch.setattr(run, "matmul_peak_gflops", _no_timing)
     fit(cfg, resume="auto")
     assert (tmp_path / "run" / "config.yaml").read_text() == saved
