@@ -1,3 +1,4 @@
+import json
 import math
 import os
 import signal
@@ -47,8 +48,23 @@ def test_a_few_steps_lower_the_loss(tmp_path, data):
     assert result.report["loss"] < 0.8 * before
     assert result.report["top1"] > 1.5 / len(result.report["per_class"])  # well above chance
     files = {"config.yaml", "metrics.jsonl", "summary.csv", "curves.png", "last.safetensors"}
-    files |= {"best.safetensors", "last.state.pt", "report.json", "confusion.png"}
+    files |= {"last.state.pt", "report.json", "confusion.png"}
     assert files <= {p.name for p in result.run_dir.iterdir()}
+
+
+@pytest.mark.parametrize("val_split", [0.25, 0.0])
+def test_the_best_checkpoint_is_chosen_on_validation_never_on_test(tmp_path, val_split):
+    """Without a validation split the test split is evaluated each epoch to be watched, under
+    test_* keys, and no `best` checkpoint is chosen by it."""
+    result = fit(_cfg(tmp_path, val_split=val_split, epochs=2))
+    split = "val" if val_split else "test"
+    history = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
+    assert all(f"{split}_acc" in h for h in history)
+    assert not any(f"{other}_acc" in h for h in history for other in {"val", "test"} - {split})
+    header = (result.run_dir / "summary.csv").read_text().splitlines()[0].split(",")
+    assert f"{split}_acc" in header and f"{split}_loss" in header
+    assert (result.run_dir / "best.safetensors").exists() == bool(val_split)
+    assert bool(result.report["best"]) == bool(val_split)
 
 
 def test_progress_bar_writes_few_lines_into_a_log_file(tmp_path, capsys):
@@ -109,7 +125,8 @@ def _train_cmd(out, *extra):
             str(out), "--set", "model_args.patch_size=4", "--set", "model_args.drop_path_rate=0.1",
             "--set", "deterministic=true", "--set", "threads=1", "--set", "pad_crop=2",
             "--set", "hflip=0.5", "--set", "mixup=0.4", "--set", "ema_decay=0.9",
-            "--set", "ckpt_every=7", "--set", "warmup_steps=5", *extra]  # fmt: skip
+            "--set", "ckpt_every=7", "--set", "warmup_steps=5", "--set", "val_split=0.25",
+            *extra]  # fmt: skip
 
 
 def _env():
@@ -130,7 +147,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = torch.load(out / "last.state.pt", weights_only=True)["step"]
-    assert 0 < killed_at < 8 * 32
+    assert 0 < killed_at < 8 * 24  # 192 training images after the validation split
     res = subprocess.run(_train_cmd(out, "--resume"), env=_env(), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     for name in ("last.safetensors", "best.safetensors"):

@@ -16,8 +16,9 @@ DESCRIPTION = """\
 Train a model from scratch. Settings come from a preset (--config), then the flags below, then
 any number of --set key=value overrides (any TrainConfig key; unknown keys and wrong types are
 reported). The run directory (--out) receives config.yaml, metrics.jsonl, summary.csv,
-curves.png, last/best .safetensors checkpoints (load them with vitlab.load_checkpoint), the
-resumable last.state.pt, report.json and confusion.png.
+curves.png, last.safetensors and, with a validation split, best.safetensors (the epoch of best
+validation accuracy; without one the test split is only watched), the resumable last.state.pt,
+report.json and confusion.png. Load the checkpoints with vitlab.load_checkpoint.
 
 datasets (--data): fashion-mnist, imagefolder:PATH, cifar10, cifar100, pets, flowers102,
 digits, synthetic, wds:PATTERN (WebDataset shards KEY.jpg + KEY.cls, streamed, e.g.
@@ -134,7 +135,9 @@ def print_result(result) -> None:
     print(format_report(result.report))
     print(f"report:      {d / 'report.json'} (confusion matrix: {d / 'confusion.png'})")
     print(f"curves:      {d / 'curves.png'} (per epoch: {d / 'summary.csv'})")
-    print(f"checkpoint:  {d / 'last.safetensors'} (best on validation: {d / 'best.safetensors'})")
+    best = d / "best.safetensors"
+    also = f" (best on validation: {best})" if best.is_file() else ""
+    print(f"checkpoint:  {d / 'last.safetensors'}{also}")
 
 
 def run(args: argparse.Namespace) -> int:

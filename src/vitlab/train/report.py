@@ -14,7 +14,9 @@ import torch
 
 from vitlab.weights.io import atomic_path
 
-COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "img_s"]
+COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
+           "test_acc", "img_s"]  # fmt: skip
+HELD_OUT = ("val_loss", "val_acc", "test_loss", "test_acc")  # written when an epoch has them
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -25,11 +27,12 @@ def _write_text(path: Path, text: str) -> None:
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """`metrics.jsonl` (one JSON object per epoch) and `summary.csv` (the main columns)."""
     _write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    cols = [c for c in COLUMNS if c not in HELD_OUT or any(c in h for h in history)]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     writer.writeheader()
     for h in history:
-        writer.writerow({k: _fmt(h.get(k)) for k in COLUMNS})
+        writer.writerow({k: _fmt(h.get(k)) for k in cols})
     _write_text(run_dir / "summary.csv", buf.getvalue())
 
 
@@ -59,10 +62,11 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
     """Loss, accuracy and learning rate per epoch, as one PNG."""
     plt, fig, (ax_loss, ax_acc, ax_lr) = _figure(3)
     ep = [h["epoch"] for h in history]
-    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+    splits = (("train", "train"), ("val", "validation"), ("test", "test"))
+    for key, label in ((f"{s}_loss", label) for s, label in splits):
         if any(h.get(key) is not None for h in history):
             ax_loss.plot(ep, [h.get(key) for h in history], marker="o", label=label)
-    for key, label in (("train_acc", "train"), ("val_acc", "validation")):
+    for key, label in ((f"{s}_acc", label) for s, label in splits):
         if any(h.get(key) is not None for h in history):
             ax_acc.plot(ep, [h.get(key) for h in history], marker="o", label=label)
     ax_lr.plot(ep, [h["lr"] for h in history], marker="o", color="C2")

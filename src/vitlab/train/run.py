@@ -268,7 +268,9 @@ def _train_epochs(cfg, data, state: TrainState, info, total: int, spe: int, run_
     c = unwrap_model(state.model).cfg
     ctx = StepContext(cfg, info, tuple(c.mean), tuple(c.std), data.num_classes)
     loader, sampler = _loader(data.train, train_aug, cfg, info, train=True, spe=spe)
-    held = data.val if data.val is not None else data.test
+    # Without a validation split the test split is evaluated each epoch to be watched, under
+    # test_* keys: nothing (not the best checkpoint) is chosen by it.
+    split, held = ("val", data.val) if data.val is not None else ("test", data.test)
     val_loader = _eval_loader(held, eval_aug, cfg, info) if held is not None else None
     epochs = math.ceil(total / spe)
 
@@ -285,24 +287,24 @@ def _train_epochs(cfg, data, state: TrainState, info, total: int, spe: int, run_
         row = {"epoch": epoch + 1, "step": state.step, "lr": state.scheduler.get_last_lr()[0]}
         row.update(stats)
         if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or state.step >= total):
-            res = evaluate(state.eval_model, val_loader, ctx, desc="validate")
-            row.update(val_loss=res.loss, val_acc=res.top1, val_top5=res.top5)
-            _log_epoch(info, row, data.val is None)
+            res = evaluate(state.eval_model, val_loader, ctx, desc=split)
+            row.update({f"{split}_loss": res.loss, f"{split}_acc": res.top1})
+            row[f"{split}_top5"] = res.top5
+            _log_epoch(info, row, split)
         state.history.append(row)
         _end_of_epoch(cfg, state, info, run_dir, row)
 
 
-def _log_epoch(info: DistInfo, row: dict, on_test: bool) -> None:
+def _log_epoch(info: DistInfo, row: dict, split: str) -> None:
     if info.main:
-        which = "test" if on_test else "val"
         log.info(
             "epoch %d: train loss %.4f acc %.4f | %s loss %.4f acc %.4f | %.0f img/s",
             row["epoch"],
             row["train_loss"],
             row["train_acc"],
-            which,
-            row["val_loss"],
-            row["val_acc"],
+            split,
+            row[f"{split}_loss"],
+            row[f"{split}_acc"],
             row["img_s"],
         )
 
