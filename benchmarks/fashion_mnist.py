@@ -2,10 +2,12 @@
 
     flock /tmp/vitlab-heavy.lock python benchmarks/fashion_mnist.py                 # all three
     python benchmarks/fashion_mnist.py fashion_mnist_vit --set epochs=2             # a quick look
+    python benchmarks/fashion_mnist.py fashion_mnist_vit_long --resume              # after a stop
 
-Each preset trains in its own run directory under --out (default runs/bench); the figures come
-from the run's report.json. Wall minutes count everything from start to report (data loading,
-validation, checkpoints); "train min" only the optimiser steps. Say which machine ran them.
+Each preset trains from scratch in its own run directory under --out (default runs/bench),
+replacing an earlier run there; the figures come from the run's report.json. Wall minutes count
+everything from start to report (data loading, validation, checkpoints); "train min" only the
+optimiser steps. Say which machine ran them.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def bench(preset: str, out: Path, overrides: dict) -> dict:
+def bench(preset: str, out: Path, overrides: dict, resume: bool = False) -> dict:
     cfg = build_config(preset, {**overrides, "out": str(out / preset)})
     t0 = time.perf_counter()
-    result = fit(cfg)
+    # from scratch, unless asked to continue an interrupted run
+    result = fit(cfg, resume="auto") if resume else fit(cfg, overwrite=True)
     wall = (time.perf_counter() - t0) / 60
     r = result.report
     return {
@@ -60,9 +63,15 @@ def main() -> None:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override every preset"
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the runs interrupted in --out instead of starting over (train minutes "
+        "add up over the parts; wall minutes count this part only)",
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    rows = [bench(name, args.out, parse_set(args.set)) for name in args.presets]
+    rows = [bench(name, args.out, parse_set(args.set), args.resume) for name in args.presets]
     print(f"\nFashion-MNIST test accuracy on {machine()}")
     head = f"{'preset':<24}{'epochs':>7}{'test top-1':>12}{'wall min':>10}"
     print(head + f"{'train min':>11}{'img/s':>8}")

@@ -37,6 +37,33 @@ def test_finished_run_resumed_reports_without_training_again(tmp_path, capsys):
     assert "test top-1" in capsys.readouterr().out
 
 
+def test_a_new_run_does_not_replace_a_finished_one_unless_told_to(tmp_path, capsys, monkeypatch):
+    from vitlab.train import run
+    from vitlab.train.state import RUN_FILES
+
+    out = tmp_path / "run"
+    argv = ["train", *TINY, "--epochs", "1", "--out", str(out)]
+    assert main(argv) == 0
+    stamp = (out / "last.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds a finished run" in err[0]
+    assert "--resume" in err[0] and "--overwrite" in err[0]
+    assert (out / "last.safetensors").stat().st_mtime_ns == stamp  # untouched
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stopped before training")
+
+    monkeypatch.setattr(run, "load_data", stop)
+    with pytest.raises(RuntimeError, match="stopped before training"):
+        main([*argv, "--overwrite"])
+    assert not [name for name in RUN_FILES if (out / name).exists()]  # nothing stale is left
+    monkeypatch.undo()
+    assert main([*argv, "--overwrite"]) == 0
+    assert (out / "report.json").is_file()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args, {"init_from": args.init_from})
     try:
-        result = fit(cfg, resume=args.resume)
+        result = fit(cfg, resume=args.resume, overwrite=args.overwrite)
         if is_main():
             print_result(result)
     finally:

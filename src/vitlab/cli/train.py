@@ -94,6 +94,12 @@ def add_common(p: argparse.ArgumentParser, default_config: str | None) -> None:
         "value) or the one at PATH",
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an --out that already holds a run (that run's checkpoints and "
+        "reports are removed); without it such a directory is refused",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -146,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     try:
-        result = fit(cfg, resume=args.resume)
+        result = fit(cfg, resume=args.resume, overwrite=args.overwrite)
         if is_main():
             print_result(result)
     finally:

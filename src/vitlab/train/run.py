@@ -43,8 +43,10 @@ from vitlab.train.optim import build_ema, build_optimizer, build_scheduler
 from vitlab.train.state import (
     TrainState,
     check_same_run,
+    clear_run,
     find_resume,
     read_state,
+    refuse_to_replace,
     restore,
     save_state,
 )
@@ -212,11 +214,17 @@ def resolve_precision(precision: str, info: DistInfo, resumed: str | None = None
     return choice
 
 
-def fit(cfg: TrainConfig, resume: str | None = None) -> RunResult:
-    """Train (or fine-tune) as `cfg` says, resuming from `resume` ("auto" or a path)."""
+def fit(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) -> RunResult:
+    """Train (or fine-tune) as `cfg` says, resuming from `resume` ("auto" or a path). A run
+    directory that already holds a run is refused unless `overwrite`, which removes that run's
+    files and starts over there."""
     info = setup_runtime(cfg)
     run_dir = Path(cfg.out)
     resume_path = find_resume(resume, run_dir)
+    if not overwrite:
+        refuse_to_replace(run_dir, resume_path)
+    elif resume_path is None and info.main:
+        clear_run(run_dir)
     saved = read_state(resume_path) if resume_path is not None else None
     resumed = saved["config"].get("precision") if saved is not None else None
     cfg = replace(cfg, precision=resolve_precision(cfg.precision, info, resumed))

@@ -31,6 +31,11 @@ from vitlab.weights.io import atomic_path
 log = logging.getLogger("vitlab")
 
 STATE_FILE = "last.state.pt"
+# What a run writes into its directory (an `--overwrite` start removes these, and nothing else).
+RUN_FILES = (
+    STATE_FILE, "last.safetensors", "best.safetensors", "config.yaml", "metrics.jsonl",
+    "summary.csv", "curves.png", "report.json", "confusion.png",
+)  # fmt: skip
 # Fields a resumed run may change without changing what it computes.
 RESUMABLE_CHANGES = {"out", "workers", "log_every", "ckpt_every", "threads", "data_root"}
 RESUMABLE_CHANGES |= {"download", "eval_every"}
@@ -131,6 +136,27 @@ def find_resume(resume: str | None, run_dir: Path) -> Path | None:
     if not path.is_file():
         raise CheckpointError(f"--resume {resume}: no {STATE_FILE} there; point at a run directory")
     return path
+
+
+def refuse_to_replace(run_dir: Path, resume_path: Path | None) -> None:
+    """Starting a run in a directory that holds another run's state would replace its
+    checkpoints from the first epoch on: a finished run's weights would be lost."""
+    held = run_dir / STATE_FILE
+    if not held.is_file() or (resume_path is not None and resume_path.samefile(held)):
+        return
+    kind = "finished" if (run_dir / "report.json").is_file() else "unfinished"
+    raise ConfigError(
+        f"{run_dir} already holds a {kind} run ({held.name}); continue it with --resume, "
+        "start over in it with --overwrite (its checkpoints are replaced), or choose another "
+        "--out (Python: fit(cfg, resume='auto') or fit(cfg, overwrite=True))"
+    )
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove an earlier run's files, so that none of them (a stale `best.safetensors` or
+    `report.json`) can pass for the new run's."""
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def read_state(path: Path) -> dict[str, Any]:
