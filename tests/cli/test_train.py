@@ -72,6 +72,7 @@ def test_a_new_run_does_not_replace_a_finished_one_unless_told_to(tmp_path, caps
         (["train", "--config", "no_such_preset"], "no preset or YAML file named"),
         (["train", "--data", "imagefolder:/no/such/dir"], "/no/such/dir is not a folder"),
         (["train", "--data", "mnits"], "unknown dataset 'mnits'"),
+        (["train", "--resume", "--overwrite"], "--overwrite starts one over: pass one"),
         (["eval", "--checkpoint", "/no/such.safetensors", "--data", "synthetic"], "does not exist"),
     ],
 )

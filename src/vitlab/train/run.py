@@ -218,6 +218,8 @@ def fit(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) ->
     """Train (or fine-tune) as `cfg` says, resuming from `resume` ("auto" or a path). A run
     directory that already holds a run is refused unless `overwrite`, which removes that run's
     files and starts over there."""
+    if resume is not None and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite starts one over: pass one")
     info = setup_runtime(cfg)
     run_dir = Path(cfg.out)
     resume_path = find_resume(resume, run_dir)
