@@ -147,7 +147,7 @@ def refuse_to_replace(run_dir: Path, resume_path: Path | None) -> None:
     kind = "finished" if (run_dir / "report.json").is_file() else "unfinished"
     raise ConfigError(
         f"{run_dir} already holds a {kind} run ({held.name}); continue it with --resume, "
-        "start over in it with --overwrite (its checkpoints are replaced), or choose another "
+        "start over in it with --overwrite (its files are removed first), or choose another "
         "--out (Python: fit(cfg, resume='auto') or fit(cfg, overwrite=True))"
     )
 
