@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from vitlab.bench import BenchSpec, cpu_info, pick_device, round_floats, run_bench
+from vitlab.progress import progress_bar
 
 IMAGENET_MODELS = ["vit_ti16", "vit_s16", "vit_b16"]
 FMNIST = ("vit_micro_p7", {"img_size": 28, "in_chans": 1, "batch": 256})  # the demo's shape
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header(data["machine"]), flush=True)
     specs = all_specs(args)
     fresh = []
-    for spec in tqdm(specs, desc="rows", unit="row", file=sys.stderr):
+    for spec in progress_bar(specs, desc="rows", unit="row"):
         r = round_floats(run_bench(spec).to_dict())
         r["load_average_after"] = list(os.getloadavg())
         fresh.append(r)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-
-from tqdm import tqdm
 
 from vitlab.bench import BenchSpec, format_result, round_floats, run_bench
+from vitlab.progress import progress_bar
 
 HELP = "measure img/s, GFLOP/s and hardware utilisation (optionally side by side with timm)"
 
@@ -97,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     def progress(rounds):
-        return tqdm(rounds, total=spec.iters, desc="timing", unit="round", file=sys.stderr)
+        return progress_bar(rounds, total=spec.iters, desc="timing", unit="round")
 
     result = run_bench(spec, progress=progress)
     if args.json:

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from vitlab.data.images import ImageError, load_image
 from vitlab.errors import ConfigError
@@ -24,6 +23,7 @@ from vitlab.inspect.attention import InspectError, attention_rollout, collect_at
 from vitlab.inspect.plots import plot_overlay
 from vitlab.inspect.report import label_of, prepare_image
 from vitlab.models.layers import PackedWeights
+from vitlab.progress import progress_bar
 from vitlab.weights.io import atomic_path
 
 
@@ -136,7 +136,7 @@ def predict_files(
         explain.directory.mkdir(parents=True, exist_ok=True)
     result = PredictResult()
     device = next(model.parameters()).device
-    bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress)
+    bar = progress_bar(total=len(files), desc="predict", unit="img", disable=not progress)
     with bar, PackedWeights():
         for paths, xs, shows, failures in _batches(
             model, list(map(Path, files)), batch_size, on_failure

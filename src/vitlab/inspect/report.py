@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from tqdm import tqdm
 
 from vitlab.data.transforms import eval_transform
 from vitlab.inspect import plots
@@ -25,6 +24,7 @@ from vitlab.inspect.attention import (
     mean_attention_distance,
 )
 from vitlab.inspect.embeddings import patch_embedding_components, position_embedding_similarity
+from vitlab.progress import progress_bar
 from vitlab.weights.io import atomic_path
 
 
@@ -236,7 +236,7 @@ def inspect_model(
             "and raw attention show the mean over the patch tokens' rows."
         )
     distances, per_image = [], []
-    for i, (name, image) in enumerate(tqdm(images, desc="inspect", disable=not progress)):
+    for i, (name, image) in enumerate(progress_bar(images, desc="inspect", disable=not progress)):
         maps = analyse_image(model, name, image, block, heads)
         per_image += _write_image_figures(model, maps, i, block, heads, report.out_dir)
         distances.append(maps.distance)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
-from tqdm import tqdm
 
 from vitlab.data.datasets import AugmentedDataset, BatchKey
 from vitlab.data.transforms import mix_transform, normalize
 from vitlab.data.wds import ShardStream
 from vitlab.errors import VitlabError
 from vitlab.models.layers import PackedWeights
+from vitlab.progress import progress_bar
 from vitlab.train.config import TrainConfig
 from vitlab.train.distributed import DistInfo, all_reduce_sum
 from vitlab.train.state import TrainState
@@ -185,25 +184,14 @@ def _optimizer_step(state: TrainState, cfg: TrainConfig) -> None:
 
 
 # ---------------------------------------------------------------------------------- epochs
-def _bar_every() -> float:
-    """Seconds between progress-bar refreshes: tqdm's 0.1 on a terminal; 30 when stderr is a
-    file (nohup, Slurm, CI), where every refresh is another line of the log."""
-    return 0.1 if sys.stderr.isatty() else 30.0
-
-
 def train_one_epoch(
     state: TrainState, loader: DataLoader, ctx: StepContext, total_steps: int, on_step=None
 ) -> dict[str, float]:
     """Run the loader's batches (stopping at `total_steps`); returns mean loss, accuracy, img/s.
     `on_step(state)` runs after every step (checkpointing)."""
     loss_sum, correct, seen, skipped, t0 = 0.0, 0, 0, 0, time.perf_counter()
-    bar = tqdm(
-        loader,
-        disable=not ctx.info.main,
-        leave=False,
-        dynamic_ncols=True,
-        unit="batch",
-        mininterval=_bar_every(),
+    bar = progress_bar(
+        loader, disable=not ctx.info.main, leave=False, dynamic_ncols=True, unit="batch"
     )
     for x, y, skip in bar:
         if state.step >= total_steps:
@@ -219,7 +207,7 @@ def train_one_epoch(
         if state.step % ctx.cfg.log_every == 0 or state.step == total_steps:
             rate = seen * ctx.info.world / (time.perf_counter() - t0)
             lr = state.optimizer.param_groups[0]["lr"]
-            bar.set_postfix(  # shown at the bar's next refresh, at most every _bar_every() s
+            bar.set_postfix(  # shown at the bar's next refresh, at most every refresh_seconds()
                 loss=f"{loss:.3f}",
                 acc=f"{correct / seen:.3f}",
                 lr=f"{lr:.2e}",
@@ -263,7 +251,7 @@ def evaluate(
     conf = torch.zeros(K * K, dtype=torch.float64)
     sums = torch.zeros(3, dtype=torch.float64)  # loss, top-5 hits, skipped
     packs = PackedWeights()  # the weights stay fixed during the pass
-    bar = tqdm(loader, disable=not ctx.info.main, leave=False, desc=desc, mininterval=_bar_every())
+    bar = progress_bar(loader, disable=not ctx.info.main, leave=False, desc=desc)
     for x, y, skip in bar:
         sums[2] += skip
         x, y = normalize(x.to(dev), ctx.mean, ctx.std), y.to(dev)
