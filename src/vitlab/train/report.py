@@ -122,9 +122,13 @@ def format_report(report: dict[str, Any]) -> str:
     if "train_minutes" in report:
         lines.append(
             f"training: {report['train_minutes']:.2f} min of steps, {report['img_s']:.0f} img/s, "
-            f"{report['epochs']} epochs, {report['steps']} steps"
+            f"{_count(report['epochs'], 'epoch')}, {_count(report['steps'], 'step')}"
         )
     skipped = report.get("skipped", 0) + report.get("skipped_eval", 0)
     if skipped:
         lines.append(f"skipped {skipped} unreadable image(s) (listed in the log above)")
     return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
