@@ -328,9 +328,9 @@ def bit_rules(cfg: ResNetConfig) -> list[Rule]:
 def infer_bit_config(flat: dict[str, Any]) -> ResNetConfig:
     """A BiT ResNet-v2 from big_transfer's arrays, with timm's numerics for these weights
     (standardisation eps 1e-8 on the variance, GroupNorm eps 1e-5); the input size is not
-    stored (224). big_transfer's own PyTorch code adds 1e-10 to the variance instead: for
-    trained kernels (variance ~1e-4) the two differ by about 5e-5 relative, under the 1e-4 the
-    ports are held to."""
+    stored (224). big_transfer's own PyTorch code adds 1e-10 to the variance instead; the
+    standardised weights then differ by (1e-8 - 1e-10) / (2 var) relative, 5e-5 for a kernel
+    variance of 1e-4."""
     root = flat["root_block/standardized_conv2d/kernel"]  # (7, 7, C, width)
     width = int(root.shape[-1])
     wf = width // 64 if width % 64 == 0 else 1
