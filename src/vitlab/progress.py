@@ -17,7 +17,6 @@ def refresh_seconds() -> float:
 
 
 def progress_bar(iterable=None, **kwargs) -> tqdm:
-    """`tqdm(iterable, **kwargs)` on stderr, refreshing every `refresh_seconds()`."""
+    """`tqdm(iterable, **kwargs)` (on stderr), refreshing every `refresh_seconds()`."""
     kwargs.setdefault("mininterval", refresh_seconds())
-    kwargs.setdefault("file", sys.stderr)
     return tqdm(iterable, **kwargs)

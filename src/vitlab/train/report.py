@@ -62,13 +62,11 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
     """Loss, accuracy and learning rate per epoch, as one PNG."""
     plt, fig, (ax_loss, ax_acc, ax_lr) = _figure(3)
     ep = [h["epoch"] for h in history]
-    splits = (("train", "train"), ("val", "validation"), ("test", "test"))
-    for key, label in ((f"{s}_loss", label) for s, label in splits):
-        if any(h.get(key) is not None for h in history):
-            ax_loss.plot(ep, [h.get(key) for h in history], marker="o", label=label)
-    for key, label in ((f"{s}_acc", label) for s, label in splits):
-        if any(h.get(key) is not None for h in history):
-            ax_acc.plot(ep, [h.get(key) for h in history], marker="o", label=label)
+    for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
+        for split, label in (("train", "train"), ("val", "validation"), ("test", "test")):
+            values = [h.get(f"{split}_{metric}") for h in history]
+            if any(v is not None for v in values):
+                ax.plot(ep, values, marker="o", label=label)
     ax_lr.plot(ep, [h["lr"] for h in history], marker="o", color="C2")
     for ax, title in ((ax_loss, "loss"), (ax_acc, "top-1 accuracy"), (ax_lr, "learning rate")):
         ax.set_title(title)

@@ -298,8 +298,8 @@ def _train_epochs(cfg, data, state: TrainState, info, total: int, spe: int, run_
         row.update(stats)
         if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or state.step >= total):
             res = evaluate(state.eval_model, val_loader, ctx, desc=split)
-            row.update({f"{split}_loss": res.loss, f"{split}_acc": res.top1})
-            row[f"{split}_top5"] = res.top5
+            metrics = {"loss": res.loss, "acc": res.top1, "top5": res.top5}
+            row.update({f"{split}_{k}": v for k, v in metrics.items()})
             _log_epoch(info, row, split)
         state.history.append(row)
         _end_of_epoch(cfg, state, info, run_dir, row)
