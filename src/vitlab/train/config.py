@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from vitlab.errors import ConfigError
+from vitlab.fields import coerce_fields
 
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["cosine", "linear", "constant"]
@@ -83,7 +82,7 @@ class TrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        coerce_fields(self)
         checks = [
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.accum_steps >= 1, "accum_steps must be >= 1"),
@@ -122,52 +121,6 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d
-
-
-# ---------------------------------------------------------------------------- type checking
-def _check_types(cfg: TrainConfig) -> None:
-    hints = typing.get_type_hints(TrainConfig)
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        coerced = _coerce(f.name, value, hints[f.name])
-        setattr(cfg, f.name, coerced)
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """`value` as type `hint`, or a ConfigError naming the key, the value and the type."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(name, value, a)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0])
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(repr, args))}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{name} must be a list of {len(args)} numbers, got {value!r}")
-        return tuple(_coerce(name, v, a) for v, a in zip(value, args))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name} must be a mapping, got {value!r}")
-        return dict(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):  # YAML 1.1 reads "3e-3" as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{name} must be {hint.__name__}, got {value!r}")
-    return value
 
 
 # ------------------------------------------------------------------------ presets and overrides
