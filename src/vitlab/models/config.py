@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from vitlab.errors import ConfigError
+from vitlab.fields import coerce_fields
 
 Pool = Literal["token", "gap"]
 PosEmbed = Literal["learn", "sincos"]
@@ -59,11 +60,27 @@ class ResNetConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance notes
 
     def __post_init__(self) -> None:
-        self.layers = tuple(int(n) for n in self.layers)
-        _check_choice("stem_type", self.stem_type, ("fixed", "same", "small"))
-        _check_choice("weight_std", self.weight_std, ("var", "std"))
+        coerce_fields(self)
         if not self.layers or min(self.layers) < 1:
             raise ConfigError(f"layers needs at least one stage of >= 1 unit, got {self.layers}")
+        _check_ranges(
+            self,
+            [
+                ("width_factor", self.width_factor >= 1, ">= 1"),
+                ("stem_width", self.stem_width >= 1, ">= 1"),
+                ("gn_groups", self.gn_groups >= 1, ">= 1"),
+                ("std_conv_eps", self.std_conv_eps > 0, "> 0"),
+                ("gn_eps", self.gn_eps > 0, "> 0"),
+                ("drop_rate", 0.0 <= self.drop_rate < 1.0, "in [0, 1)"),
+            ],
+        )
+        width = self.stem_width * self.width_factor
+        if width % self.gn_groups:  # every stage's channel count is a multiple of the stem's
+            raise ConfigError(
+                f"gn_groups={self.gn_groups} does not divide stem_width x width_factor = {width} "
+                f"(each GroupNorm splits a multiple of {width} channels into gn_groups groups); "
+                f"pick a divisor of {width}"
+            )
         _check_common(self)
 
     @property
@@ -129,13 +146,13 @@ class ViTConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance notes
 
     def __post_init__(self) -> None:
-        if isinstance(self.backbone, dict):
+        if isinstance(self.backbone, dict):  # from JSON: a checkpoint's metadata
             self.backbone = ResNetConfig.from_dict(self.backbone)
+        coerce_fields(self)
         if self.class_token is None:
             self.class_token = self.pool == "token"
-        _check_choice("pool", self.pool, ("token", "gap"))
-        _check_choice("pos_embed", self.pos_embed, ("learn", "sincos"))
-        _check_choice("act", self.act, ("gelu", "gelu_tanh"))
+        _check_vit_ranges(self)
+        _check_common(self)
         if self.pool == "token" and not self.class_token:
             raise ConfigError("pool='token' needs class_token=True; use pool='gap' without one")
         if self.embed_dim % self.num_heads:
@@ -152,10 +169,6 @@ class ViTConfig:
                 f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}; "
                 "choose a resolution that is a multiple of the patch size"
             )
-        for name in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        _check_common(self)
 
     @property
     def arch(self) -> str:
@@ -199,14 +212,46 @@ def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
+def _check_ranges(cfg: AnyConfig, checks: list[tuple[str, bool, str]]) -> None:
+    """A ConfigError for the first (field, ok, allowed range) check that fails."""
+    for name, ok, allowed in checks:
+        if not ok:
+            raise ConfigError(f"{name} must be {allowed}, got {getattr(cfg, name)!r}")
+
+
+def _check_vit_ranges(cfg: ViTConfig) -> None:
+    """The transformer's sizes, LayerNorm eps and dropout rates (before any division by them)."""
+    rep = cfg.representation_size
+    _check_ranges(
+        cfg,
+        [
+            ("patch_size", cfg.patch_size >= 1, ">= 1"),
+            ("embed_dim", cfg.embed_dim >= 1, ">= 1"),
+            ("depth", cfg.depth >= 1, ">= 1"),
+            ("num_heads", cfg.num_heads >= 1, ">= 1"),
+            ("mlp_dim", cfg.mlp_dim >= 1, ">= 1"),
+            ("representation_size", rep is None or rep >= 1, ">= 1 (or None: no pre-logits)"),
+            ("layer_norm_eps", cfg.layer_norm_eps > 0, "> 0"),
+            ("drop_rate", 0.0 <= cfg.drop_rate < 1.0, "in [0, 1)"),
+            ("attn_drop_rate", 0.0 <= cfg.attn_drop_rate < 1.0, "in [0, 1)"),
+            ("drop_path_rate", 0.0 <= cfg.drop_path_rate < 1.0, "in [0, 1)"),
+        ],
+    )
 
 
 def _check_common(cfg: AnyConfig) -> None:
+    """What both kinds share: sizes, the head, class names, preprocessing (mean/std per channel)."""
+    _check_ranges(
+        cfg,
+        [
+            ("img_size", cfg.img_size >= 1, ">= 1"),
+            ("in_chans", cfg.in_chans >= 1, ">= 1"),
+            ("num_classes", cfg.num_classes >= 0, ">= 0 (0 means no head)"),
+            ("crop_pct", 0.0 < cfg.crop_pct <= 1.0, "in (0, 1]"),
+        ],
+    )
     for name in ("mean", "std"):
-        v = tuple(float(x) for x in getattr(cfg, name))
+        v = getattr(cfg, name)
         if len(v) == 1 and cfg.in_chans > 1:
             v = v * cfg.in_chans
         elif len(v) == 3 and cfg.in_chans == 1:
@@ -216,14 +261,10 @@ def _check_common(cfg: AnyConfig) -> None:
                 f"{name} has {len(v)} values but the model takes {cfg.in_chans} channels"
             )
         setattr(cfg, name, v)
-    if cfg.class_names is not None:
-        cfg.class_names = tuple(str(c) for c in cfg.class_names)
-        if len(cfg.class_names) != cfg.num_classes:
-            raise ConfigError(
-                f"{len(cfg.class_names)} class names given for num_classes={cfg.num_classes}"
-            )
-    if cfg.num_classes < 0:
-        raise ConfigError(f"num_classes must be >= 0 (0 means no head), got {cfg.num_classes}")
+    if cfg.class_names is not None and len(cfg.class_names) != cfg.num_classes:
+        raise ConfigError(
+            f"{len(cfg.class_names)} class names given for num_classes={cfg.num_classes}"
+        )
 
 
 def _to_dict(cfg: AnyConfig) -> dict[str, Any]:
@@ -237,11 +278,7 @@ def _from_dict(cls: type, d: dict[str, Any]) -> Any:
     unknown = sorted(set(d) - names - {"arch"})
     if unknown:
         raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
-    kw = {k: v for k, v in d.items() if k in names}
-    for k in ("layers", "mean", "std", "class_names"):
-        if isinstance(kw.get(k), list):
-            kw[k] = tuple(kw[k])
-    return cls(**kw)
+    return cls(**{k: v for k, v in d.items() if k in names})  # JSON lists become tuples there
 
 
 def config_from_dict(d: dict[str, Any]) -> AnyConfig:
