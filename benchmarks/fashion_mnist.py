@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from vitlab.train import build_config, fit
-from vitlab.train.config import parse_set
+from vitlab.cli.common import parse_set
+from vitlab.train.config import build_config
+from vitlab.train.run import fit
 
 PRESETS = ["fashion_mnist_vit", "fashion_mnist_vit_long", "fashion_mnist_bit"]
 

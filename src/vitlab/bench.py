@@ -14,11 +14,7 @@ What `vitlab bench` and `benchmarks/speed.py` measure:
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
-import importlib.util
 import math
-import os
 import platform
 import resource
 import statistics
@@ -26,24 +22,28 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitlab.errors import ConfigError, VitlabError
-from vitlab.models import ViTConfig, create_model, vit_flops
-from vitlab.models.layers import PackedWeights, onednn_linear
-
-Mode = Literal["infer", "train"]
-Precision = Literal["fp32", "bf16", "fp16"]
-
-DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
+from vitlab.errors import ConfigError
+from vitlab.models.config import ViTConfig
+from vitlab.models.flops import Mode, flops_per_image
+from vitlab.models.registry import create_model
+from vitlab.runtime import (
+    DTYPES,
+    PackedWeights,
+    Precision,
+    autocast,
+    device_name,
+    keep_freed_memory,
+    matmul_peak_gflops,
+    pick_device,
+    synchronize,
+)
+from vitlab.weights.timm import timm_twin
 
 # Published dense peaks (no sparsity) in TFLOP/s, from NVIDIA's data sheets. fp32 is the
 # non-tensor-core figure: PyTorch leaves TF32 off for matmuls by default. Matched in order
@@ -56,10 +56,6 @@ GPU_PEAK_TFLOPS: list[tuple[tuple[str, ...], dict[str, float]]] = [
     (("H100",), {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9}),
     (("A100",), {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5}),
 ]
-
-
-class MissingDependencyError(VitlabError):
-    """An optional package the requested feature needs is not installed."""
 
 
 @dataclass
@@ -76,7 +72,7 @@ class BenchSpec:
     vs_timm: bool = False
     warmup: int = 2
     iters: int = 10
-    device: str | None = None  # None: CUDA when available, else CPU
+    device: str | None = None  # None: CUDA when available, else CPU (runtime.pick_device)
     seed: int = 0
     keep_freed_memory: bool = True  # glibc keeps freed blocks (CPU; see keep_freed_memory)
 
@@ -131,72 +127,7 @@ class BenchResult:
         return asdict(self)
 
 
-# --------------------------------------------------------------------------------- devices
-def pick_device(name: str | None = None) -> torch.device:
-    """The requested device, or CUDA when present, else the CPU."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise ConfigError(f"--device {name!r} is not a device name; use cpu or cuda") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {name!r} is not supported; use cpu or cuda")
-    return dev
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work so a timer measures it (a no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_info()["model"]
-
-
-def cpu_info() -> dict[str, Any]:
-    """CPU model, logical cores and the bf16 matrix features /proc/cpuinfo advertises."""
-    info: dict[str, Any] = {"model": platform.processor() or platform.machine(), "flags": set()}
-    path = Path("/proc/cpuinfo")
-    if path.exists():
-        for line in path.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and info["model"] in ("", platform.machine()):
-                info["model"] = value.strip()
-            elif key.strip() == "flags" and not info["flags"]:
-                info["flags"] = set(value.split())
-    flags = info.pop("flags")
-    info["cores"] = os.cpu_count() or 1
-    info["avx512_bf16"] = "avx512_bf16" in flags
-    info["amx_bf16"] = "amx_bf16" in flags
-    info["amx_fp16"] = "amx_fp16" in flags
-    return info
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed large blocks for reuse instead of returning them to the OS.
-
-    By default every large tensor a forward pass frees goes back to the kernel and the next one
-    is faulted in again page by page (about 56,000 page faults per ViT-S/16 batch of 16 in
-    bf16); keeping them made CPU steps ~15% faster here. It is process-wide, so it helps
-    vitlab and timm alike. Returns whether glibc accepted the settings.
-    """
-    if platform.system() != "Linux":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1 or libc.mallopt(m_mmap_threshold, 32 << 20)
-    return bool(ok) and libc.mallopt(m_trim_threshold, 1 << 30) == 1
-
-
+# ------------------------------------------------------------------------------- peaks
 def published_peak_gflops(device: torch.device, precision: str) -> float | None:
     """The vendor's dense peak for a known GPU, in GFLOP/s (None for CPUs and unknown GPUs)."""
     if device.type != "cuda":
@@ -208,86 +139,7 @@ def published_peak_gflops(device: torch.device, precision: str) -> float | None:
     return None
 
 
-def matmul_peak_gflops(
-    device: torch.device, dtype: torch.dtype, size: int | None = None, reps: int = 5
-) -> float:
-    """GFLOP/s of a square `size`^3 matmul in `dtype`, the median of `reps` runs: the machine's
-    practical peak. On the CPU both BLAS (`torch.mm`) and oneDNN (the kernel vitlab's inference
-    linears use) are timed and the faster counts, so no model can exceed the peak it is held to."""
-    size = size or (8192 if device.type == "cuda" else 2048)
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    kernels = [lambda: torch.mm(a, b)]
-    fast = onednn_linear(dtype) if device.type == "cpu" else None
-    if fast is not None:
-        kernels.append(lambda: fast(a, b, None, "none", [], ""))  # a @ b.T
-    best = 0.0
-    with torch.inference_mode():
-        for kernel in kernels:
-            times = []
-            for i in range(reps + 1):
-                synchronize(device)
-                start = time.perf_counter()
-                kernel()
-                synchronize(device)
-                if i:  # the first run is warm-up
-                    times.append(time.perf_counter() - start)
-            best = max(best, 2 * size**3 / statistics.median(times) / 1e9)
-    return best
-
-
-# ----------------------------------------------------------------------------------- FLOPs
-def flops_per_image(cfg: ViTConfig, mode: Mode, img_size: int | None = None) -> int:
-    """Analytic FLOPs per image: the forward for inference; for a training step the forward
-    plus, for every matmul, the gradient of its input and of its weight (2x the forward each),
-    except the image itself, whose gradient is never computed."""
-    fwd = vit_flops(cfg, img_size)
-    if mode == "infer":
-        return fwd
-    gh, gw = cfg.grid_size(img_size)
-    chans = cfg.in_chans if cfg.backbone is None else cfg.backbone.out_chans
-    patch_input_grad = 2 * gh * gw * cfg.patch_size**2 * chans * cfg.embed_dim
-    return 3 * fwd - patch_input_grad
-
-
 # ---------------------------------------------------------------------------------- models
-def timm_twin(model: nn.Module) -> nn.Module:
-    """timm's VisionTransformer with vitlab's architecture and the very same weights."""
-    if importlib.util.find_spec("timm") is None:
-        raise MissingDependencyError(
-            "--vs timm needs timm, which is not installed; run `pip install timm` "
-            "(or `pip install -e '.[dev]'`) and try again"
-        )
-    from timm.models.vision_transformer import VisionTransformer as TimmViT
-
-    cfg = model.cfg
-    if cfg.backbone is not None or cfg.pos_embed != "learn" or cfg.representation_size:
-        raise ConfigError(
-            "timm's VisionTransformer has no hybrid stem, sin-cos embedding or pre-logits "
-            "layer; compare a plain variant such as vit_s16"
-        )
-    twin = TimmViT(
-        img_size=cfg.img_size,
-        patch_size=cfg.patch_size,
-        in_chans=cfg.in_chans,
-        num_classes=cfg.num_classes,
-        global_pool="token" if cfg.pool == "token" else "avg",
-        embed_dim=cfg.embed_dim,
-        depth=cfg.depth,
-        num_heads=cfg.num_heads,
-        mlp_ratio=cfg.mlp_dim / cfg.embed_dim,
-        qkv_bias=cfg.qkv_bias,
-        class_token=bool(cfg.class_token),
-        no_embed_class=not cfg.pos_embed_cls,
-        fc_norm=cfg.fc_norm,
-        act_layer=nn.GELU if cfg.act == "gelu" else "gelu_tanh",
-        norm_layer=functools.partial(nn.LayerNorm, eps=cfg.layer_norm_eps),
-        dynamic_img_size=cfg.dynamic_img_size,
-    )
-    twin.load_state_dict(model.state_dict(), strict=True)
-    return twin
-
-
 def build_models(spec: BenchSpec, device: torch.device) -> dict[str, nn.Module]:
     """vitlab's model (and timm's twin with the same weights) on `device`."""
     overrides: dict[str, Any] = {}
@@ -306,13 +158,6 @@ def build_models(spec: BenchSpec, device: torch.device) -> dict[str, nn.Module]:
 
 
 # ----------------------------------------------------------------------------------- steps
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed precision for training: fp32 weights, matmuls in bf16/fp16."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[precision])
-
-
 def make_step(
     model: nn.Module, cfg: ViTConfig, spec: BenchSpec, device: torch.device
 ) -> Callable[[], torch.Tensor]:

@@ -21,3 +21,7 @@ class UnknownModelError(VitlabError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class MissingDependencyError(VitlabError):
+    """An optional package the requested feature needs is not installed."""

@@ -58,7 +58,9 @@ def test_a_new_run_does_not_replace_a_finished_one_unless_told_to(tmp_path, caps
     monkeypatch.setattr(run, "load_data", stop)
     with pytest.raises(RuntimeError, match="stopped before training"):
         main([*argv, "--overwrite"])
-    assert not [name for name in RUN_FILES if (out / name).exists()]  # nothing stale is left
+    assert not [
+        name for name in RUN_FILES.values() if (out / name).exists()
+    ]  # nothing stale is left
     monkeypatch.undo()
     assert main([*argv, "--overwrite"]) == 0
     assert (out / "report.json").is_file()

@@ -168,7 +168,7 @@ def test_without_webdataset_the_error_says_what_to_install(tmp_path, monkeypatch
 
 
 def test_workers_share_a_process_without_losing_or_repeating_samples(tmp_path):
-    from vitlab.train.loop import make_loader
+    from vitlab.data.loader import make_loader
 
     shards = load_data("wds:" + write_shards(tmp_path, "train", 3, 4)).train
     evaluation = ShardStream(shards, EVAL, batch=3, rank=1, world=2, workers=2)

@@ -6,7 +6,7 @@ from timm.layers import resample_abs_pos_embed
 
 from vitlab.data.datasets import load_data
 from vitlab.train.config import build_config
-from vitlab.train.run import build_model, fit
+from vitlab.train.run import fit, model_for_data
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def test_finetune_model_gets_a_zero_head_and_resampled_position_embeddings(timm_
     cfg = build_config("finetune_paper", {"init_from": str(path), "data": "synthetic",
                                           "img_size": 48})  # fmt: skip
     data = load_data("synthetic")
-    model = build_model(cfg, data)
+    model = model_for_data(cfg, data)
     assert model.cfg.num_classes == 4 and model.cfg.img_size == 48
     assert model.cfg.class_names == data.class_names
     assert torch.count_nonzero(model.head.weight) == 0 and torch.count_nonzero(model.head.bias) == 0

@@ -13,12 +13,13 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from vitlab.data.datasets import load_data
+from vitlab.evaluate import evaluate
 from vitlab.train import loop
 from vitlab.train.config import TrainConfig
 from vitlab.train.distributed import DistInfo, cleanup, init_distributed, wrap_model
 from vitlab.train.loop import StepContext, TrainingDiverged, train_step
 from vitlab.train.optim import build_optimizer, build_scheduler
-from vitlab.train.run import _eval_loader, augmentations, build_model, fit
+from vitlab.train.run import _loader, augmentations, fit, model_for_data
 from vitlab.train.state import TrainState
 
 SMALL = {"patch_size": 4}  # vit_test at 16 px: 16 patches, D 32, 2 blocks
@@ -35,7 +36,7 @@ def _test_loss(cfg, model):
     _, aug = augmentations(cfg, model)
     c = model.cfg
     ctx = StepContext(cfg, DistInfo(), c.mean, c.std, data.num_classes)
-    return loop.evaluate(model, _eval_loader(data.test, aug, cfg, DistInfo()), ctx).loss
+    return evaluate(model, _loader(data.test, aug, cfg, DistInfo())[0], ctx.eval_context()).loss
 
 
 @pytest.mark.parametrize("data", ["synthetic", "digits"])
@@ -43,7 +44,7 @@ def test_a_few_steps_lower_the_loss(tmp_path, data):
     size = {"synthetic": 16, "digits": 8}[data]
     patch = {"patch_size": 2 if size == 8 else 4}
     cfg = _cfg(tmp_path, data=data, img_size=size, model_args=patch, batch_size=64, lr=5e-3)
-    before = _test_loss(cfg, build_model(cfg, load_data(data)))
+    before = _test_loss(cfg, model_for_data(cfg, load_data(data)))
     result = fit(cfg)
     assert result.report["loss"] < 0.8 * before
     assert result.report["top1"] > 1.5 / len(result.report["per_class"])  # well above chance
@@ -87,7 +88,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     weights = []
     for accum in (1, 4):
         cfg = _cfg(tmp_path, accum_steps=accum, optimizer="sgd", lr=0.1)
-        model = build_model(cfg, data)
+        model = model_for_data(cfg, data)
         state = _state(cfg, model)
         c = model.cfg
         train_step(state, x, y, StepContext(cfg, DistInfo(), c.mean, c.std, 4))
@@ -200,7 +201,7 @@ def _ddp_setup(tmp):
     # division by tiny second moments
     cfg = TrainConfig(model="vit_test", model_args=SMALL, img_size=16, lr=0.1, out=str(tmp),
                       optimizer="sgd", weight_decay=0.1, label_smoothing=0.1)  # fmt: skip
-    return data.train.images[:16], data.train.labels[:16], cfg, build_model(cfg, data)
+    return data.train.images[:16], data.train.labels[:16], cfg, model_for_data(cfg, data)
 
 
 @pytest.mark.slow

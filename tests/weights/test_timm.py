@@ -6,6 +6,7 @@ from safetensors.torch import save_file
 
 import vitlab
 from tests.conftest import perturb_
+from vitlab.weights.timm import timm_twin
 
 timm = pytest.importorskip("timm")
 
@@ -88,3 +89,13 @@ def test_export_to_timm_loads_in_timm(tmp_path):
     ref = timm.create_model("vit_tiny_patch16_224", depth=2, num_classes=7)
     timm.models.load_checkpoint(ref, str(path), strict=True)  # timm's own reader
     _check(ours, ref.eval(), torch.randn(2, 3, 224, 224))
+
+
+def test_timm_twin_has_the_same_outputs():
+    pytest.importorskip("timm")
+    for kw in [{}, {"pool": "gap", "fc_norm": True}, {"act": "gelu_tanh", "qkv_bias": False}]:
+        ours = perturb_(vitlab.create_model("vit_test", **kw)).eval()
+        twin = timm_twin(ours).eval()
+        x = torch.randn(3, 3, 32, 32)
+        with torch.no_grad():
+            assert (ours(x) - twin(x)).abs().max().item() <= 1e-5

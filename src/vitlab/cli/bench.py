@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from vitlab.bench import BenchSpec, format_result, round_floats, run_bench
-from vitlab.progress import progress_bar
-
 HELP = "measure img/s, GFLOP/s and hardware utilisation (optionally side by side with timm)"
 
 DESCRIPTION = """\
@@ -79,6 +76,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitlab.bench import BenchSpec, format_result, round_floats, run_bench
+    from vitlab.progress import progress_bar
+
     spec = BenchSpec(
         model=args.model,
         batch=args.batch,

@@ -6,12 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from vitlab.errors import ConfigError
-
-FORMATS = ["vitlab", "timm", "hf", "google", "torchvision"]
-SOURCES = ["auto", *FORMATS]
+from vitlab.cli.common import SOURCE_CHOICES, parse_set
+from vitlab.weights.formats import SOURCE_NAMES
 
 HELP = "convert weights between vitlab, timm, Hugging Face, Google .npz and torchvision"
 
@@ -53,12 +49,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", metavar="SRC", help="weights to read: file, directory or hub reference")
     p.add_argument("dst", metavar="DST", help="where to write (a directory for --to hf)")
-    p.add_argument("--to", required=True, choices=FORMATS, help="the layout to write")
+    p.add_argument("--to", required=True, choices=SOURCE_NAMES, help="the layout to write")
     p.add_argument(
         "--from",
         dest="source",
         default="auto",
-        choices=SOURCES,
+        choices=SOURCE_CHOICES,
         help="the layout of SRC (default: detected, and reported)",
     )
     p.add_argument(
@@ -83,24 +79,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """["num_heads=12", "act=gelu"] -> {"num_heads": 12, "act": "gelu"} (values read as YAML)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r} (e.g. --set num_heads=12)")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {item!r}: cannot read the value {value!r}") from None
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
-    from vitlab.weights import load_checkpoint, save_checkpoint
+    from vitlab.weights.checkpoint import load_checkpoint, save_checkpoint
 
-    overrides = parse_overrides(args.overrides)
+    overrides = parse_set(args.overrides, nested=False)
     model = load_checkpoint(
         args.src, args.model, source=args.source, resample=args.resample, **overrides
     )

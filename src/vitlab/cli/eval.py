@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vitlab.cli.common import add_checkpoint_args, add_device_arg, load_model
+
 HELP = "evaluate a checkpoint: top-1, top-5, per-class accuracy, confusion matrix"
 
 DESCRIPTION = """\
@@ -30,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="weights to evaluate")
+    add_checkpoint_args(p, help="the weights to evaluate (any file vitlab.load_checkpoint reads)")
     p.add_argument("--data", required=True, metavar="NAME[:PATH]", help="dataset (as for train)")
     p.add_argument("--data-root", metavar="DIR", help="where the dataset's files are")
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
@@ -44,20 +46,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, metavar="DIR", help="write report.json and confusion.png here"
     )
+    add_device_arg(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitlab.train.report import format_report
-    from vitlab.train.run import eval_checkpoint
+    from vitlab.evaluate import evaluate_checkpoint, format_report
 
-    report = eval_checkpoint(
-        args.checkpoint,
+    report = evaluate_checkpoint(
+        load_model(args),
         args.data,
         args.data_root,
         args.split,
         args.batch_size,
         args.out,
         download=args.download,
+        device=args.device,
+        name=str(args.checkpoint),
     )
     print(format_report(report))
     for name, acc in report["per_class"].items():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from vitlab.cli.train import add_common, config_from_args, print_result
+from vitlab.cli.train import add_common
+from vitlab.cli.train import run as run  # the same handler as `vitlab train`
 from vitlab.train.config import list_presets
 
 HELP = "fine-tune a checkpoint on new data (new zero-initialised head, any resolution)"
@@ -45,17 +46,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the pre-trained weights (any format vitlab.load_checkpoint reads)",
     )
     add_common(p, "finetune_paper")
-
-
-def run(args: argparse.Namespace) -> int:
-    from vitlab.train.distributed import cleanup, is_main
-    from vitlab.train.run import fit
-
-    cfg = config_from_args(args, {"init_from": args.init_from})
-    try:
-        result = fit(cfg, resume=args.resume, overwrite=args.overwrite)
-        if is_main():
-            print_result(result)
-    finally:
-        cleanup()
-    return 0

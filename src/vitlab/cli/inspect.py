@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vitlab.cli.common import add_checkpoint_args, add_device_arg, load_model
+
 HELP = "attention maps, rollout, attention distance, embeddings (Figures 6, 7) as PNGs + HTML"
 
 DESCRIPTION = """\
@@ -44,18 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--checkpoint",
-        required=True,
-        metavar="PATH",
-        help="any file `vitlab.load_checkpoint` reads",
-    )
-    p.add_argument(
-        "--source",
-        default="auto",
-        choices=["auto", "vitlab", "timm", "google", "hf", "torchvision"],
-        help="the checkpoint's ecosystem (default: detected from the file)",
-    )
+    add_checkpoint_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs and index.html")
     which = p.add_mutually_exclusive_group()
     which.add_argument(
@@ -92,19 +83,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="PX",
         help="run at this resolution instead of the checkpoint's (position embeddings resampled)",
     )
-    p.add_argument("--device", default="cpu", help="torch device to run on (default cpu)")
+    add_device_arg(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from vitlab.data.images import read_images, sample_photos
     from vitlab.inspect.report import inspect_model
     from vitlab.inspect.samples import dataset_images
-    from vitlab.weights import load_checkpoint
 
-    model = load_checkpoint(args.checkpoint, source=args.source)
+    model = load_model(args)
     if args.img_size:
         model.set_image_size(args.img_size)
-    model = model.to(args.device)
     failed = []
 
     def report_bad(e: Exception) -> None:

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from vitlab import __version__
+from vitlab._version import __version__
 from vitlab.errors import VitlabError
 
 # Subcommand -> module under vitlab.cli; each module has `add_parser(subparsers)` and `run(args)`.

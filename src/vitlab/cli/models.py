@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from vitlab.models import ResNetConfig, create_model, get_variant, list_models
-from vitlab.models.flops import model_flops
-
 HELP = "list model variants with layers, width, heads, parameters and GFLOPs"
 
 DESCRIPTION = """\
@@ -16,7 +13,7 @@ the paper compares against. Sizes are computed from the registry without allocat
 even ViT-H/14 lists instantly. Any name shown here, the paper's names ("ViT-B/16", "B/16",
 "R50+ViT-B/16") and timm's ("vit_base_patch16_384", "resnetv2_50x1_bit") work wherever a model is
 asked for. For the CNNs, "layers" is the ResNet depth and "width" the final channels; for hybrids
-and CNNs "patch" is the pixels per token / per final feature (the total stride).
+and CNNs the total stride (pixels per token / per final feature) is in the --json rows.
 """
 
 
@@ -36,51 +33,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object per variant")
 
 
-def rows(pattern: str | None = None, paper: bool = False) -> list[dict]:
-    """One row of facts per variant, computed on the meta device (no weights allocated)."""
-    out = []
-    for name in list_models(pattern, paper_only=paper):
-        v = get_variant(name)
-        cfg = v.config
-        img = 224 if paper else cfg.img_size
-        model = create_model(name, device="meta", img_size=img)
-        out.append(
-            {
-                "name": name,
-                "aliases": list(v.aliases),
-                **_shape(cfg),
-                "img_size": img,
-                "params_m": round(model.num_params() / 1e6, 3),
-                "paper_params_m": v.paper_params_m,
-                "gflops": round(model_flops(model.cfg) / 1e9, 3),
-                "description": v.description,
-            }
-        )
-    return out
-
-
-def _shape(cfg) -> dict:
-    """layers / width / mlp / heads / patch of a ViT, a hybrid or a ResNet (None where n/a)."""
-    if isinstance(cfg, ResNetConfig):
-        depth = 2 + 3 * sum(cfg.layers)  # stem, 3 convs per unit, head
-        return {
-            "layers": depth,
-            "width": cfg.out_chans,
-            "mlp": None,
-            "heads": None,
-            "patch": cfg.reduction,
-        }
-    return {
-        "layers": cfg.depth,
-        "width": cfg.embed_dim,
-        "mlp": cfg.mlp_dim,
-        "heads": cfg.num_heads,
-        "patch": cfg.feature_stride,
-    }
-
-
 def run(args: argparse.Namespace) -> int:
-    table = rows(args.pattern, args.paper)
+    from vitlab.models.registry import list_models, variant_facts
+
+    names = list_models(args.pattern, paper_only=args.paper)
+    table = [variant_facts(name, 224 if args.paper else None) for name in names]
     if not table:
         print(f"no variant matches {args.pattern!r}; `vitlab models` lists them all")
         return 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vitlab.cli.common import add_checkpoint_args, add_device_arg, load_model
+
 HELP = "classify images (files or folders) with a checkpoint; top-k classes per image"
 
 DESCRIPTION = """\
@@ -23,9 +25,9 @@ classified); 2 a usage error (bad checkpoint, bad option).
 
 EPILOG = """\
 examples:
-  vitlab predict --checkpoint runs/demo/model.safetensors shirt.png boot.jpg
+  vitlab predict --checkpoint runs/demo/last.safetensors shirt.png boot.jpg
   vitlab predict --checkpoint vit_b16.safetensors photos/ --topk 3 --out results.csv
-  vitlab predict --checkpoint runs/demo/model.safetensors photos/ --explain explained/
+  vitlab predict --checkpoint runs/demo/last.safetensors photos/ --explain explained/
 """
 
 
@@ -38,18 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
-    p.add_argument(
-        "--checkpoint",
-        required=True,
-        metavar="PATH",
-        help="a vitlab .safetensors, a timm state dict, or any file `vitlab.load_checkpoint` reads",
-    )
-    p.add_argument(
-        "--source",
-        default="auto",
-        choices=["auto", "vitlab", "timm", "google", "hf", "torchvision"],
-        help="the checkpoint's ecosystem (default: detected from the file)",
-    )
+    add_checkpoint_args(p)
     p.add_argument("--topk", type=int, default=5, metavar="K", help="classes per image (default 5)")
     p.add_argument("--out", metavar="FILE", help="also write the results to FILE.json or FILE.csv")
     p.add_argument(
@@ -60,15 +51,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="write each image with its attention-rollout heatmap overlaid to DIR (PNG)",
     )
-    p.add_argument("--device", default="cpu", help="torch device to run on (default cpu)")
+    add_device_arg(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from vitlab.data.images import find_images
-    from vitlab.inspect.predict import predict_files
-    from vitlab.weights import load_checkpoint
+    from vitlab.predict import predict_files
 
-    model = load_checkpoint(args.checkpoint, source=args.source).to(args.device)
+    model = load_model(args)
     files = find_images(args.paths)
     result = predict_files(
         model,

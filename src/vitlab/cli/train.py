@@ -6,7 +6,8 @@ import argparse
 import logging
 from typing import Any
 
-from vitlab.train.config import TrainConfig, build_config, list_presets, parse_set
+from vitlab.cli.common import parse_set
+from vitlab.train.config import TrainConfig, build_config, list_presets
 
 log = logging.getLogger("vitlab")
 
@@ -36,22 +37,9 @@ examples:
 presets: {presets}
 """
 
-# flag -> TrainConfig key, for the common flags every training command shares
-FLAG_KEYS = {
-    "model": "model",
-    "data": "data",
-    "data_root": "data_root",
-    "epochs": "epochs",
-    "steps": "steps",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "out": "out",
-    "precision": "precision",
-    "workers": "workers",
-    "strategy": "strategy",
-    "seed": "seed",
-    "img_size": "img_size",
-}
+# The flags every training command shares that set the TrainConfig key of the same name.
+FLAG_KEYS = ("model", "data", "data_root", "epochs", "steps", "batch_size", "lr", "out",
+             "precision", "workers", "strategy", "seed", "img_size")  # fmt: skip
 
 
 def add_common(p: argparse.ArgumentParser, default_config: str | None) -> None:
@@ -121,7 +109,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> TrainConfig:
     """Preset, then flags, then --set (later wins)."""
-    flags = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items()}
+    flags = {key: getattr(args, key) for key in FLAG_KEYS}
     overrides = {k: v for k, v in flags.items() if v is not None}  # flags not given
     if args.download:
         overrides["download"] = True
@@ -133,24 +121,26 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
 
 
 def print_result(result) -> None:
-    from vitlab.train.report import format_report
+    from vitlab.evaluate import format_report
+    from vitlab.train.state import RUN_FILES
 
     if not result.report:
         return
-    d = result.run_dir
+    f = {role: result.run_dir / name for role, name in RUN_FILES.items()}
     print(format_report(result.report))
-    print(f"report:      {d / 'report.json'} (confusion matrix: {d / 'confusion.png'})")
-    print(f"curves:      {d / 'curves.png'} (per epoch: {d / 'summary.csv'})")
-    best = d / "best.safetensors"
-    also = f" (best on validation: {best})" if best.is_file() else ""
-    print(f"checkpoint:  {d / 'last.safetensors'}{also}")
+    print(f"report:      {f['report']} (confusion matrix: {f['confusion']})")
+    print(f"curves:      {f['curves']} (per epoch: {f['summary']})")
+    also = f" (best on validation: {f['best']})" if f["best"].is_file() else ""
+    print(f"checkpoint:  {f['last']}{also}")
 
 
 def run(args: argparse.Namespace) -> int:
+    """`vitlab train`, and `vitlab finetune` (the same with --from)."""
     from vitlab.train.distributed import cleanup, is_main
     from vitlab.train.run import fit
 
-    cfg = config_from_args(args)
+    init_from = getattr(args, "init_from", None)
+    cfg = config_from_args(args, {"init_from": init_from} if init_from else None)
     try:
         result = fit(cfg, resume=args.resume, overwrite=args.overwrite)
         if is_main():

@@ -23,22 +23,24 @@ from __future__ import annotations
 import gzip
 import logging
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from vitlab.data.images import IMAGE_SUFFIXES, ImageError, load_image
-from vitlab.data.transforms import AugConfig, augment_batch, sample_transform
-from vitlab.errors import VitlabError
+from vitlab.data.sets import (
+    ArraySet,
+    AugmentedDataset,
+    DatasetError,
+    DataSplits,
+    FileSet,
+    ImageSet,
+)
 
-if TYPE_CHECKING:
-    from vitlab.data.wds import ShardSet
+__all__ = ["ArraySet", "AugmentedDataset", "DataSplits", "DatasetError", "FileSet", "load_data"]
 
 log = logging.getLogger("vitlab")
 
@@ -50,128 +52,10 @@ FASHION_FILES = {
 DATA_NAMES = ("fashion-mnist", "imagefolder:PATH", "cifar10", "cifar100", "pets", "flowers102")
 DATA_NAMES += ("digits", "synthetic", "wds:PATTERN")
 
-BatchKey = tuple[int, Sequence[int]]  # (seed of this batch's augmentation, sample indices)
-
-
-class DatasetError(VitlabError):
-    """A dataset that is missing, empty or laid out differently from what vitlab expects."""
-
 
 def default_data_root() -> Path:
     """Where downloads go: $VITLAB_DATA, else ~/.cache/vitlab/data."""
     return Path(os.environ.get("VITLAB_DATA", Path.home() / ".cache" / "vitlab" / "data"))
-
-
-# ------------------------------------------------------------------------------ image sets
-class ArraySet:
-    """Images held in memory: uint8 (N, C, H, W) and int64 labels (N,)."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images, labels.long()
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, idx: torch.Tensor) -> ArraySet:
-        return ArraySet(self.images[idx], self.labels[idx])
-
-    def batch(
-        self, indices: Sequence[int], aug: AugConfig, g: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        idx = torch.as_tensor(list(indices), dtype=torch.long)
-        return augment_batch(self.images[idx], aug, g), self.labels[idx], 0
-
-
-class FileSet:
-    """Images decoded on demand: `fetch(i)` returns a PIL image (or raises ImageError)."""
-
-    def __init__(
-        self, fetch: Callable[[int], Image.Image], labels: torch.Tensor, idx: torch.Tensor | None
-    ) -> None:
-        self.fetch, self.labels = fetch, labels.long()
-        self.idx = torch.arange(len(labels)) if idx is None else idx
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-    def subset(self, idx: torch.Tensor) -> FileSet:
-        return FileSet(self.fetch, self.labels, self.idx[idx])
-
-    def batch(
-        self, indices: Sequence[int], aug: AugConfig, g: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        tf = sample_transform(aug)
-        seed = int(torch.randint(0, 2**62, (1,), generator=g))
-        xs, ys, skipped = [], [], 0
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for i in indices:
-                j = int(self.idx[i])
-                try:
-                    img = self.fetch(j)
-                except ImageError as e:
-                    log.warning("skipping %s", e)
-                    skipped += 1
-                    continue
-                xs.append(tf(img))
-                ys.append(self.labels[j])
-        if not xs:
-            empty = torch.zeros(0, aug.channels, aug.img_size, aug.img_size, dtype=torch.uint8)
-            return empty, torch.zeros(0, dtype=torch.long), skipped
-        x = augment_batch(torch.stack(xs), _batch_only(aug), g)  # erasing, channel fit
-        return x, torch.stack(ys), skipped
-
-
-def _batch_only(aug: AugConfig) -> AugConfig:
-    """The parts of the augmentation that run on the stacked batch of decoded files."""
-    from dataclasses import replace
-
-    return replace(aug, scale=1.0, pad_crop=0, hflip=0.0, randaug_m=0)
-
-
-ImageSet = ArraySet | FileSet
-
-
-class AugmentedDataset(Dataset):
-    """A map-style dataset whose DataLoader yields whole batches: the batch sampler hands
-    `(seed, indices)` keys to `__getitems__`, which augments the batch with that seed (negative
-    indices are padding that keeps every process at the same number of batches; dropped)."""
-
-    def __init__(self, images: ImageSet, aug: AugConfig) -> None:
-        self.images, self.aug = images, aug
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y, _ = self.__getitems__((i, [i]))
-        return x[0], y[0]
-
-    def __getitems__(self, key: BatchKey) -> tuple[torch.Tensor, torch.Tensor, int]:
-        seed, indices = key
-        g = torch.Generator().manual_seed(int(seed))
-        return self.images.batch([i for i in indices if i >= 0], self.aug, g)  # -1: padding
-
-
-# -------------------------------------------------------------------------------- the splits
-@dataclass
-class DataSplits:
-    """What a `--data` spec resolves to: train/val/test image sets and their facts."""
-
-    name: str
-    train: ImageSet | ShardSet
-    val: ImageSet | ShardSet | None
-    test: ImageSet | ShardSet | None
-    class_names: tuple[str, ...]
-    in_chans: int
-    img_size: int  # native resolution (the largest side for image files: 0 = varies)
-    mean: tuple[float, ...] = (0.5,)
-    std: tuple[float, ...] = (0.5,)
-    notes: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
 
 def load_data(

@@ -63,8 +63,8 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from vitlab.data.datasets import DatasetError, DataSplits, FileSet
 from vitlab.data.images import IMAGE_SUFFIXES, ImageError, decode_image
+from vitlab.data.sets import Batch, DatasetError, DataSplits, FileSet, ShardSet, mix_seed
 from vitlab.data.transforms import AugConfig
 
 log = logging.getLogger("vitlab")
@@ -76,7 +76,6 @@ CLASS_FILES = ("classes.txt", "classes.json")
 IMAGE_KEYS = tuple(dict.fromkeys(("jpg", "jpeg", "png", "webp", *(s[1:] for s in IMAGE_SUFFIXES))))
 SCAN_THREADS = 8
 META = r"__[^/]*__($|/)"  # members webdataset skips (__index__, __meta__/...)
-Batch = tuple[torch.Tensor, torch.Tensor, int]
 
 
 def layout(pattern: str) -> str:
@@ -97,29 +96,12 @@ def _webdataset() -> ModuleType:
     return webdataset
 
 
-def _seed(*parts: int) -> int:
-    """A reproducible 62-bit seed from integers (Python hashes int tuples deterministically)."""
-    return hash(tuple(parts)) & (2**62 - 1)
-
-
 def is_local(url: str) -> bool:
     """A plain path, as opposed to a URL or `pipe:` command webdataset opens."""
     return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", url) is None
 
 
 # -------------------------------------------------------------------------------- the splits
-@dataclass(frozen=True)
-class ShardSet:
-    """The shards of one split and how many samples each holds (from the scan at start)."""
-
-    pattern: str
-    urls: tuple[str, ...]
-    sizes: tuple[int, ...]
-
-    def __len__(self) -> int:
-        return sum(self.sizes)
-
-
 def load_shards(pattern: str, val_split: float = 0.0) -> DataSplits:
     """Resolve `wds:PATTERN` (see the module docstring): find and scan the shards of each split."""
     if not pattern:
@@ -385,7 +367,7 @@ class ShardStream(IterableDataset):
     `batch` is this process's batch size; `workers` must be the DataLoader's `num_workers` (the
     evaluation batches are planned per worker). Training yields `steps_per_epoch` batches per
     epoch (less `skip` after a mid-epoch resume), evaluation every sample once. Give it to
-    `vitlab.train.loop.make_loader` without a sampler; `set_epoch` before iterating."""
+    `vitlab.data.loader.make_loader` without a sampler; `set_epoch` before iterating."""
 
     def __init__(
         self,
@@ -439,19 +421,19 @@ class ShardStream(IterableDataset):
     # ------------------------------------------------------------------------ training
     def _train(self, w: int, nw: int) -> Iterator[Batch]:
         order = list(range(len(self.shards.urls)))
-        random.Random(_seed(self.seed, self.epoch)).shuffle(order)
+        random.Random(mix_seed(self.seed, self.epoch)).shuffle(order)
         node = order[self.rank :: self.world]  # split by node, then by worker
         mine, active = node[w::nw], min(nw, len(node))
         total = self.steps_per_epoch - self.skip
         quota = total // active + (w < total % active) if mine else 0
         if quota <= 0:
             return
-        rng = random.Random(_seed(self.seed, self.epoch, self.skip, self.rank, w))
+        rng = random.Random(mix_seed(self.seed, self.epoch, self.skip, self.rank, w))
         size = max(1, min(self.buffer, sum(self.shards.sizes[i] for i in mine)))
         samples = self._cycle(mine, size, rng)
         for j in range(quota):
             raw = list(itertools.islice(samples, self.batch))
-            yield self._batch(raw, _seed(self.seed, self.epoch, self.skip, self.rank, w, j))
+            yield self._batch(raw, mix_seed(self.seed, self.epoch, self.skip, self.rank, w, j))
 
     def _cycle(self, indices: list[int], size: int, rng: random.Random) -> Iterator[RawSample]:
         """This worker's shards over and over, each pass shuffled through a buffer of `size`
@@ -486,7 +468,7 @@ class ShardStream(IterableDataset):
         samples = self._read(node[w::nw])
         for j in range(n):
             raw = list(itertools.islice(samples, self.batch)) if j < plan[w] else []
-            yield self._batch(raw, _seed(self.seed, j)) if raw else self._padding()
+            yield self._batch(raw, mix_seed(self.seed, j)) if raw else self._padding()
 
     def _padding(self) -> Batch:
         size = (1, self.aug.channels, self.aug.img_size, self.aug.img_size)

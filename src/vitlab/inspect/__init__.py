@@ -5,7 +5,7 @@ Library functions return NumPy arrays; `vitlab.inspect.plots` draws them and
 
     import vitlab
     from vitlab.inspect import collect_attention, attention_rollout
-    model = vitlab.load_checkpoint("runs/demo/model.safetensors")
+    model = vitlab.load_checkpoint("runs/demo/last.safetensors")
     attn, out = collect_attention(model, images)          # per block (B, heads, N, N)
     maps = attention_rollout(attn, out["grid"], model.cfg.num_prefix_tokens, model.cfg.pool)
 """

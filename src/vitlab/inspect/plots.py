@@ -12,23 +12,13 @@ from pathlib import Path
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from vitlab.figures import DPI, save_figure
 from vitlab.inspect.embeddings import FilterComponents, PositionSimilarity
-from vitlab.weights.io import atomic_path
 
 HEAT_CMAP = "jet"
-DPI = 110
-
-
-def save_figure(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
-    """Write `fig` as a PNG at `path` atomically (rendered with Agg)."""
-    FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    return Path(path)
 
 
 def _show_image(ax: Axes, image: np.ndarray) -> None:

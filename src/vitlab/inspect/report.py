@@ -15,6 +15,7 @@ from PIL import Image
 from torch import nn
 
 from vitlab.data.transforms import eval_transform
+from vitlab.files import atomic_path
 from vitlab.inspect import plots
 from vitlab.inspect.attention import (
     InspectError,
@@ -25,7 +26,6 @@ from vitlab.inspect.attention import (
 )
 from vitlab.inspect.embeddings import patch_embedding_components, position_embedding_similarity
 from vitlab.progress import progress_bar
-from vitlab.weights.io import atomic_path
 
 
 @dataclass

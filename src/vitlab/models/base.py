@@ -1,30 +1,17 @@
-"""The base every vitlab model shares (data config, size, the Hugging Face Hub mixin).
+"""What every vitlab model shares: its data config and its size.
 
-The Hub methods import `vitlab.weights` only when called, so `models` stays free of it.
+Saving and loading (including the Hugging Face Hub) live in `vitlab.weights`, which knows the
+models; the models know nothing of files.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelHubMixin
 
-
-class VitlabModule(
-    ModelHubMixin,
-    library_name="vitlab",
-    tags=["vision-transformer", "image-classification"],
-    repo_url="https://arxiv.org/abs/2010.11929",
-):
-    """What every vitlab model shares: its data config, its size, and the Hub.
-
-    `save_pretrained(dir)` writes vitlab's self-describing model.safetensors (config and class
-    names in its metadata) plus config.json; `from_pretrained(dir_or_repo_id)` reads it back
-    with `vitlab.load_checkpoint`, which also takes other layouts (a transformers ViT repo).
-    Subclasses are `nn.Module`s with a `cfg` and say which `interpolation` their weights expect.
-    """
+class VitlabModule:
+    """A mixin for vitlab's `nn.Module`s, which have a `cfg` and say which `interpolation`
+    their weights expect."""
 
     interpolation: str = "bicubic"
 
@@ -42,37 +29,5 @@ class VitlabModule(
         }
 
     def num_params(self, trainable_only: bool = False) -> int:
+        """The number of parameters (only those that train, with `trainable_only`)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
-    def _save_pretrained(self, save_directory: Path) -> None:
-        import json
-
-        from vitlab.weights.checkpoint import save_checkpoint
-        from vitlab.weights.io import atomic_write
-
-        save_checkpoint(self, Path(save_directory) / "model.safetensors")
-        text = json.dumps(self.cfg.to_dict(), indent=2, sort_keys=True)
-        atomic_write(Path(save_directory) / "config.json", lambda tmp: tmp.write_text(text))
-
-    @classmethod
-    def _from_pretrained(
-        cls,
-        *,
-        model_id: str,
-        revision: str | None,
-        cache_dir: str | Path | None,
-        force_download: bool,
-        local_files_only: bool,
-        token: str | bool | None,
-        **model_kwargs: Any,
-    ) -> Any:
-        from vitlab.weights.checkpoint import load_checkpoint
-        from vitlab.weights.hub import resolve_reference
-
-        if os.path.isdir(model_id):
-            path = Path(model_id)
-        else:
-            ref = f"hf-hub:{model_id}" + (f"@{revision}" if revision else "")
-            kw = {"force_download": force_download, "local_files_only": local_files_only}
-            path = resolve_reference(ref, cache_dir, token=token, **kw)
-        return load_checkpoint(path, **model_kwargs)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from vitlab.models.config import AnyConfig, ResNetConfig, ViTConfig, _pair, replace
+
+Mode = Literal["infer", "train"]
 
 
 def vit_flops(cfg: ViTConfig, img_size: int | tuple[int, int] | None = None) -> int:
@@ -68,3 +71,18 @@ def model_flops(cfg: AnyConfig, img_size: int | tuple[int, int] | None = None) -
         stem = replace(cfg.backbone, in_chans=cfg.in_chans, num_classes=0, class_names=None)
         flops += resnet_flops(stem, cfg.img_size if img_size is None else img_size)
     return flops
+
+
+def flops_per_image(
+    cfg: ViTConfig, mode: Mode = "infer", img_size: int | tuple[int, int] | None = None
+) -> int:
+    """Analytic FLOPs per image of a ViT: the forward for inference; for a training step the
+    forward plus, for every matmul, the gradient of its input and of its weight (2x the forward
+    each), except the image itself, whose gradient is never computed."""
+    fwd = vit_flops(cfg, img_size)
+    if mode == "infer":
+        return fwd
+    gh, gw = cfg.grid_size(img_size)
+    chans = cfg.in_chans if cfg.backbone is None else cfg.backbone.out_chans
+    patch_input_grad = 2 * gh * gw * cfg.patch_size**2 * chans * cfg.embed_dim
+    return 3 * fwd - patch_input_grad

@@ -45,6 +45,11 @@ _TIMM_SIZE = {v[0]: k for k, v in _SIZES.items()}
 _TABLE1 = {("B", 16), ("L", 16), ("H", 14)}  # the representative of each Table 1 row
 
 
+def resnet_depth(cfg: ResNetConfig) -> int:
+    """The "50" of ResNet-50: the stem convolution, three per bottleneck unit, and the head."""
+    return 2 + 3 * sum(cfg.layers)
+
+
 def register(variant: Variant) -> Variant:
     if variant.name in _VARIANTS:
         raise ValueError(f"variant {variant.name!r} registered twice")
@@ -117,7 +122,7 @@ def _register_cnns() -> None:
         ("bit_r152x2", (3, 8, 36, 3), 2),
     ]
     for name, layers, wf in bits:
-        depth = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}[layers]
+        depth = resnet_depth(ResNetConfig(layers=layers))
         register(
             Variant(
                 name=name,
@@ -186,7 +191,62 @@ def list_models(pattern: str | None = None, paper_only: bool = False) -> list[st
 
 
 def get_variant(name: str) -> Variant:
+    """The registered variant behind any of its names."""
     return _VARIANTS[resolve(name)[0]]
+
+
+def matching_variants(**fields: Any) -> list[Variant]:
+    """The variants whose config has every given field value, e.g.
+    `matching_variants(embed_dim=768, depth=12, mlp_dim=3072)` (readers of files that do not
+    store everything use it to fill in what is missing, such as the head count)."""
+    return [
+        v
+        for v in _VARIANTS.values()
+        if all(getattr(v.config, k, _MISSING) == want for k, want in fields.items())
+    ]
+
+
+_MISSING = object()
+
+
+def variant_facts(name: str, img_size: int | None = None) -> dict[str, Any]:
+    """One row of `vitlab models`: shape, parameters and GFLOPs of a variant at `img_size` (its
+    own by default), computed on the meta device (no weights allocated)."""
+    from vitlab.models.flops import model_flops
+
+    v = get_variant(name)
+    img = img_size or v.config.img_size
+    model = create_model(name, device="meta", img_size=img)
+    return {
+        "name": v.name,
+        "aliases": list(v.aliases),
+        **_shape(v.config),
+        "img_size": img,
+        "params_m": round(model.num_params() / 1e6, 3),
+        "paper_params_m": v.paper_params_m,
+        "gflops": round(model_flops(model.cfg) / 1e9, 3),
+        "description": v.description,
+    }
+
+
+def _shape(cfg: AnyConfig) -> dict[str, int | None]:
+    """layers / width / mlp / heads / stride of a ViT, a hybrid or a ResNet (None where n/a);
+    for CNNs "layers" is the ResNet depth and "width" the final channels."""
+    if isinstance(cfg, ResNetConfig):
+        return {
+            "layers": resnet_depth(cfg),
+            "width": cfg.out_chans,
+            "mlp": None,
+            "heads": None,
+            "stride": cfg.reduction,
+        }
+    return {
+        "layers": cfg.depth,
+        "width": cfg.embed_dim,
+        "mlp": cfg.mlp_dim,
+        "heads": cfg.num_heads,
+        "stride": cfg.feature_stride,
+    }
 
 
 def get_config(name: str, **overrides: Any) -> AnyConfig:

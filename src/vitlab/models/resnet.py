@@ -225,8 +225,7 @@ class ResNetV2(nn.Module, VitlabModule):
     """BiT ResNet-v2 (pre-activation) or the hybrid's post-activation ResNet.
 
     Forward runs in stages like the ViT: `forward_features` (B, C, h, w) -> `pool` (B, C) ->
-    `forward_head` (B, num_classes). `save_pretrained` / `from_pretrained` go through
-    huggingface_hub.
+    `forward_head` (B, num_classes).
     """
 
     interpolation = "bilinear"  # BiT's and timm's preprocessing for these weights

@@ -22,7 +22,6 @@ class VisionTransformer(nn.Module, VitlabModule):
     Forward runs in stages: `forward_features` (tokens after the final LayerNorm) -> `pool`
     (class token or global average) -> `forward_head` (pre-logits and classifier).
     `forward_intermediates` returns every block's tokens and attention probabilities.
-    `save_pretrained(dir)` / `from_pretrained(dir_or_repo_id)` go through huggingface_hub.
     """
 
     def __init__(self, cfg: ViTConfig) -> None:

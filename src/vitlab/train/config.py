@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
-
-import yaml
 
 from vitlab.errors import ConfigError
 from vitlab.fields import coerce_fields
@@ -34,6 +31,9 @@ class TrainConfig:
     model: str = "vit_test"
     model_args: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None  # fine-tuning: any checkpoint vitlab.load_checkpoint reads
+    # fine-tuning: regexes of parameter names left at their initial values instead of loaded
+    # (big_vision's dont_load), e.g. ["pos_embed"] or ["head\\..*", "blocks\\.11\\..*"]
+    dont_load: tuple[str, ...] = ()
     img_size: int | None = None  # None: the model's (or the checkpoint's) resolution
     # data
     data: str = "synthetic"
@@ -135,6 +135,8 @@ def list_presets() -> list[str]:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    import yaml  # here, not at the top: `vitlab --help` lists the presets without reading them
+
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -155,31 +157,6 @@ def preset_path(name: str) -> Path:
     raise ConfigError(
         f"no preset or YAML file named {name!r}; presets: {', '.join(list_presets()) or 'none'}"
     )
-
-
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def parse_set(items: list[str]) -> dict[str, Any]:
-    """`["lr=3e-3", "model_args.depth=4"]` -> {"lr": 0.003, "model_args": {"depth": 4}}; values
-    are read as YAML scalars (numbers, true/false, null, [lists])."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set takes key=value, got {item!r} (e.g. --set lr=3e-3)")
-        try:
-            value = yaml.safe_load(raw) if raw else None
-        except yaml.YAMLError:
-            value = raw
-        if isinstance(value, str) and _FLOAT.fullmatch(value):
-            value = float(value)  # YAML 1.1 reads "3e-3" as a string
-        head, _, sub = key.partition(".")
-        if sub:
-            out.setdefault(head, {})[sub] = value
-        else:
-            out[key] = value
-    return out
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -210,7 +187,9 @@ def build_config(
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    from vitlab.weights.io import atomic_path
+    import yaml
+
+    from vitlab.files import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

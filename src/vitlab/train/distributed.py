@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from vitlab.errors import ConfigError
+from vitlab.runtime import pick_device
 
 
 @dataclass(frozen=True)
@@ -30,14 +30,6 @@ class DistInfo:
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-
-def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} asked for, but no CUDA device is visible")
-    return torch.device(name)
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

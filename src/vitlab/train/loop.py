@@ -1,4 +1,4 @@
-"""The training and evaluation loops: `train_step`, `train_one_epoch`, `evaluate`.
+"""The training loop: `train_step` and `train_one_epoch` (evaluation passes: `vitlab.evaluate`).
 
 One optimiser step takes the process's share of the global batch, splits it into
 `accum_steps` micro-batches (gradients synchronised across processes on the last one only),
@@ -9,100 +9,27 @@ gradient norm, steps the optimiser, the per-step schedule and the EMA.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader
 
-from vitlab.data.datasets import AugmentedDataset, BatchKey
+from vitlab.data.sets import mix_seed
 from vitlab.data.transforms import mix_transform, normalize
-from vitlab.data.wds import ShardStream
 from vitlab.errors import VitlabError
-from vitlab.models.layers import PackedWeights
+from vitlab.evaluate import EvalContext
 from vitlab.progress import progress_bar
+from vitlab.runtime import autocast, unwrap_model
 from vitlab.train.config import TrainConfig
 from vitlab.train.distributed import DistInfo, all_reduce_sum
 from vitlab.train.state import TrainState
-from vitlab.weights.checkpoint import unwrap_model
 
 
 class TrainingDiverged(VitlabError):
     """The loss became NaN or infinite."""
-
-
-def mix_seed(*parts: int) -> int:
-    """A reproducible 62-bit seed from integers (Python hashes int tuples deterministically)."""
-    return hash(tuple(parts)) & (2**62 - 1)
-
-
-# ------------------------------------------------------------------------------- batching
-class KeyBatchSampler(Sampler):
-    """Yields `(seed, indices)` per batch for `AugmentedDataset.__getitems__`.
-
-    Training order comes from `DistributedSampler` (seeded by seed and epoch, sharded by rank);
-    each batch's augmentation seed from (seed, global step, rank). Evaluation shards in order and
-    pads every rank to the same number of batches with index -1 (label ignored)."""
-
-    def __init__(
-        self, n: int, batch: int, info: DistInfo, seed: int, train: bool, steps_per_epoch: int = 0
-    ) -> None:
-        self.n, self.batch, self.info, self.seed, self.train = n, batch, info, seed, train
-        self.steps_per_epoch, self.epoch, self.skip = steps_per_epoch, 0, 0
-        self.sampler = DistributedSampler(
-            range(n), info.world, info.rank, shuffle=True, seed=seed, drop_last=True
-        )
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        """Batches of `epoch`, leaving out its first `skip` (a run resumed mid-epoch)."""
-        self.epoch, self.skip = epoch, skip
-        self.sampler.set_epoch(epoch)
-
-    def _indices(self) -> list[int]:
-        if self.train:
-            return list(self.sampler)
-        per = math.ceil(self.n / self.info.world)
-        idx = [self.info.rank + self.info.world * i for i in range(per)]
-        return [i if i < self.n else -1 for i in idx]
-
-    def __len__(self) -> int:
-        if self.train:
-            return self.steps_per_epoch - self.skip
-        return math.ceil(math.ceil(self.n / self.info.world) / self.batch)
-
-    def __iter__(self) -> Iterator[BatchKey]:
-        idx = self._indices()
-        for b in range(self.skip, len(self) + self.skip):
-            chunk = idx[b * self.batch : (b + 1) * self.batch]
-            step = self.epoch * self.steps_per_epoch + b
-            yield mix_seed(self.seed, step, self.info.rank, 0), chunk
-
-
-def _identity(batch):
-    return batch
-
-
-def make_loader(
-    dataset: AugmentedDataset | ShardStream, sampler: KeyBatchSampler | None, workers: int
-) -> DataLoader:
-    """Whole batches come from the dataset, `(x, y, skipped)`; workers prepare them ahead.
-
-    An `AugmentedDataset` builds the batch the sampler's key names (`__getitems__`), and its
-    workers live for the whole run. A `ShardStream` (no sampler) yields batches itself; its
-    workers start afresh every epoch, so each one streams the epoch `set_epoch` chose."""
-    batching = {"batch_size": None} if sampler is None else {"batch_sampler": sampler}
-    return DataLoader(
-        dataset,
-        **batching,
-        collate_fn=_identity,
-        num_workers=workers,
-        persistent_workers=workers > 0 and sampler is not None,
-        prefetch_factor=4 if workers > 0 else None,
-    )
 
 
 # -------------------------------------------------------------------------------- stepping
@@ -117,10 +44,20 @@ class StepContext:
     num_classes: int
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.precision)
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.info.device.type, dtype=dtype)
+        return autocast(self.info.device, self.cfg.precision)
+
+    def eval_context(self) -> EvalContext:
+        """The same device, normalisation and precision for an evaluation pass, summed over
+        every process, with a progress bar on rank 0."""
+        return EvalContext(
+            self.info.device,
+            self.mean,
+            self.std,
+            self.num_classes,
+            precision=self.cfg.precision,
+            reduce=all_reduce_sum,
+            progress=self.info.main,
+        )
 
 
 def train_step(
@@ -225,52 +162,3 @@ def train_one_epoch(
         "train_acc": float(counts[1]) / seen_all,
         "img_s": float(counts[2]) / max(elapsed, 1e-9),
     }
-
-
-@dataclass
-class EvalResult:
-    loss: float
-    top1: float
-    top5: float
-    confusion: torch.Tensor  # (K, K): rows true class, columns predicted
-    n: int
-    skipped: int
-
-    @property
-    def per_class(self) -> torch.Tensor:
-        return self.confusion.diag() / self.confusion.sum(1).clamp(min=1)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: DataLoader, ctx: StepContext, desc: str = "eval"
-) -> EvalResult:
-    """Top-1, top-5, loss and confusion matrix over the loader, summed over processes."""
-    model.eval()
-    K, dev = ctx.num_classes, ctx.info.device
-    conf = torch.zeros(K * K, dtype=torch.float64)
-    sums = torch.zeros(3, dtype=torch.float64)  # loss, top-5 hits, skipped
-    packs = PackedWeights()  # the weights stay fixed during the pass
-    bar = progress_bar(loader, disable=not ctx.info.main, leave=False, desc=desc)
-    for x, y, skip in bar:
-        sums[2] += skip
-        x, y = normalize(x.to(dev), ctx.mean, ctx.std), y.to(dev)
-        with ctx.autocast(), packs:
-            logits = model(x).float()
-        keep = y >= 0  # padding entries of the last rank's shard carry label -1
-        logits, y = logits[keep], y[keep]
-        sums[0] += float(F.cross_entropy(logits, y, reduction="sum")) if len(y) else 0.0
-        top = logits.topk(min(5, K), -1).indices
-        sums[1] += float((top == y[:, None]).any(-1).sum())
-        conf += torch.bincount((y * K + top[:, 0]).cpu(), minlength=K * K).double()
-    conf, sums = all_reduce_sum(conf.to(dev)).cpu(), all_reduce_sum(sums.to(dev)).cpu()
-    n = int(conf.sum())
-    conf = conf.view(K, K)  # (true, predicted)
-    return EvalResult(
-        loss=float(sums[0]) / max(n, 1),
-        top1=float(conf.diag().sum()) / max(n, 1),
-        top5=float(sums[1]) / max(n, 1),
-        confusion=conf.long(),
-        n=n,
-        skipped=int(sums[2]),
-    )

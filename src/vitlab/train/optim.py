@@ -16,8 +16,8 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from vitlab.runtime import unwrap_model
 from vitlab.train.config import TrainConfig
-from vitlab.weights.checkpoint import unwrap_model
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,27 +17,22 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-import vitlab
-from vitlab.bench import keep_freed_memory, matmul_peak_gflops
-from vitlab.data.datasets import AugmentedDataset, DataSplits, ImageSet, load_data
+from vitlab.data.datasets import load_data
+from vitlab.data.loader import KeyBatchSampler, build_loader
+from vitlab.data.sets import DataSplits, ImageSet, ShardSet
 from vitlab.data.transforms import AugConfig
-from vitlab.data.wds import ShardSet, ShardStream
+from vitlab.data.wds import ShardStream
 from vitlab.errors import ConfigError
-from vitlab.models.layers import onednn_linear
+from vitlab.evaluate import eval_augmentation, evaluate, report_dict, write_report
 from vitlab.models.registry import create_model
+from vitlab.runtime import can_compile, keep_freed_memory, resolve_precision, unwrap_model
 from vitlab.train import report as rep
 from vitlab.train.config import TrainConfig, save_config
 from vitlab.train.distributed import DistInfo, barrier, init_distributed, wrap_model
-from vitlab.train.loop import (
-    EvalResult,
-    KeyBatchSampler,
-    StepContext,
-    evaluate,
-    make_loader,
-    train_one_epoch,
-)
+from vitlab.train.loop import StepContext, train_one_epoch
 from vitlab.train.optim import build_ema, build_optimizer, build_scheduler
 from vitlab.train.state import (
+    RUN_FILES,
     TrainState,
     check_same_run,
     clear_run,
@@ -50,7 +42,7 @@ from vitlab.train.state import (
     restore,
     save_state,
 )
-from vitlab.weights.checkpoint import unwrap_model
+from vitlab.weights.checkpoint import load_checkpoint
 
 log = logging.getLogger("vitlab")
 
@@ -78,13 +70,15 @@ def setup_runtime(cfg: TrainConfig) -> DistInfo:
     return info
 
 
-def build_model(cfg: TrainConfig, data: DataSplits) -> nn.Module:
-    """A new model sized for the data, or (fine-tuning) a loaded one with a new head."""
+def model_for_data(cfg: TrainConfig, data: DataSplits) -> nn.Module:
+    """A new model sized for the data, or (fine-tuning) a loaded one with a new head and the
+    `dont_load` parameters left at their initial values."""
     fit = {"num_classes": data.num_classes, "class_names": data.class_names}
     if cfg.img_size:
         fit["img_size"] = cfg.img_size
     if cfg.init_from:
-        model = vitlab.load_checkpoint(cfg.init_from, **cfg.model_args, **fit)
+        torch.manual_seed(cfg.seed)  # the initial values of what is not loaded
+        model = load_checkpoint(cfg.init_from, dont_load=cfg.dont_load, **cfg.model_args, **fit)
         return model.train()
     torch.manual_seed(cfg.seed)
     return create_model(
@@ -95,7 +89,10 @@ def build_model(cfg: TrainConfig, data: DataSplits) -> nn.Module:
 
 
 def augmentations(cfg: TrainConfig, model: nn.Module) -> tuple[AugConfig, AugConfig]:
-    c = unwrap_model(model).cfg
+    """The training augmentation `cfg` asks for at the model's resolution, and the model's own
+    evaluation preprocessing."""
+    model = unwrap_model(model)
+    c = model.cfg
     train = AugConfig(
         img_size=c.img_size,
         channels=c.in_chans,
@@ -108,7 +105,7 @@ def augmentations(cfg: TrainConfig, model: nn.Module) -> tuple[AugConfig, AugCon
         erase=cfg.random_erase,
         crop_pct=c.crop_pct,
     )
-    return train, AugConfig(img_size=c.img_size, channels=c.in_chans, crop_pct=c.crop_pct)
+    return train, eval_augmentation(model)
 
 
 def steps_per_epoch(n: int, cfg: TrainConfig, info: DistInfo) -> int:
@@ -128,23 +125,18 @@ def _loader(
     train: bool = False,
     spe: int = 0,
 ) -> tuple[DataLoader, KeyBatchSampler | ShardStream]:
-    """This process's loader of `(x, y, skipped)` batches, and what `set_epoch` goes to:
-    a key sampler over images we can index, or a stream over WebDataset shards."""
-    batch = max(1, cfg.batch_size // info.world)
-    if isinstance(images, ShardSet):
-        where = {"rank": info.rank, "world": info.world, "workers": cfg.workers}
-        stream = ShardStream(
-            images, aug, batch, seed=cfg.seed, train=train, steps_per_epoch=spe, **where
-        )
-        return make_loader(stream, None, cfg.workers), stream
-    sampler = KeyBatchSampler(len(images), batch, info, cfg.seed, train, steps_per_epoch=spe)
-    return make_loader(AugmentedDataset(images, aug), sampler, cfg.workers), sampler
-
-
-def _eval_loader(
-    images: ImageSet | ShardSet, aug: AugConfig, cfg: TrainConfig, info: DistInfo
-) -> DataLoader:
-    return _loader(images, aug, cfg, info)[0]
+    """This process's loader of `(x, y, skipped)` batches and what `set_epoch` goes to."""
+    return build_loader(
+        images,
+        aug,
+        max(1, cfg.batch_size // info.world),
+        seed=cfg.seed,
+        train=train,
+        steps_per_epoch=spe,
+        workers=cfg.workers,
+        rank=info.rank,
+        world=info.world,
+    )
 
 
 def build_state(
@@ -164,56 +156,6 @@ def build_state(
     return TrainState(wrapped, opt, sched, scaler, ema)
 
 
-def can_compile(device: torch.device) -> bool:
-    """Whether `torch.compile` can work here: on the CPU its code generator needs a C++
-    compiler. Without one the run goes on uncompiled (same results, slower) with a warning."""
-    if device.type != "cpu":
-        return True
-    names = [os.environ.get("CXX", ""), "g++", "clang++", "c++"]
-    if any(name and shutil.which(name) for name in names):
-        return True
-    log.warning(
-        "compile: no C++ compiler found (g++, clang++ or $CXX), which torch.compile needs on "
-        "the CPU; training without it (same results, slower). Install g++ to compile, or "
-        "pass --set compile=false to silence this"
-    )
-    return False
-
-
-def resolve_precision(precision: str, info: DistInfo, resumed: str | None = None) -> str:
-    """`auto` -> "bf16" where bf16 matmuls are measured faster than fp32 here, else "fp32";
-    a resumed run keeps `resumed`, the precision its first part chose (timings near the
-    threshold could otherwise choose differently and change what the run computes).
-
-    bf16 autocast is not faster on every CPU: it was 1.5x faster for the demo on an AMD EPYC
-    with AVX512-BF16 (bf16 matmul peak 434 against 218 GFLOP/s in fp32), but 0.65x on an Intel
-    Xeon VM whose AMX is not exposed (170 against 330), and CPUs without AVX512-BF16 emulate it.
-    So the CPU times a 1024^3 matmul in both (about half a second); a GPU takes bf16 where it
-    supports it. Under torchrun, rank 0 decides for every process."""
-    if precision != "auto":
-        return precision
-    if resumed is not None:
-        return resumed
-    device = info.device
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type != "cpu" or onednn_linear(torch.bfloat16) is None:
-        return "fp32"
-    choice = None
-    if info.main:
-        fp32 = matmul_peak_gflops(device, torch.float32, size=1024, reps=3)
-        bf16 = matmul_peak_gflops(device, torch.bfloat16, size=1024, reps=3)
-        choice = "bf16" if bf16 > 1.2 * fp32 else "fp32"
-        log.info(
-            "precision auto: %s (matmul %.0f GFLOP/s in bf16, %.0f in fp32)", choice, bf16, fp32
-        )
-    if info.world > 1 and torch.distributed.is_initialized():  # gloo on the CPU
-        shared = [choice]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        choice = shared[0]
-    return choice
-
-
 def fit(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) -> RunResult:
     """Train (or fine-tune) as `cfg` says, resuming from `resume` ("auto" or a path). A run
     directory that already holds a run is refused unless `overwrite`, which removes that run's
@@ -229,11 +171,11 @@ def fit(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) ->
         clear_run(run_dir)
     saved = read_state(resume_path) if resume_path is not None else None
     resumed = saved["config"].get("precision") if saved is not None else None
-    cfg = replace(cfg, precision=resolve_precision(cfg.precision, info, resumed))
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, info.device, resumed))
     data = load_data(
         cfg.data, cfg.data_root, download=cfg.download, val_split=cfg.val_split, seed=cfg.seed
     )
-    model = build_model(cfg, data)
+    model = model_for_data(cfg, data)
     spe = steps_per_epoch(len(data.train), cfg, info)
     total = cfg.steps or math.ceil(cfg.epochs * spe)
     state = build_state(cfg, model, info, total, spe)
@@ -281,7 +223,7 @@ def _train_epochs(cfg, data, state: TrainState, info, total: int, spe: int, run_
     # Without a validation split the test split is evaluated each epoch to be watched, under
     # test_* keys: nothing (not the best checkpoint) is chosen by it.
     split, held = ("val", data.val) if data.val is not None else ("test", data.test)
-    val_loader = _eval_loader(held, eval_aug, cfg, info) if held is not None else None
+    val_loader = _loader(held, eval_aug, cfg, info)[0] if held is not None else None
     epochs = math.ceil(total / spe)
 
     def on_step(s: TrainState) -> None:
@@ -297,7 +239,7 @@ def _train_epochs(cfg, data, state: TrainState, info, total: int, spe: int, run_
         row = {"epoch": epoch + 1, "step": state.step, "lr": state.scheduler.get_last_lr()[0]}
         row.update(stats)
         if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or state.step >= total):
-            res = evaluate(state.eval_model, val_loader, ctx, desc=split)
+            res = evaluate(state.eval_model, val_loader, ctx.eval_context(), desc=split)
             metrics = {"loss": res.loss, "acc": res.top1, "top5": res.top5}
             row.update({f"{split}_{k}": v for k, v in metrics.items()})
             _log_epoch(info, row, split)
@@ -338,8 +280,8 @@ def final_report(cfg, data: DataSplits, state: TrainState, info, run_dir: Path) 
         return {}
     _, eval_aug = augmentations(cfg, state.model)
     c = unwrap_model(state.model).cfg
-    ctx = StepContext(cfg, info, tuple(c.mean), tuple(c.std), data.num_classes)
-    res = evaluate(state.eval_model, _eval_loader(images, eval_aug, cfg, info), ctx, desc=split)
+    ctx = StepContext(cfg, info, tuple(c.mean), tuple(c.std), data.num_classes).eval_context()
+    res = evaluate(state.eval_model, _loader(images, eval_aug, cfg, info)[0], ctx, desc=split)
     report = report_dict(res, data.class_names, split, cfg.init_from or cfg.model)
     report.update(
         epochs=len(state.history),
@@ -348,62 +290,9 @@ def final_report(cfg, data: DataSplits, state: TrainState, info, run_dir: Path) 
         img_s=state.images / max(state.train_time, 1e-9),
         skipped=state.skipped,
         best=state.best,
-        weights=str(run_dir / "last.safetensors"),
+        weights=str(run_dir / RUN_FILES["last"]),
     )
     if info.main:
-        rep.write_report(run_dir, report)
         title = f"{data.name} {split}: top-1 {100 * res.top1:.2f}%"
-        rep.plot_confusion(res.confusion, data.class_names, run_dir / "confusion.png", title)
-    return report
-
-
-def report_dict(res: EvalResult, names: tuple[str, ...], split: str, model: str) -> dict[str, Any]:
-    return {
-        "split": split,
-        "model": model,
-        "n": res.n,
-        "top1": res.top1,
-        "top5": res.top5,
-        "loss": res.loss,
-        "per_class": {n: float(a) for n, a in zip(names, res.per_class)},
-        "confusion": res.confusion.tolist(),
-        "skipped_eval": res.skipped,
-    }
-
-
-def eval_checkpoint(
-    checkpoint: str,
-    data_spec: str,
-    root: str | None,
-    split: str,
-    batch_size: int,
-    out: Path | None,
-    download: bool = False,
-) -> dict[str, Any]:
-    """`vitlab eval`: a checkpoint's top-1/top-5/per-class accuracy and confusion matrix."""
-    info = DistInfo()
-    model = vitlab.load_checkpoint(checkpoint)
-    data = load_data(data_spec, root, download=download)
-    images = getattr(data, split)
-    if images is None:
-        raise ConfigError(f"{data.name} has no {split} split; try --split test or --split val")
-    if model.cfg.num_classes != data.num_classes:
-        raise ConfigError(
-            f"{checkpoint} has {model.cfg.num_classes} classes but {data.name} has "
-            f"{data.num_classes}; fine-tune it first (vitlab finetune --from {checkpoint})"
-        )
-    cfg = TrainConfig(batch_size=batch_size)
-    aug = AugConfig(
-        img_size=model.cfg.img_size, channels=model.cfg.in_chans, crop_pct=model.cfg.crop_pct
-    )
-    ctx = StepContext(cfg, info, tuple(model.cfg.mean), tuple(model.cfg.std), data.num_classes)
-    t0 = time.perf_counter()
-    res = evaluate(model, _eval_loader(images, aug, cfg, info), ctx, desc=split)
-    report = report_dict(res, data.class_names, split, str(checkpoint))
-    report["img_s"] = res.n / max(time.perf_counter() - t0, 1e-9)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        rep.write_report(out, report)
-        title = f"{data.name} {split}: top-1 {100 * res.top1:.2f}%"
-        rep.plot_confusion(res.confusion, data.class_names, out / "confusion.png", title)
+        write_report(run_dir, report, data.class_names, title)
     return report

@@ -24,18 +24,21 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from vitlab.errors import CheckpointError, ConfigError
+from vitlab.files import atomic_path
+from vitlab.runtime import unwrap_model
 from vitlab.train.config import TrainConfig
-from vitlab.weights.checkpoint import save_checkpoint, unwrap_model
-from vitlab.weights.io import atomic_path
+from vitlab.weights.checkpoint import save_checkpoint
 
 log = logging.getLogger("vitlab")
 
 STATE_FILE = "last.state.pt"
-# What a run writes into its directory (an `--overwrite` start removes these, and nothing else).
-RUN_FILES = (
-    STATE_FILE, "last.safetensors", "best.safetensors", "config.yaml", "metrics.jsonl",
-    "summary.csv", "curves.png", "report.json", "confusion.png",
-)  # fmt: skip
+# What a run writes into its directory, by role (an `--overwrite` start removes these files,
+# and nothing else).
+RUN_FILES = {
+    "state": STATE_FILE, "last": "last.safetensors", "best": "best.safetensors",
+    "config": "config.yaml", "metrics": "metrics.jsonl", "summary": "summary.csv",
+    "curves": "curves.png", "report": "report.json", "confusion": "confusion.png",
+}  # fmt: skip
 # Fields a resumed run may change without changing what it computes.
 RESUMABLE_CHANGES = {"out", "workers", "log_every", "ckpt_every", "threads", "data_root"}
 RESUMABLE_CHANGES |= {"download", "eval_every"}
@@ -107,9 +110,9 @@ def save_state(
         return
     with atomic_path(run_dir / STATE_FILE) as tmp:
         torch.save(sd, tmp)
-    publish(state, run_dir / "last.safetensors", sd["model"])
+    publish(state, run_dir / RUN_FILES["last"], sd["model"])
     if best:
-        publish(state, run_dir / "best.safetensors", sd["model"])
+        publish(state, run_dir / RUN_FILES["best"], sd["model"])
 
 
 def publish(state: TrainState, path: Path, model_sd: dict | None = None) -> None:
@@ -155,7 +158,7 @@ def refuse_to_replace(run_dir: Path, resume_path: Path | None) -> None:
 def clear_run(run_dir: Path) -> None:
     """Remove an earlier run's files, so that none of them (a stale `best.safetensors` or
     `report.json`) can pass for the new run's."""
-    for name in RUN_FILES:
+    for name in RUN_FILES.values():
         (run_dir / name).unlink(missing_ok=True)
 
 

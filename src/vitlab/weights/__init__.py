@@ -1,5 +1,7 @@
-"""Weights: vitlab's own checkpoints and adapters for every ecosystem's layout."""
+"""Weights: vitlab's own checkpoints and one adapter per ecosystem's layout.
 
-from vitlab.weights.checkpoint import SOURCES, load_checkpoint, save_checkpoint, unwrap_model
-
-__all__ = ["SOURCES", "load_checkpoint", "save_checkpoint", "unwrap_model"]
+`vitlab.weights.checkpoint` holds `load_checkpoint` / `save_checkpoint` and the source
+registry; `adapter` the declarative key maps every adapter is written with; `timm`, `google`,
+`hf`, `torchvision` one adapter each; `io` the reading and writing of files; `hub` the Hugging
+Face Hub; `posemb` position-embedding resampling as each ecosystem does it.
+"""

@@ -1,149 +1,42 @@
-"""vitlab's own checkpoint format and the one entry point that loads every format.
+"""vitlab's own checkpoint format, the source registry, and the entry points that load and save
+every format.
 
 A native checkpoint is a single `.safetensors` file whose metadata holds the model config (as
 JSON, class names included), so `load_checkpoint(path)` rebuilds the model from the file alone.
-Other ecosystems plug in as `Source`s: a detector, an architecture reader, and a key map.
+Other ecosystems are `Source`s (`vitlab.weights.adapter`), listed in `SOURCES` in the order of
+`vitlab.weights.formats.SOURCE_NAMES`; `source="auto"` asks each detector and refuses a file that
+two of them claim.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
-import vitlab
+from vitlab._version import __version__
 from vitlab.errors import CheckpointError, ConfigError
+from vitlab.files import write_text
 from vitlab.models.config import AnyConfig, ViTConfig, config_from_dict, config_to_json, replace
 from vitlab.models.registry import build_model, get_config
-from vitlab.weights import posemb
+from vitlab.runtime import unwrap_model
+from vitlab.weights import google, hf, hub, posemb, timm, torchvision
+from vitlab.weights.adapter import FORMAT_KEY, FORMAT_VALUE, Source, listing, written_by_vitlab
+from vitlab.weights.formats import AUTO, SOURCE_NAMES, SourceName
 from vitlab.weights.io import RawCheckpoint, read_raw, save_safetensors
 
 log = logging.getLogger("vitlab")
 
-SourceName = Literal["auto", "vitlab", "timm", "google", "hf", "torchvision"]
-FORMAT_KEY = "format"
-FORMAT_VALUE = "vitlab"
-
-
-@dataclass(frozen=True)
-class Source:
-    """One ecosystem's weight layout, in both directions."""
-
-    name: str
-    description: str
-    detect: Callable[[RawCheckpoint], bool]
-    infer_config: Callable[[RawCheckpoint], AnyConfig]
-    to_vitlab: Callable[[RawCheckpoint, AnyConfig], dict[str, torch.Tensor]]
-    export: Callable[[nn.Module, Path], Path] | None = None
-
-
-SOURCES: dict[str, Source] = {}
-
-
-def register_source(source: Source) -> Source:
-    SOURCES[source.name] = source
-    return source
-
-
-# ------------------------------------------------------------------------- declarative key maps
-def _same(*ts: torch.Tensor) -> torch.Tensor:
-    return ts[0]
-
-
-def _as_list(t: torch.Tensor) -> list[torch.Tensor]:
-    return [t]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One vitlab tensor and the tensor(s) it is in another layout, with the named transforms
-    between them (`to_ours(*theirs)` and `to_theirs(ours) -> list`, e.g. fuse/split qkv)."""
-
-    ours: str
-    theirs: tuple[str, ...]
-    to_ours: Callable[..., torch.Tensor] = _same
-    to_theirs: Callable[[torch.Tensor], list[torch.Tensor]] = _as_list
-    optional: bool = False  # e.g. a head: absent in headless files
-
-
-def rule(
-    ours: str,
-    theirs: str | tuple[str, ...],
-    to_ours: Callable[..., torch.Tensor] = _same,
-    to_theirs: Callable[[torch.Tensor], list[torch.Tensor]] = _as_list,
-    optional: bool = False,
-) -> Rule:
-    names = (theirs,) if isinstance(theirs, str) else tuple(theirs)
-    return Rule(ours, names, to_ours, to_theirs, optional)
-
-
-def apply_rules(rules: list[Rule], theirs: dict[str, Any], what: str) -> dict[str, torch.Tensor]:
-    """Their tensors -> vitlab's; keys a rule needs but the file lacks, and keys of the file no
-    rule takes, are reported together as one CheckpointError."""
-    out: dict[str, torch.Tensor] = {}
-    missing: list[str] = []
-    used: set[str] = set()
-    for r in rules:
-        absent = [k for k in r.theirs if k not in theirs]
-        if absent:
-            if not (r.optional and len(absent) == len(r.theirs)):
-                missing += absent
-            continue
-        out[r.ours] = r.to_ours(*[_tensor(theirs[k]) for k in r.theirs])
-        used.update(r.theirs)
-    unused = sorted(set(theirs) - used)
-    if missing or unused:
-        raise CheckpointError(
-            f"{what}: the tensors do not fit the architecture read from them ("
-            + "; ".join(
-                f"{label}: {_short(items)}"
-                for label, items in (("missing", missing), ("not understood", unused))
-                if items
-            )
-            + "). Pass source=... or model=... if the layout was misdetected."
-        )
-    return out
-
-
-def invert_rules(rules: list[Rule], ours: dict[str, torch.Tensor], what: str) -> dict[str, Any]:
-    """vitlab's tensors -> another layout's; a vitlab tensor no rule exports is an error."""
-    out: dict[str, Any] = {}
-    for r in rules:
-        if r.ours in ours:
-            out.update(zip(r.theirs, r.to_theirs(ours[r.ours].detach().cpu())))
-    left = sorted(set(ours) - {r.ours for r in rules})
-    if left:
-        raise CheckpointError(f"{what} has no place for: {_short(left)}")
-    return out
-
-
-def _tensor(v: Any) -> torch.Tensor:
-    return v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v))
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain model inside DDP/FSDP wrappers and `torch.compile`."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(getattr(model, "module", None), nn.Module):
-            model = model.module
-        else:
-            return model
-
 
 # ------------------------------------------------------------------------------ native format
-def _detect_vitlab(raw: RawCheckpoint) -> bool:
-    return raw.metadata.get(FORMAT_KEY) == FORMAT_VALUE
-
-
 def _infer_vitlab(raw: RawCheckpoint) -> AnyConfig:
     try:
         return config_from_dict(json.loads(raw.metadata["config"]))
@@ -152,32 +45,45 @@ def _infer_vitlab(raw: RawCheckpoint) -> AnyConfig:
 
 
 def _export_vitlab(model: nn.Module, path: Path) -> Path:
-    model = unwrap_model(model)
     metadata = {
         FORMAT_KEY: FORMAT_VALUE,
-        "vitlab_version": vitlab.__version__,
+        "vitlab_version": __version__,
         "config": config_to_json(model.cfg),
     }
     return save_safetensors(model.state_dict(), path, metadata)
 
 
-register_source(
-    Source(
-        name="vitlab",
-        description="vitlab .safetensors (config in the metadata)",
-        detect=_detect_vitlab,
-        infer_config=_infer_vitlab,
-        to_vitlab=lambda raw, cfg: dict(raw.tensors),
-        export=_export_vitlab,
-    )
+NATIVE = Source(
+    name="vitlab",
+    description="vitlab .safetensors (config in the metadata)",
+    detect=written_by_vitlab,
+    infer_config=_infer_vitlab,
+    to_vitlab=lambda raw, cfg: dict(raw.tensors),
+    export=_export_vitlab,
 )
 
+# The registry: every layout vitlab reads and writes, in detection order.
+SOURCES: dict[str, Source] = {
+    s.name: s for s in (NATIVE, timm.SOURCE, google.SOURCE, hf.SOURCE, torchvision.SOURCE)
+}
+if tuple(SOURCES) != SOURCE_NAMES:  # formats.py lists the same names for the command line
+    raise RuntimeError(f"weights.formats.SOURCE_NAMES {SOURCE_NAMES} != registry {tuple(SOURCES)}")
 
-# ---------------------------------------------------------------------------------- loading
+
+# ---------------------------------------------------------------------------------- detection
 def detect_source(raw: RawCheckpoint) -> Source:
-    for source in SOURCES.values():
-        if source.detect(raw):
-            return source
+    """The one source whose detector claims `raw`; an error naming the candidates when none
+    or several do."""
+    claims = [s for s in SOURCES.values() if s.detect(raw)]
+    if len(claims) == 1:
+        log.info("%s: detected %s", raw.path, claims[0].description)
+        return claims[0]
+    if claims:
+        names = " and ".join(s.name for s in claims)
+        raise CheckpointError(
+            f"{raw.path} fits the layouts of {names}; pass source=... (--from / --source) "
+            "to say which it is"
+        )
     sample = ", ".join(sorted(raw.keys())[:6])
     expected = "; ".join(f"{s.name}: {s.description}" for s in SOURCES.values())
     raise CheckpointError(
@@ -186,18 +92,14 @@ def detect_source(raw: RawCheckpoint) -> Source:
     )
 
 
-def _get_source(name: str) -> Source:
-    _import_adapters()
+def get_source(name: str) -> Source:
+    """The registered source called `name`, or a one-line error listing them."""
     if name not in SOURCES:
-        raise ConfigError(f"unknown source {name!r}; choose from auto, {', '.join(SOURCES)}")
+        raise ConfigError(f"unknown source {name!r}; choose from {AUTO}, {', '.join(SOURCES)}")
     return SOURCES[name]
 
 
-def _import_adapters() -> None:
-    """Adapters register themselves on import."""
-    from vitlab.weights import google, hf, timm, torchvision  # noqa: F401
-
-
+# ---------------------------------------------------------------------------------- loading
 # Fields a file determines unless the caller overrides them.
 _FILE_FIELDS = ("num_classes", "class_names", "img_size")
 
@@ -217,37 +119,35 @@ def load_checkpoint(
     path: str | Path,
     model: str | AnyConfig | nn.Module | None = None,
     *,
-    source: SourceName = "auto",
+    source: SourceName | Literal["auto"] = "auto",
     strict: bool = True,
     resample: str | None = None,
+    dont_load: Sequence[str] = (),
     **overrides: Any,
 ) -> nn.Module:
     """Load weights from any supported file and return a ready model (in eval mode).
 
     `path` may also be a hub reference, "hf-hub:ORG/NAME" or "timm:MODEL.TAG", downloaded (or
     found in the local cache) by huggingface_hub. `model` may be None (the architecture is read
-    from the file), a variant name, a config, or a built module to load into. `overrides` are
-    config fields; changing `num_classes` drops the file's head for a new zero-initialised one
-    (fine-tuning, paper section 3.2), and changing `img_size` resamples the position embeddings
-    the way the source library does (`resample` picks another method of weights.posemb.METHODS).
+    from the file), a variant name, a config, or a built module to load into (no overrides
+    then: build the module with them). `overrides` are config fields; changing `num_classes`
+    drops the file's head for a new zero-initialised one (fine-tuning, paper section 3.2), and
+    changing `img_size` resamples the position embeddings the way the source library does
+    (`resample` picks another method of weights.posemb.METHODS). `dont_load` holds regexes of
+    vitlab parameter names (matched whole, e.g. `r"head\\..*"`, `"pos_embed"`) that keep the
+    model's initial values instead of the file's, as big_vision's `dont_load`.
     """
-    from vitlab.weights.hub import is_hub_reference, resolve_reference
-
-    if is_hub_reference(path):
-        path = resolve_reference(str(path))
+    if hub.is_hub_reference(path):
+        path = hub.resolve_reference(str(path))
     raw = read_raw(path)
-    src = detect_source_auto(raw) if source == "auto" else _get_source(source)
-    if isinstance(model, nn.Module):
-        target, cfg = unwrap_model(model), unwrap_model(model).cfg
-    else:
-        cfg = _resolve_config(src.infer_config(raw), model, overrides)
-        target = build_model(cfg)
+    src = detect_source(raw) if source == AUTO else get_source(source)
+    target, cfg = _target(src, raw, model, overrides)
     sd = src.to_vitlab(raw, cfg)
     new_head = "num_classes" in overrides and _head_shape(sd) not in (None, cfg.num_classes)
-    if new_head:
-        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
-    method = posemb.method_for(src.name, resample)
-    load_into(target, sd, strict=strict, skip=("head.",) if new_head else (), resample=method)
+    skip = _skipped_keys(sd, dont_load, new_head)
+    method = posemb.method_for(src.resample, resample)
+    load_into(target, {k: v for k, v in sd.items() if k not in skip}, strict=strict,
+              skip=tuple(skip), resample=method)  # fmt: skip
     if new_head:
         target.reset_classifier(cfg.num_classes, cfg.class_names)
     target.cfg.extra.update(source=src.name, loaded_from=str(path))
@@ -255,11 +155,39 @@ def load_checkpoint(
     return target.eval()
 
 
-def detect_source_auto(raw: RawCheckpoint) -> Source:
-    _import_adapters()
-    src = detect_source(raw)
-    log.info("%s: detected %s", raw.path, src.description)
-    return src
+def _target(
+    src: Source, raw: RawCheckpoint, model: Any, overrides: dict[str, Any]
+) -> tuple[nn.Module, AnyConfig]:
+    """The module to load into, and its config."""
+    if isinstance(model, nn.Module):
+        if overrides:
+            raise ConfigError(
+                f"load_checkpoint into an existing {type(unwrap_model(model)).__name__} cannot "
+                f"apply {', '.join(sorted(overrides))}; build the model with them "
+                "(create_model(name, ...)) or pass a variant name or config instead"
+            )
+        target = unwrap_model(model)
+        return target, target.cfg
+    cfg = _resolve_config(src.infer_config(raw), model, overrides)
+    return build_model(cfg), cfg
+
+
+def _skipped_keys(sd: dict[str, torch.Tensor], dont_load: Sequence[str], new_head: bool) -> set:
+    """The file's keys left at the model's initial values: `dont_load` matches (each pattern
+    must match something, or it is a typo), and the old head when a new one replaces it."""
+    skip = {k for k in sd if new_head and k.startswith("head.")}
+    for pattern in dont_load:
+        try:
+            hits = {k for k in sd if re.fullmatch(pattern, k)}
+        except re.error as e:
+            raise ConfigError(f"dont_load pattern {pattern!r} is not a regex ({e})") from None
+        if not hits:
+            raise ConfigError(
+                f"dont_load pattern {pattern!r} matches no parameter of the file (some are: "
+                f"{', '.join(sorted(sd)[:4])}); patterns match whole vitlab names"
+            )
+        skip |= hits
+    return skip
 
 
 def _head_shape(sd: dict[str, torch.Tensor]) -> int | None:
@@ -276,8 +204,8 @@ def load_into(
     resample: str | posemb.Resampling | None = None,
 ) -> None:
     """Copy `sd` into `model`, resampling position embeddings to the model's grid (with
-    `resample`, bicubic by default); any key that is missing, unexpected or misshapen is
-    reported, all at once, as a CheckpointError."""
+    `resample`, bicubic by default); any key that is missing (other than those starting with a
+    `skip` prefix), unexpected or misshapen is reported, all at once, as a CheckpointError."""
     own = model.state_dict()
     sd = dict(sd)
     if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
@@ -290,29 +218,15 @@ def load_into(
         if k in own and sd[k].shape != own[k].shape
     ]
     if misshapen or (strict and (missing or unexpected)):
-        name = type(model).__name__
         raise CheckpointError(
-            f"the weights do not fit this {name}: "
-            + "; ".join(
-                f"{label}: {_short(items)}"
-                for label, items in (
-                    ("missing", missing),
-                    ("unexpected", unexpected),
-                    ("misshapen", misshapen),
-                )
-                if items
-            )
+            f"the weights do not fit this {type(model).__name__}: "
+            + listing(("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen))
             + ". Check the model name and overrides (or pass source=... for another layout)."
         )
     with torch.no_grad():
         for k, v in sd.items():
             if k in own:
                 own[k].copy_(v.to(own[k].dtype))
-
-
-def _short(items: list[str], n: int = 8) -> str:
-    more = f" and {len(items) - n} more" if len(items) > n else ""
-    return ", ".join(items[:n]) + more
 
 
 def fit_pos_embed(
@@ -333,17 +247,41 @@ def save_checkpoint(
     model: nn.Module,
     path: str | Path,
     *,
-    format: Literal["vitlab", "timm", "hf", "google", "torchvision"] = "vitlab",
-    class_names: list[str] | tuple[str, ...] | None = None,
+    format: SourceName = "vitlab",
+    class_names: Sequence[str] | None = None,
 ) -> Path:
     """Write `model` to `path`: a self-describing vitlab `.safetensors` by default, or the
-    layout of another ecosystem. The write is atomic (a temporary file, then a rename)."""
+    layout of another ecosystem. `class_names` are written instead of the model's own (the
+    model itself is left as it is). The write is atomic (a temporary file, then a rename)."""
     model = unwrap_model(model)
     if not hasattr(model, "cfg"):
         raise ConfigError("save_checkpoint takes a vitlab model (one with a .cfg)")
     if class_names is not None:
+        model = copy.copy(model)  # shares the parameters; only the copy's cfg changes
         model.cfg = replace(model.cfg, class_names=tuple(class_names))
-    src = _get_source(format)
+    src = get_source(format)
     if src.export is None:
         raise ConfigError(f"exporting to {format!r} is not supported")
     return src.export(model, Path(path))
+
+
+def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
+    """Write `model` as a Hugging Face Hub repository folder: vitlab's self-describing
+    model.safetensors, its config as config.json and a model card (README.md) that lists it
+    under the vitlab library. `load_checkpoint(directory)` reads it back, and so does
+    `load_checkpoint("hf-hub:ORG/NAME")` once it is on the Hub."""
+    model = unwrap_model(model)
+    directory = Path(directory)
+    save_checkpoint(model, directory / "model.safetensors")
+    write_text(directory / "config.json", json.dumps(model.cfg.to_dict(), indent=2, sort_keys=True))
+    write_text(directory / "README.md", hub.model_card(type(model).__name__))
+    return directory
+
+
+def push_to_hub(model: nn.Module, repo_id: str, **upload: Any) -> str:
+    """`save_pretrained` into a temporary folder and upload it to the Hub repository `repo_id`
+    (created if needed; `upload` goes to `hub.upload_folder`: private, token, commit_message).
+    Returns the commit URL."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp)
+        return hub.upload_folder(tmp, repo_id, **upload)

@@ -22,7 +22,6 @@ pickle), so vitlab reads its own files back exactly while other readers ignore i
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +30,20 @@ import torch
 from torch import nn
 
 from vitlab.errors import CheckpointError
+from vitlab.files import atomic_write
 from vitlab.models.config import AnyConfig, ResNetConfig, ViTConfig, config_from_dict
-from vitlab.weights.checkpoint import (
+from vitlab.runtime import unwrap_model
+from vitlab.weights.adapter import (
     Rule,
     Source,
     apply_rules,
+    count_indexed,
+    grid_from_tokens,
+    imagenet_class_names,
     invert_rules,
-    register_source,
     rule,
-    unwrap_model,
 )
-from vitlab.weights.hub import imagenet_class_names
-from vitlab.weights.io import RawCheckpoint, atomic_write
-from vitlab.weights.timm import grid_from_tokens
+from vitlab.weights.io import RawCheckpoint
 
 CONFIG_KEY = "vitlab/config"
 _PREFIXES = ("opt/target/", "params/img/", "params/", "")
@@ -225,16 +225,11 @@ def _has(flat: dict[str, Any], part: str) -> bool:
     return any(part in k for k in flat)
 
 
-def _count(flat: dict[str, Any], pattern: str) -> int:
-    idx = {int(m.group(1)) for k in flat if (m := re.match(pattern, k))}
-    return max(idx) + 1 if idx else 0
-
-
 def _infer_backbone(flat: dict[str, Any]) -> ResNetConfig | None:
     if "conv_root/kernel" not in flat:
         return None
     stages = [s for s in range(1, 5) if f"block{s}/unit1/conv1/kernel" in flat]
-    layers = tuple(_count(flat, rf"block{s}/unit(\d+)/") - 1 for s in stages)  # 1-based
+    layers = tuple(count_indexed(flat, rf"block{s}/unit(\d+)/") - 1 for s in stages)  # 1-based
     root = flat["conv_root/kernel"]  # (7, 7, C, width)
     return ResNetConfig(
         layers=layers,
@@ -276,7 +271,7 @@ def infer_config(flat: dict[str, Any]) -> ViTConfig:
         num_classes=num_classes,
         class_names=imagenet_class_names() if num_classes == 1000 else None,
         embed_dim=dim,
-        depth=_count(flat, r"Transformer/encoderblock_(\d+)/"),
+        depth=count_indexed(flat, r"Transformer/encoderblock_(\d+)/"),
         num_heads=heads,
         mlp_dim=mlp,
         pool="token" if cls else "gap",
@@ -338,7 +333,7 @@ def infer_bit_config(flat: dict[str, Any]) -> ResNetConfig:
     head = flat.get("head/conv2d/bias")
     num_classes = 0 if head is None else int(head.shape[0])
     return ResNetConfig(
-        layers=tuple(_count(flat, rf"block{s}/unit(\d+)/") - 1 for s in stages),  # 1-based
+        layers=tuple(count_indexed(flat, rf"block{s}/unit(\d+)/") - 1 for s in stages),  # 1-based
         width_factor=wf,
         stem_width=width // wf,
         in_chans=int(root.shape[2]),
@@ -422,15 +417,14 @@ def _export(model: nn.Module, path: Path) -> Path:
     return atomic_write(path, write)
 
 
-register_source(
-    Source(
-        name="google",
-        description="Google JAX .npz (vit_jax or big_vision: embedding/kernel, "
-        "Transformer/encoderblock_N, optional opt/target/ or params/ prefix; BiT: "
-        "resnet/root_block/standardized_conv2d/kernel)",
-        detect=_detect,
-        infer_config=_infer,
-        to_vitlab=_to_vitlab,
-        export=_export,
-    )
+SOURCE = Source(
+    name="google",
+    description="Google JAX .npz (vit_jax or big_vision: embedding/kernel, "
+    "Transformer/encoderblock_N, optional opt/target/ or params/ prefix; BiT: "
+    "resnet/root_block/standardized_conv2d/kernel)",
+    detect=_detect,
+    infer_config=_infer,
+    to_vitlab=_to_vitlab,
+    export=_export,
+    resample="google",
 )

@@ -17,17 +17,11 @@ import torch
 from torch import nn
 
 from vitlab.errors import CheckpointError
+from vitlab.files import atomic_write
 from vitlab.models.config import AnyConfig, ViTConfig
-from vitlab.weights.checkpoint import (
-    Rule,
-    Source,
-    apply_rules,
-    invert_rules,
-    register_source,
-    rule,
-    unwrap_model,
-)
-from vitlab.weights.io import RawCheckpoint, atomic_write, save_safetensors
+from vitlab.runtime import unwrap_model
+from vitlab.weights.adapter import Rule, Source, apply_rules, invert_rules, rule
+from vitlab.weights.io import RawCheckpoint, save_safetensors
 
 # hidden_act in config.json <-> vitlab's act (transformers' ACT2FN names).
 _ACTS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
@@ -240,14 +234,13 @@ def _export(model: nn.Module, path: Path) -> Path:
     return path
 
 
-register_source(
-    Source(
-        name="hf",
-        description="Hugging Face ViT directory (config.json model_type 'vit', "
-        "vit.encoder.layer.N.attention.attention.query)",
-        detect=_detect,
-        infer_config=_infer,
-        to_vitlab=_to_vitlab,
-        export=_export,
-    )
+SOURCE = Source(
+    name="hf",
+    description="Hugging Face ViT directory (config.json model_type 'vit', "
+    "vit.encoder.layer.N.attention.attention.query)",
+    detect=_detect,
+    infer_config=_infer,
+    to_vitlab=_to_vitlab,
+    export=_export,
+    resample="hf",
 )

@@ -1,17 +1,20 @@
-"""The Hugging Face Hub: hub references for `load_checkpoint` (`save_pretrained` /
-`from_pretrained` on every vitlab model are built on them: see `vitlab.models.base`).
+"""The Hugging Face Hub: references that `load_checkpoint` downloads, and `save_pretrained` /
+`push_to_hub` for any vitlab model (`vitlab.weights.checkpoint` puts them together from the
+pieces here).
 
     vitlab.load_checkpoint("hf-hub:google/vit-base-patch16-224")          # transformers layout
     vitlab.load_checkpoint("timm:vit_base_patch16_224.augreg2_in21k_ft_in1k")  # timm's hub copy
-    model.save_pretrained("my-vit"); VisionTransformer.from_pretrained("my-vit")
+    vitlab.save_pretrained(model, "my-vit")       # model.safetensors + config.json + README.md
+    vitlab.push_to_hub(model, "me/my-vit")        # the same, uploaded
+    vitlab.load_checkpoint("hf-hub:me/my-vit")    # or load_checkpoint("my-vit") for the folder
 
-Downloads go through huggingface_hub, so its cache, `HF_HUB_OFFLINE=1` and tokens work as usual.
+Downloads and uploads go through huggingface_hub, so its cache, `HF_HUB_OFFLINE=1` and tokens
+work as usual.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +93,37 @@ def _download_optional(
         _download(repo_id, filename, revision, cache_dir, **kw)
 
 
-@functools.cache
-def imagenet_class_names() -> tuple[str, ...]:
-    """The 1000 ImageNet-1k class names in index order (shipped offline with torchvision)."""
-    from torchvision.models import ViT_B_16_Weights
+# ------------------------------------------------------------------------------- uploading
+def upload_folder(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload vitlab model",
+) -> str:
+    """Upload a folder to the model repository `repo_id` (created if it does not exist);
+    returns the commit URL."""
+    from huggingface_hub import HfApi
 
-    return tuple(ViT_B_16_Weights.IMAGENET1K_V1.meta["categories"])
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(
+        repo_id=repo_id, folder_path=str(folder), commit_message=commit_message
+    )
+    return str(getattr(info, "commit_url", info))
+
+
+def model_card(title: str) -> str:
+    """A model card (README.md) that the Hub lists under the vitlab library."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(library_name="vitlab", tags=["vision-transformer", "image-classification"])
+    return str(
+        ModelCard(
+            f"---\n{data.to_yaml()}\n---\n\n# {title}\n\n"
+            "A vitlab model (https://arxiv.org/abs/2010.11929). Load it with "
+            '`vitlab.load_checkpoint("hf-hub:REPO_ID")` or, from a local copy, '
+            "`vitlab.load_checkpoint(FOLDER)`.\n"
+        )
+    )

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +16,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from vitlab.errors import CheckpointError
+from vitlab.files import atomic_write
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)  # read once at import: the mode a plain open() would give new files
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 # Wrappers that training scripts put around a state dict, outermost first.
 _WRAPPER_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema", "module", "params")
@@ -41,28 +36,6 @@ class RawCheckpoint:
 
     def keys(self) -> set[str]:
         return set(self.tensors)
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide the file from other users
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    with atomic_path(path) as tmp:
-        write(tmp)
-    return Path(path)
 
 
 def save_safetensors(

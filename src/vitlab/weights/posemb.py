@@ -45,19 +45,11 @@ METHODS: dict[str, Resampling] = {
     "bilinear": Resampling("bilinear", False, False, "plain bilinear"),
 }
 
-# The method each checkpoint source uses when it loads its own weights at a new resolution.
-SOURCE_METHOD: dict[str, str] = {
-    "google": "google",
-    "timm": "timm",
-    "hf": "hf",
-    "torchvision": "torchvision",
-    "vitlab": "bicubic",
-}
 
-
-def method_for(source: str | None, method: str | None = None) -> Resampling:
-    """The resampling to use: `method` when given, else the source's own (bicubic otherwise)."""
-    name = method or SOURCE_METHOD.get(source or "", "bicubic")
+def method_for(default: str | None, method: str | None = None) -> Resampling:
+    """The resampling to use: `method` when given, else `default` (a checkpoint source's own,
+    `Source.resample`), else bicubic."""
+    name = method or default or "bicubic"
     if name not in METHODS:
         raise ConfigError(
             f"unknown position-embedding resampling {name!r}; choose from {', '.join(METHODS)}"

@@ -1,20 +1,28 @@
 """timm's layout. vitlab's module names follow timm's, so the key map is the identity; what this
-adapter adds is reading the architecture from the tensors and refusing what does not fit."""
+adapter adds is reading the architecture from the tensors and refusing what does not fit, and
+`timm_twin`: timm's own model with a vitlab model's architecture and weights, for comparisons."""
 
 from __future__ import annotations
 
-import math
-import re
+import functools
+import importlib.util
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from vitlab.errors import CheckpointError
+from vitlab.errors import CheckpointError, ConfigError, MissingDependencyError
 from vitlab.models.config import AnyConfig, ResNetConfig, ViTConfig
-from vitlab.models.registry import _VARIANTS
-from vitlab.weights.checkpoint import Source, log, register_source, unwrap_model
-from vitlab.weights.hub import imagenet_class_names
+from vitlab.runtime import unwrap_model
+from vitlab.weights.adapter import (
+    Source,
+    count_indexed,
+    grid_from_tokens,
+    guess_num_heads,
+    imagenet_class_names,
+    log,
+    written_by_vitlab,
+)
 from vitlab.weights.io import RawCheckpoint, save_safetensors
 
 _UNSUPPORTED = {
@@ -34,33 +42,8 @@ def _is_resnet(keys: set[str] | dict, prefix: str = "") -> bool:
 
 
 def _detect(raw: RawCheckpoint) -> bool:
-    return _is_vit(raw.tensors) or _is_resnet(raw.tensors)
-
-
-def _depth(keys: set[str], pattern: str) -> int:
-    idx = {int(m.group(1)) for k in keys if (m := re.match(pattern, k))}
-    return max(idx) + 1 if idx else 0
-
-
-def guess_num_heads(dim: int, depth: int, mlp: int) -> int:
-    """Head counts are not in the tensors: take the registry's for the same (D, depth, MLP),
-    else assume 64-wide heads as every variant of the paper has (H/14 aside)."""
-    for v in _VARIANTS.values():
-        c = v.config
-        if isinstance(c, ViTConfig) and (c.embed_dim, c.depth, c.mlp_dim) == (dim, depth, mlp):
-            return c.num_heads
-    return max(1, dim // 64) if dim % 64 == 0 else 1
-
-
-def grid_from_tokens(n_pos: int, n_prefix: int) -> tuple[int, bool]:
-    """Side of the square patch grid held by `n_pos` embeddings, and whether the class token has
-    one of its own."""
-    for with_cls in (True, False) if n_prefix else (False,):
-        n = n_pos - (n_prefix if with_cls else 0)
-        side = math.isqrt(n) if n > 0 else 0
-        if side * side == n and side > 0:
-            return side, with_cls
-    raise CheckpointError(f"{n_pos} position embeddings do not form a square patch grid")
+    """timm's key names (vitlab's own files share them, and say so in their metadata)."""
+    return not written_by_vitlab(raw) and (_is_vit(raw.tensors) or _is_resnet(raw.tensors))
 
 
 def infer_vit_config(sd: dict[str, torch.Tensor]) -> ViTConfig:
@@ -76,7 +59,7 @@ def infer_vit_config(sd: dict[str, torch.Tensor]) -> ViTConfig:
     if _is_resnet(keys, "patch_embed.backbone."):  # a hybrid: the CNN's output feeds the proj
         backbone = infer_resnet_config(sd, "patch_embed.backbone.")
         in_chans = backbone.in_chans
-    depth = _depth(keys, r"blocks\.(\d+)\.")
+    depth = count_indexed(keys, r"blocks\.(\d+)\.")
     mlp = sd["blocks.0.mlp.fc1.weight"].shape[0]
     class_token = "cls_token" in keys
     side, pos_cls = grid_from_tokens(sd["pos_embed"].shape[1], int(class_token))
@@ -109,7 +92,7 @@ def infer_resnet_config(sd: dict[str, torch.Tensor], prefix: str = "") -> ResNet
     """
     keys = {k[len(prefix) :] for k in sd if k.startswith(prefix)}
     stem = sd[f"{prefix}stem.conv.weight"]  # (width, C, k, k)
-    layers = tuple(_depth(keys, rf"stages\.{i}\.blocks\.(\d+)\.") for i in range(4))
+    layers = tuple(count_indexed(keys, rf"stages\.{i}\.blocks\.(\d+)\.") for i in range(4))
     layers = tuple(n for n in layers if n)
     width = stem.shape[0]
     wf = width // 64 if width % 64 == 0 else 1
@@ -162,14 +145,55 @@ def _export(model: nn.Module, path: Path) -> Path:
     return save_safetensors(sd, path)
 
 
-register_source(
-    Source(
-        name="timm",
-        description="timm state dict (ViT: patch_embed.proj, blocks.N.attn.qkv; hybrid: "
-        "patch_embed.backbone.stem.conv; ResNetV2: stem.conv, stages.N.blocks.M)",
-        detect=_detect,
-        infer_config=_infer,
-        to_vitlab=_to_vitlab,
-        export=_export,
-    )
+SOURCE = Source(
+    name="timm",
+    description="timm state dict (ViT: patch_embed.proj, blocks.N.attn.qkv; hybrid: "
+    "patch_embed.backbone.stem.conv; ResNetV2: stem.conv, stages.N.blocks.M)",
+    detect=_detect,
+    infer_config=_infer,
+    to_vitlab=_to_vitlab,
+    export=_export,
+    resample="timm",
 )
+
+
+# ------------------------------------------------------------------------------ the twin
+def timm_twin(model: nn.Module) -> nn.Module:
+    """timm's VisionTransformer with vitlab's architecture and the very same weights (loaded
+    strictly, so any difference in structure is an error, not a silent mismatch)."""
+    if importlib.util.find_spec("timm") is None:
+        raise MissingDependencyError(
+            "comparing with timm needs timm, which is not installed; run `pip install timm` "
+            "(or `pip install -e '.[dev]'`) and try again"
+        )
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    model = unwrap_model(model)
+    cfg = model.cfg
+    if not isinstance(cfg, ViTConfig) or cfg.backbone is not None:
+        raise ConfigError("timm_twin builds timm's plain VisionTransformer; pass a plain ViT")
+    if cfg.pos_embed != "learn" or cfg.representation_size:
+        raise ConfigError(
+            "timm's VisionTransformer has no sin-cos embedding or pre-logits layer; compare a "
+            "plain variant such as vit_s16"
+        )
+    twin = TimmViT(
+        img_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        in_chans=cfg.in_chans,
+        num_classes=cfg.num_classes,
+        global_pool="token" if cfg.pool == "token" else "avg",
+        embed_dim=cfg.embed_dim,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_dim / cfg.embed_dim,
+        qkv_bias=cfg.qkv_bias,
+        class_token=bool(cfg.class_token),
+        no_embed_class=not cfg.pos_embed_cls,
+        fc_norm=cfg.fc_norm,
+        act_layer=nn.GELU if cfg.act == "gelu" else "gelu_tanh",
+        norm_layer=functools.partial(nn.LayerNorm, eps=cfg.layer_norm_eps),
+        dynamic_img_size=cfg.dynamic_img_size,
+    )
+    twin.load_state_dict(model.state_dict(), strict=True)
+    return twin

@@ -15,19 +15,21 @@ import torch
 from torch import nn
 
 from vitlab.errors import CheckpointError
+from vitlab.files import atomic_write
 from vitlab.models.config import IMAGENET_MEAN, IMAGENET_STD, AnyConfig, ViTConfig
-from vitlab.weights.checkpoint import (
+from vitlab.runtime import unwrap_model
+from vitlab.weights.adapter import (
     Rule,
     Source,
     apply_rules,
+    count_indexed,
+    grid_from_tokens,
+    guess_num_heads,
+    imagenet_class_names,
     invert_rules,
-    register_source,
     rule,
-    unwrap_model,
 )
-from vitlab.weights.hub import imagenet_class_names
-from vitlab.weights.io import RawCheckpoint, atomic_write, save_safetensors
-from vitlab.weights.timm import _depth, grid_from_tokens, guess_num_heads
+from vitlab.weights.io import RawCheckpoint, save_safetensors
 
 _BLOCK = "encoder.layers.encoder_layer_{}."
 
@@ -72,7 +74,7 @@ def _infer(raw: RawCheckpoint) -> AnyConfig:
     sd = raw.tensors
     proj = sd["conv_proj.weight"]  # (D, 3, P, P)
     dim, patch = int(proj.shape[0]), int(proj.shape[-1])
-    depth = _depth(raw.keys(), r"encoder\.layers\.encoder_layer_(\d+)\.")
+    depth = count_indexed(raw.keys(), r"encoder\.layers\.encoder_layer_(\d+)\.")
     mlp = int(sd[f"{_BLOCK.format(0)}mlp.0.weight"].shape[0])
     side, _ = grid_from_tokens(sd["encoder.pos_embedding"].shape[1], 1)
     head = sd.get("heads.head.weight")
@@ -131,14 +133,13 @@ def _export(model: nn.Module, path: Path) -> Path:
     return atomic_write(path, lambda tmp: torch.save(flat, tmp))
 
 
-register_source(
-    Source(
-        name="torchvision",
-        description="torchvision VisionTransformer state dict (conv_proj, "
-        "encoder.layers.encoder_layer_N.self_attention.in_proj_weight)",
-        detect=_detect,
-        infer_config=_infer,
-        to_vitlab=_to_vitlab,
-        export=_export,
-    )
+SOURCE = Source(
+    name="torchvision",
+    description="torchvision VisionTransformer state dict (conv_proj, "
+    "encoder.layers.encoder_layer_N.self_attention.in_proj_weight)",
+    detect=_detect,
+    infer_config=_infer,
+    to_vitlab=_to_vitlab,
+    export=_export,
+    resample="torchvision",
 )

@@ -38,7 +38,7 @@ def test_convert_resizes(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--set", "num_heads"], "KEY=VALUE"),
+        (["--set", "num_heads"], "key=value"),
         (["--set", "depthh=3"], "unknown ViTConfig field"),
         (["--resample", "lanczos"], "resampling"),
     ],

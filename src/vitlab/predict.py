@@ -19,12 +19,12 @@ from torch import nn
 
 from vitlab.data.images import ImageError, load_image
 from vitlab.errors import ConfigError
+from vitlab.files import atomic_path
 from vitlab.inspect.attention import InspectError, attention_rollout, collect_attention
 from vitlab.inspect.plots import plot_overlay
 from vitlab.inspect.report import label_of, prepare_image
-from vitlab.models.layers import PackedWeights
 from vitlab.progress import progress_bar
-from vitlab.weights.io import atomic_path
+from vitlab.runtime import PackedWeights
 
 
 @dataclass

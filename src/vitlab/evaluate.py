@@ -1,0 +1,213 @@
+"""Evaluation: top-1, top-5, loss, per-class accuracy and the confusion matrix of a model over a
+loader, and `vitlab eval` (a checkpoint on a dataset split) with its report.json and
+confusion.png.
+
+`evaluate` runs on any process of a run: `EvalContext.reduce` sums the counts over processes
+(training passes its all-reduce), and padding entries (label -1, which keep every process at the
+same number of batches) are left out.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from vitlab.data.datasets import load_data
+from vitlab.data.loader import build_loader
+from vitlab.data.transforms import AugConfig, normalize
+from vitlab.errors import ConfigError
+from vitlab.figures import new_figure, save_figure
+from vitlab.files import write_text
+from vitlab.progress import progress_bar
+from vitlab.runtime import PackedWeights, autocast, pick_device
+
+
+def _no_reduce(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+@dataclass
+class EvalContext:
+    """What an evaluation pass needs besides the model and the loader."""
+
+    device: torch.device
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int
+    precision: str = "fp32"  # autocast precision ("bf16" runs the matmuls in bf16)
+    reduce: Callable[[torch.Tensor], torch.Tensor] = _no_reduce  # sum over processes
+    progress: bool = True
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    top1: float
+    top5: float
+    confusion: torch.Tensor  # (K, K): rows true class, columns predicted
+    n: int
+    skipped: int
+
+    @property
+    def per_class(self) -> torch.Tensor:
+        return self.confusion.diag() / self.confusion.sum(1).clamp(min=1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DataLoader, ctx: EvalContext, desc: str = "eval"
+) -> EvalResult:
+    """Top-1, top-5, loss and confusion matrix over the loader's `(x, y, skipped)` batches of
+    uint8 images, summed over processes with `ctx.reduce`."""
+    model.eval()
+    K, dev = ctx.num_classes, ctx.device
+    conf = torch.zeros(K * K, dtype=torch.float64)
+    sums = torch.zeros(3, dtype=torch.float64)  # loss, top-5 hits, skipped
+    packs = PackedWeights()  # the weights stay fixed during the pass
+    for x, y, skip in progress_bar(loader, disable=not ctx.progress, leave=False, desc=desc):
+        sums[2] += skip
+        x, y = normalize(x.to(dev), ctx.mean, ctx.std), y.to(dev)
+        with autocast(dev, ctx.precision), packs:
+            logits = model(x).float()
+        keep = y >= 0  # padding entries of the last rank's shard carry label -1
+        logits, y = logits[keep], y[keep]
+        sums[0] += float(F.cross_entropy(logits, y, reduction="sum")) if len(y) else 0.0
+        top = logits.topk(min(5, K), -1).indices
+        sums[1] += float((top == y[:, None]).any(-1).sum())
+        conf += torch.bincount((y * K + top[:, 0]).cpu(), minlength=K * K).double()
+    conf, sums = ctx.reduce(conf.to(dev)).cpu(), ctx.reduce(sums.to(dev)).cpu()
+    n = int(conf.sum())
+    conf = conf.view(K, K)  # (true, predicted)
+    return EvalResult(
+        loss=float(sums[0]) / max(n, 1),
+        top1=float(conf.diag().sum()) / max(n, 1),
+        top5=float(sums[1]) / max(n, 1),
+        confusion=conf.long(),
+        n=n,
+        skipped=int(sums[2]),
+    )
+
+
+# ------------------------------------------------------------------------------ the report
+def report_dict(res: EvalResult, names: tuple[str, ...], split: str, model: str) -> dict[str, Any]:
+    """The JSON report of one evaluation."""
+    return {
+        "split": split,
+        "model": model,
+        "n": res.n,
+        "top1": res.top1,
+        "top5": res.top5,
+        "loss": res.loss,
+        "per_class": {n: float(a) for n, a in zip(names, res.per_class)},
+        "confusion": res.confusion.tolist(),
+        "skipped_eval": res.skipped,
+    }
+
+
+def write_report(out: Path, report: dict[str, Any], names: tuple[str, ...], title: str) -> Path:
+    """`report.json` and `confusion.png` in `out`; returns the report's path."""
+    path = write_text(Path(out) / "report.json", json.dumps(report, indent=2) + "\n")
+    confusion = torch.tensor(report["confusion"])
+    plot_confusion(confusion, names, Path(out) / "confusion.png", title)
+    return path
+
+
+def plot_confusion(confusion: torch.Tensor, names: tuple[str, ...], path: Path, title: str) -> Path:
+    """Row-normalised confusion matrix (true class down, predicted across), counts annotated
+    when there are at most 20 classes."""
+    k = len(names)
+    fig, (ax,) = new_figure(1, width=max(5.0, 0.5 * k + 2), height=max(4.0, 0.5 * k + 1.5))
+    conf = confusion.double()
+    rows = conf / conf.sum(1, keepdim=True).clamp(min=1)
+    im = ax.imshow(rows.numpy(), cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    if k <= 20:
+        ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(k), names, fontsize=8)
+        for i in range(k):
+            for j in range(k):
+                color = "white" if rows[i, j] > 0.5 else "black"
+                ax.text(j, i, int(conf[i, j]), ha="center", va="center", fontsize=6, color=color)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return save_figure(fig, path, tight=False)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A few lines for the terminal: accuracy, the weakest classes, time and speed."""
+    lines = [
+        f"{report['split']} top-1 {100 * report['top1']:.2f}%  top-5 {100 * report['top5']:.2f}%"
+        f"  ({report['n']} images, {report['model']})"
+    ]
+    per = sorted(report["per_class"].items(), key=lambda kv: kv[1])
+    if per:
+        weakest = ", ".join(f"{k} {100 * v:.1f}%" for k, v in per[:3])
+        lines.append(f"weakest classes: {weakest}")
+    if "train_minutes" in report:
+        lines.append(
+            f"training: {report['train_minutes']:.2f} min of steps, {report['img_s']:.0f} img/s, "
+            f"{_count(report['epochs'], 'epoch')}, {_count(report['steps'], 'step')}"
+        )
+    skipped = report.get("skipped", 0) + report.get("skipped_eval", 0)
+    if skipped:
+        lines.append(f"skipped {skipped} unreadable image(s) (listed in the log above)")
+    return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+# ------------------------------------------------------------------------------ vitlab eval
+def eval_augmentation(model: nn.Module) -> AugConfig:
+    """The model's own evaluation preprocessing: its resolution, channels and crop."""
+    c = model.cfg
+    return AugConfig(img_size=c.img_size, channels=c.in_chans, crop_pct=c.crop_pct)
+
+
+def evaluate_checkpoint(
+    model: nn.Module,
+    data_spec: str,
+    root: str | None = None,
+    split: str = "test",
+    batch_size: int = 256,
+    out: Path | None = None,
+    *,
+    download: bool = False,
+    device: str = "cpu",
+    name: str | None = None,
+) -> dict[str, Any]:
+    """`vitlab eval`: a loaded model's top-1/top-5/per-class accuracy and confusion matrix on
+    a split of `data_spec`; with `out`, report.json and confusion.png there."""
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    dev = pick_device(device)
+    data = load_data(data_spec, root, download=download)
+    images = getattr(data, split)
+    if images is None:
+        raise ConfigError(f"{data.name} has no {split} split; try --split test or --split val")
+    if model.cfg.num_classes != data.num_classes:
+        raise ConfigError(
+            f"{name or 'the model'} has {model.cfg.num_classes} classes but {data.name} has "
+            f"{data.num_classes}; fine-tune it first (vitlab finetune --from {name or 'CKPT'})"
+        )
+    ctx = EvalContext(dev, tuple(model.cfg.mean), tuple(model.cfg.std), data.num_classes)
+    loader, _ = build_loader(images, eval_augmentation(model), batch_size)
+    t0 = time.perf_counter()
+    res = evaluate(model.to(dev), loader, ctx, desc=split)
+    report = report_dict(res, data.class_names, split, name or type(model).__name__)
+    report["img_s"] = res.n / max(time.perf_counter() - t0, 1e-9)
+    if out is not None:
+        title = f"{data.name} {split}: top-1 {100 * res.top1:.2f}%"
+        write_report(out, report, data.class_names, title)
+    return report
