@@ -139,6 +139,66 @@ def test_big_vision_layouts_load(tmp_path, scan):
     _close(_logits(model, x), _logits(ref, x))
 
 
+def _to_current_vit_jax(arrays):
+    """Rename a published vit_jax file as current vit_jax writes it: flax.linen numbers each
+    sub-module type on its own, and the position embedding stays inside the Transformer."""
+    names = {
+        "MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0",
+        "LayerNorm_2": "LayerNorm_1",
+        "MlpBlock_3": "MlpBlock_0",
+    }
+
+    def rename(k):
+        for old, new in names.items():
+            k = k.replace(f"/{old}/", f"/{new}/")
+        return k
+
+    return {rename(k): v for k, v in arrays.items()}
+
+
+@pytest.mark.parametrize("source", ["auto", "google"])
+def test_current_vit_jax_names_load(tmp_path, source):
+    ours = perturb_(vitlab.create_model("vit_b16", img_size=64, num_classes=10, **SMALL)).eval()
+    path = vitlab.save_checkpoint(ours, tmp_path / "v.npz", format="google")
+    ref = timm.create_model(
+        "vit_base_patch16_224",
+        pretrained=False,
+        img_size=64,
+        num_classes=10,
+        embed_dim=64,
+        depth=2,
+        num_heads=4,
+        mlp_ratio=2.0,
+    ).eval()
+    _load_weights(ref, str(path))  # timm reads the published naming
+    new = _strip_config(path, tmp_path / "new.npz", _to_current_vit_jax)
+    with np.load(new) as f:
+        assert "Transformer/encoderblock_1/MlpBlock_0/Dense_0/kernel" in f.files
+        assert "Transformer/posembed_input/pos_embedding" in f.files
+    model = vitlab.load_checkpoint(new, source=source)  # Google's numerics
+    c = model.cfg
+    assert c.act == "gelu_tanh" and c.layer_norm_eps == 1e-6
+    assert c.pos_embed == "learn" and c.pos_embed_cls and c.depth == 2
+    exact = vitlab.load_checkpoint(new, source=source, act="gelu")
+    x = torch.randn(2, 3, 64, 64)
+    _close(_logits(exact, x), _logits(ref, x))
+    _close(_logits(exact, x), _logits(ours, x))
+
+
+def test_unknown_block_naming_is_named(tmp_path):
+    model = vitlab.create_model("vit_test")
+    path = vitlab.save_checkpoint(model, tmp_path / "v.npz", format="google")
+
+    def rename(a):
+        return {k.replace("MultiHeadDotProductAttention_1", "Attention_0"): v for k, v in a.items()}
+
+    bad = _strip_config(path, tmp_path / "bad.npz", rename)
+    with pytest.raises(CheckpointError, match="neither") as err:
+        vitlab.load_checkpoint(bad)
+    assert "MultiHeadDotProductAttention_0/query/kernel" in str(err.value)
+    assert "MultiHeadDotProductAttention_1/query/kernel" in str(err.value)
+
+
 def test_unknown_array_is_named(tmp_path):
     ours = vitlab.create_model("vit_test")
     path = vitlab.save_checkpoint(ours, tmp_path / "v.npz", format="google")
