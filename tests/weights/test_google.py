@@ -3,6 +3,7 @@ the matching timm model with the same logits (random weights, fp32, 1e-4), and v
 them back; big_vision layouts (top-level pos_embedding, stacked "scan" blocks) load too."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -239,3 +240,51 @@ def test_bit_npz_round_trip_through_timm(tmp_path, classes):
     back = vitlab.load_checkpoint(orig)
     assert back.cfg.layers == (1, 2, 1, 1) and back.cfg.num_classes == classes
     _close(_logits(back, x), _logits(ours, x))
+
+
+def _small_stem(**kw):
+    return replace(vitlab.get_config("r50_vit_b16").backbone, layers=(1, 1, 1), **kw)
+
+
+JAX_STEM = {"weight_std": "std", "std_conv_eps": 1e-5, "gn_eps": 1e-6}
+
+
+@pytest.mark.parametrize(
+    "name, kw, named",
+    [
+        ("vit_test", {}, ["act='gelu_tanh' (this model: 'gelu')"]),
+        ("vit_test", {"act": "gelu_tanh", "layer_norm_eps": 1e-5}, ["layer_norm_eps=1e-06"]),
+        ("vit_test", {"act": "gelu_tanh"}, []),
+        (
+            "r50_vit_b16",
+            {"backbone": _small_stem(), **SMALL},
+            [
+                "act=",
+                "backbone.weight_std='std' (this model: 'var')",
+                "backbone.std_conv_eps=1e-05",
+            ],
+        ),
+        ("r50_vit_b16", {"backbone": _small_stem(gn_eps=1e-5), **SMALL}, ["backbone.gn_eps=1e-06"]),
+        ("r50_vit_b16", {"backbone": _small_stem(**JAX_STEM), "act": "gelu_tanh", **SMALL}, []),
+        ("bit_r50x1", {"layers": (1, 1, 1, 1)}, []),  # timm's eps 1e-8 on the variance: accepted
+        (
+            "bit_r50x1",
+            {"layers": (1, 1, 1, 1), "gn_eps": 1e-6},
+            ["gn_eps=1e-05 (this model: 1e-06)"],
+        ),
+        ("bit_r50x1", {"layers": (1, 1, 1, 1), "weight_std": "std"}, ["weight_std='var'"]),
+    ],
+)
+def test_google_export_warns_about_numerics_google_does_not_run(tmp_path, caplog, name, kw, named):
+    """vit_jax runs tanh-GELU, eps 1e-6 and its StdConv/GroupNorm, big_transfer its own,
+    whatever the file holds: the export names each field where the model differs."""
+    model = vitlab.create_model(name, num_classes=3, **kw)
+    with caplog.at_level(logging.WARNING, logger="vitlab"):
+        vitlab.save_checkpoint(model, tmp_path / "m.npz", format="google")
+    warnings = [r.getMessage() for r in caplog.records if "Google layout" in r.getMessage()]
+    if not named:
+        assert warnings == []
+        return
+    assert len(warnings) == 1
+    for field in named:
+        assert field in warnings[0]

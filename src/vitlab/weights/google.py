@@ -39,6 +39,7 @@ from vitlab.weights.checkpoint import (
     Source,
     apply_rules,
     invert_rules,
+    log,
     register_source,
     rule,
     unwrap_model,
@@ -66,6 +67,25 @@ _POS_KEYS: dict[str, str] = {
     "big_vision": "pos_embedding",
 }
 _UNSUPPORTED = {"MAPHead_0/probe": "attention-pooling (MAP) heads"}
+# What Google's code computes, field by field (the export warns about a model that differs).
+# vit_jax and big_vision: flax's tanh GELU, LayerNorm eps 1e-6; vit_jax's hybrid stem
+# (models_resnet.py): StdConv (w - mean) / (std + 1e-5), flax GroupNorm (32 groups, eps 1e-6).
+_VIT_JAX_NUMERICS: dict[str, Any] = {"act": "gelu_tanh", "layer_norm_eps": 1e-6}
+_VIT_JAX_STEM_NUMERICS: dict[str, Any] = {
+    "weight_std": "std",
+    "std_conv_eps": 1e-5,
+    "gn_groups": 32,
+    "gn_eps": 1e-6,
+}
+# big_transfer (its PyTorch, JAX and TF2 models alike): (w - mean) / sqrt(var + 1e-10),
+# GroupNorm(32) with eps 1e-5. A tuple lists accepted values, big_transfer's first: timm's 1e-8,
+# vitlab's default and what it reads these files with (infer_bit_config), is not warned about.
+_BIT_NUMERICS: dict[str, Any] = {
+    "weight_std": "var",
+    "std_conv_eps": (1e-10, 1e-8),
+    "gn_groups": 32,
+    "gn_eps": 1e-5,
+}
 
 
 # ------------------------------------------------------------------------ named transforms
@@ -414,6 +434,35 @@ def _check_exportable(cfg: AnyConfig) -> None:
         raise CheckpointError(f"the Google layout needs {', '.join(broken)}")
 
 
+def _differences(cfg: AnyConfig, expected: dict[str, Any], prefix: str = "") -> list[str]:
+    """`field=theirs (this model: ours)` for each field of `cfg` that `expected` does not accept."""
+    out = []
+    for name, want in expected.items():
+        accepted = want if isinstance(want, tuple) else (want,)
+        have = getattr(cfg, name)
+        if have not in accepted:
+            out.append(f"{prefix}{name}={accepted[0]!r} (this model: {have!r})")
+    return out
+
+
+def _warn_numerics(cfg: AnyConfig) -> None:
+    """Google's code runs fixed numerics whatever the file holds: name the fields where this
+    model differs (its weights still convert exactly, and vitlab/timm read them as they are)."""
+    if isinstance(cfg, ResNetConfig):
+        who, diffs = "big_transfer computes", _differences(cfg, _BIT_NUMERICS)
+    else:
+        who, diffs = "vit_jax and big_vision compute", _differences(cfg, _VIT_JAX_NUMERICS)
+        if cfg.backbone is not None:
+            diffs += _differences(cfg.backbone, _VIT_JAX_STEM_NUMERICS, "backbone.")
+    if diffs:
+        log.warning(
+            "exporting to the Google layout: %s %s instead, so this file's outputs there will "
+            "differ from this model's (vitlab reads it back exactly from its vitlab/config array)",
+            who,
+            ", ".join(diffs),
+        )
+
+
 def _export(model: nn.Module, path: Path) -> Path:
     """A vit_jax-layout .npz (big_vision's when position embeddings skip the class token; for a
     BiT ResNet, big_transfer's) that timm's npz readers load, plus vitlab's config in
@@ -421,6 +470,7 @@ def _export(model: nn.Module, path: Path) -> Path:
     model = unwrap_model(model)
     cfg = model.cfg
     _check_exportable(cfg)
+    _warn_numerics(cfg)
     if isinstance(cfg, ResNetConfig):
         sd = invert_rules(bit_rules(cfg), model.state_dict(), "the BiT layout")
         sd = {f"{_BIT}{k}": v for k, v in sd.items()}
