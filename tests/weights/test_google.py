@@ -3,6 +3,7 @@ the matching timm model with the same logits (random weights, fp32, 1e-4), and v
 them back; big_vision layouts (top-level pos_embedding, stacked "scan" blocks) load too."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -139,6 +140,66 @@ def test_big_vision_layouts_load(tmp_path, scan):
     _close(_logits(model, x), _logits(ref, x))
 
 
+def _to_current_vit_jax(arrays):
+    """Rename a published vit_jax file as current vit_jax writes it: flax.linen numbers each
+    sub-module type on its own, and the position embedding stays inside the Transformer."""
+    names = {
+        "MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0",
+        "LayerNorm_2": "LayerNorm_1",
+        "MlpBlock_3": "MlpBlock_0",
+    }
+
+    def rename(k):
+        for old, new in names.items():
+            k = k.replace(f"/{old}/", f"/{new}/")
+        return k
+
+    return {rename(k): v for k, v in arrays.items()}
+
+
+@pytest.mark.parametrize("source", ["auto", "google"])
+def test_current_vit_jax_names_load(tmp_path, source):
+    ours = perturb_(vitlab.create_model("vit_b16", img_size=64, num_classes=10, **SMALL)).eval()
+    path = vitlab.save_checkpoint(ours, tmp_path / "v.npz", format="google")
+    ref = timm.create_model(
+        "vit_base_patch16_224",
+        pretrained=False,
+        img_size=64,
+        num_classes=10,
+        embed_dim=64,
+        depth=2,
+        num_heads=4,
+        mlp_ratio=2.0,
+    ).eval()
+    _load_weights(ref, str(path))  # timm reads the published naming
+    new = _strip_config(path, tmp_path / "new.npz", _to_current_vit_jax)
+    with np.load(new) as f:
+        assert "Transformer/encoderblock_1/MlpBlock_0/Dense_0/kernel" in f.files
+        assert "Transformer/posembed_input/pos_embedding" in f.files
+    model = vitlab.load_checkpoint(new, source=source)  # Google's numerics
+    c = model.cfg
+    assert c.act == "gelu_tanh" and c.layer_norm_eps == 1e-6
+    assert c.pos_embed == "learn" and c.pos_embed_cls and c.depth == 2
+    exact = vitlab.load_checkpoint(new, source=source, act="gelu")
+    x = torch.randn(2, 3, 64, 64)
+    _close(_logits(exact, x), _logits(ref, x))
+    _close(_logits(exact, x), _logits(ours, x))
+
+
+def test_unknown_block_naming_is_named(tmp_path):
+    model = vitlab.create_model("vit_test")
+    path = vitlab.save_checkpoint(model, tmp_path / "v.npz", format="google")
+
+    def rename(a):
+        return {k.replace("MultiHeadDotProductAttention_1", "Attention_0"): v for k, v in a.items()}
+
+    bad = _strip_config(path, tmp_path / "bad.npz", rename)
+    with pytest.raises(CheckpointError, match="neither") as err:
+        vitlab.load_checkpoint(bad)
+    assert "MultiHeadDotProductAttention_0/query/kernel" in str(err.value)
+    assert "MultiHeadDotProductAttention_1/query/kernel" in str(err.value)
+
+
 def test_unknown_array_is_named(tmp_path):
     ours = vitlab.create_model("vit_test")
     path = vitlab.save_checkpoint(ours, tmp_path / "v.npz", format="google")
@@ -179,3 +240,51 @@ def test_bit_npz_round_trip_through_timm(tmp_path, classes):
     back = vitlab.load_checkpoint(orig)
     assert back.cfg.layers == (1, 2, 1, 1) and back.cfg.num_classes == classes
     _close(_logits(back, x), _logits(ours, x))
+
+
+def _small_stem(**kw):
+    return replace(vitlab.get_config("r50_vit_b16").backbone, layers=(1, 1, 1), **kw)
+
+
+JAX_STEM = {"weight_std": "std", "std_conv_eps": 1e-5, "gn_eps": 1e-6}
+
+
+@pytest.mark.parametrize(
+    "name, kw, named",
+    [
+        ("vit_test", {}, ["act='gelu_tanh' (this model: 'gelu')"]),
+        ("vit_test", {"act": "gelu_tanh", "layer_norm_eps": 1e-5}, ["layer_norm_eps=1e-06"]),
+        ("vit_test", {"act": "gelu_tanh"}, []),
+        (
+            "r50_vit_b16",
+            {"backbone": _small_stem(), **SMALL},
+            [
+                "act=",
+                "backbone.weight_std='std' (this model: 'var')",
+                "backbone.std_conv_eps=1e-05",
+            ],
+        ),
+        ("r50_vit_b16", {"backbone": _small_stem(gn_eps=1e-5), **SMALL}, ["backbone.gn_eps=1e-06"]),
+        ("r50_vit_b16", {"backbone": _small_stem(**JAX_STEM), "act": "gelu_tanh", **SMALL}, []),
+        ("bit_r50x1", {"layers": (1, 1, 1, 1)}, []),  # timm's eps 1e-8 on the variance: accepted
+        (
+            "bit_r50x1",
+            {"layers": (1, 1, 1, 1), "gn_eps": 1e-6},
+            ["gn_eps=1e-05 (this model: 1e-06)"],
+        ),
+        ("bit_r50x1", {"layers": (1, 1, 1, 1), "weight_std": "std"}, ["weight_std='var'"]),
+    ],
+)
+def test_google_export_warns_about_numerics_google_does_not_run(tmp_path, caplog, name, kw, named):
+    """vit_jax runs tanh-GELU, eps 1e-6 and its StdConv/GroupNorm, big_transfer its own,
+    whatever the file holds: the export names each field where the model differs."""
+    model = vitlab.create_model(name, num_classes=3, **kw)
+    with caplog.at_level(logging.WARNING, logger="vitlab"):
+        vitlab.save_checkpoint(model, tmp_path / "m.npz", format="google")
+    warnings = [r.getMessage() for r in caplog.records if "Google layout" in r.getMessage()]
+    if not named:
+        assert warnings == []
+        return
+    assert len(warnings) == 1
+    for field in named:
+        assert field in warnings[0]

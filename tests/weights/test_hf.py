@@ -2,11 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import vitlab
 from tests.conftest import perturb_
+from vitlab.data.transforms import eval_transform
 from vitlab.errors import CheckpointError
 
 transformers = pytest.importorskip("transformers")
@@ -85,6 +88,27 @@ def test_export_to_hf_loads_in_transformers(tmp_path, eps):
     back = vitlab.load_checkpoint(out)
     with torch.no_grad():
         _close(back(x), ours(x))
+
+
+@pytest.mark.parametrize("processor", ["ViTImageProcessor", "ViTImageProcessorPil"])
+def test_exported_preprocessor_matches_eval_transform(tmp_path, processor):
+    """transformers' processor of an exported model resizes as vitlab's eval transform does
+    (bicubic, not its bilinear default): the same pixels up to one uint8 level (2/255 after
+    normalising to [-1, 1]) where the PIL backend rounds the resized image. A square image: for
+    others ViTImageProcessor squashes to img_size x img_size where vitlab resizes and crops."""
+    cls = getattr(transformers, processor, None)
+    if cls is None:
+        pytest.skip(f"transformers {transformers.__version__} has no {processor}")
+    model = vitlab.create_model("vit_test", num_classes=4)
+    out = vitlab.save_checkpoint(model, tmp_path / "exported", format="hf")
+    proc = cls.from_pretrained(out)
+    assert proc.resample == Image.Resampling.BICUBIC
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (100, 100, 3), dtype=np.uint8))
+    theirs = proc(images=img, return_tensors="pt")["pixel_values"][0]
+    ours = eval_transform(model.data_config)(img)
+    assert theirs.shape == ours.shape == (3, 32, 32)
+    assert (theirs - ours).abs().max().item() <= 2 / 255 + 1e-6
 
 
 def test_vitmodel_pooler_is_pre_logits(tmp_path):

@@ -8,12 +8,14 @@ the arrays (the head count from the query kernel), and so are the numerics Googl
 with: flax's `nn.gelu` is `jax.nn.gelu(x, approximate=True)`, the tanh form (jax's API docs),
 LayerNorm and GroupNorm use flax's eps 1e-6, and the hybrid's StdConv divides by (std + 1e-5).
 
-Layouts read: vit_jax (`Transformer/posembed_input/pos_embedding`, `encoderblock_N` with
-`MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`); big_vision (`pos_embedding` at the
-top, added to the patches before the class token joins, `MultiHeadDotProductAttention_0`,
-`LayerNorm_1`, `MlpBlock_0`), also "scan" files whose blocks are stacked in one `encoderblock`
-with a leading layer axis; any of them under `opt/target/`, `params/` or `params/img/`; and
-big_transfer's BiT ResNet files (`resnet/root_block/...`).
+Layouts read, from two independent facts of the file: the block sub-module names (published
+vit_jax files: `encoderblock_N/` with `LayerNorm_0`, `MultiHeadDotProductAttention_1`,
+`LayerNorm_2`, `MlpBlock_3`; current vit_jax and big_vision: `LayerNorm_0`,
+`MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0`) and where the position embedding
+sits (vit_jax: `Transformer/posembed_input/pos_embedding`; big_vision: `pos_embedding` at the
+top, added to the patches before the class token joins); also "scan" files whose blocks are
+stacked in one `encoderblock` with a leading layer axis; any of them under `opt/target/`,
+`params/` or `params/img/`; and big_transfer's BiT ResNet files (`resnet/root_block/...`).
 
 vitlab's exports add one array, `vitlab/config` (vitlab's config as JSON in a unicode array, no
 pickle), so vitlab reads its own files back exactly while other readers ignore it.
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -41,28 +43,49 @@ from vitlab.weights.adapter import (
     grid_from_tokens,
     imagenet_class_names,
     invert_rules,
+    log,
     rule,
 )
 from vitlab.weights.io import RawCheckpoint
 
 CONFIG_KEY = "vitlab/config"
 _PREFIXES = ("opt/target/", "params/img/", "params/", "")
-# Block sub-module names of the two code bases.
-_NAMES = {
-    "vit_jax": {
-        "pos": "Transformer/posembed_input/pos_embedding",
-        "mha": "MultiHeadDotProductAttention_1",
-        "ln2": "LayerNorm_2",
-        "mlp": "MlpBlock_3",
-    },
-    "big_vision": {
-        "pos": "pos_embedding",
-        "mha": "MultiHeadDotProductAttention_0",
-        "ln2": "LayerNorm_1",
-        "mlp": "MlpBlock_0",
-    },
+# Block sub-module names. Published vit_jax checkpoints come from the old flax.nn API, which
+# numbered a block's sub-modules across types; flax.linen numbers each type on its own, so
+# current vit_jax and big_vision write LayerNorm_0, MultiHeadDotProductAttention_0, LayerNorm_1,
+# MlpBlock_0 (LayerNorm_0 is the first norm in both).
+BlockNames = Literal["old", "new"]
+_BLOCK_NAMES: dict[str, dict[str, str]] = {
+    "old": {"mha": "MultiHeadDotProductAttention_1", "ln2": "LayerNorm_2", "mlp": "MlpBlock_3"},
+    "new": {"mha": "MultiHeadDotProductAttention_0", "ln2": "LayerNorm_1", "mlp": "MlpBlock_0"},
+}
+# Where the learned position embedding sits, independently of the block names: inside the
+# Transformer (vit_jax, old and new), or at the top (big_vision, for the patches only).
+PosPlace = Literal["vit_jax", "big_vision"]
+_POS_KEYS: dict[str, str] = {
+    "vit_jax": "Transformer/posembed_input/pos_embedding",
+    "big_vision": "pos_embedding",
 }
 _UNSUPPORTED = {"MAPHead_0/probe": "attention-pooling (MAP) heads"}
+# What Google's code computes, field by field (the export warns about a model that differs).
+# vit_jax and big_vision: flax's tanh GELU, LayerNorm eps 1e-6; vit_jax's hybrid stem
+# (models_resnet.py): StdConv (w - mean) / (std + 1e-5), flax GroupNorm (32 groups, eps 1e-6).
+_VIT_JAX_NUMERICS: dict[str, Any] = {"act": "gelu_tanh", "layer_norm_eps": 1e-6}
+_VIT_JAX_STEM_NUMERICS: dict[str, Any] = {
+    "weight_std": "std",
+    "std_conv_eps": 1e-5,
+    "gn_groups": 32,
+    "gn_eps": 1e-6,
+}
+# big_transfer (its PyTorch, JAX and TF2 models alike): (w - mean) / sqrt(var + 1e-10),
+# GroupNorm(32) with eps 1e-5. A tuple lists accepted values, big_transfer's first: timm's 1e-8,
+# vitlab's default and what it reads these files with (infer_bit_config), is not warned about.
+_BIT_NUMERICS: dict[str, Any] = {
+    "weight_std": "var",
+    "std_conv_eps": (1e-10, 1e-8),
+    "gn_groups": 32,
+    "gn_eps": 1e-5,
+}
 
 
 # ------------------------------------------------------------------------ named transforms
@@ -114,9 +137,10 @@ def _to_out_kernel(heads: int):
 
 
 # ---------------------------------------------------------------------------------- rules
-def rules(cfg: ViTConfig, layout: str = "vit_jax") -> list[Rule]:
-    """vitlab <-> Google keys for `cfg` in the vit_jax or big_vision naming."""
-    n = _NAMES[layout]
+def rules(cfg: ViTConfig, blocks: BlockNames = "old", pos: PosPlace = "vit_jax") -> list[Rule]:
+    """vitlab <-> Google keys for `cfg`: `blocks` names the block sub-modules (`_BLOCK_NAMES`),
+    `pos` says where the position embedding sits (`_POS_KEYS`)."""
+    n = _BLOCK_NAMES[blocks]
     out = [
         rule("patch_embed.proj.weight", "embedding/kernel", _hwio_to_oihw, _oihw_to_hwio),
         rule("patch_embed.proj.bias", "embedding/bias"),
@@ -128,7 +152,7 @@ def rules(cfg: ViTConfig, layout: str = "vit_jax") -> list[Rule]:
     if cfg.class_token:
         out.append(rule("cls_token", "cls"))
     if cfg.pos_embed == "learn":
-        out.append(rule("pos_embed", n["pos"]))
+        out.append(rule("pos_embed", _POS_KEYS[pos]))
     if cfg.representation_size:
         out += [
             rule("pre_logits.fc.weight", "pre_logits/kernel", _transpose, _transposed),
@@ -217,12 +241,23 @@ def normalise(arrays: dict[str, Any], path: Any = "checkpoint") -> dict[str, Any
     return flat
 
 
-def _layout(flat: dict[str, Any]) -> str:
-    return "big_vision" if "pos_embedding" in flat or _has(flat, "LayerNorm_1/") else "vit_jax"
+def _block_names(flat: dict[str, Any], path: Any = "checkpoint") -> BlockNames:
+    """The block naming, read from the first block's attention query kernel."""
+    g = "Transformer/encoderblock_0/"
+    keys = {b: f"{g}{n['mha']}/query/kernel" for b, n in _BLOCK_NAMES.items()}
+    found = [b for b, k in keys.items() if k in flat]
+    if len(found) != 1:
+        raise CheckpointError(
+            f"{path}: expected one of {keys['old']} (published vit_jax files) or {keys['new']} "
+            f"(current vit_jax, big_vision), found {'both' if found else 'neither'}; "
+            "this is not a Google ViT checkpoint vitlab reads"
+        )
+    return found[0]
 
 
-def _has(flat: dict[str, Any], part: str) -> bool:
-    return any(part in k for k in flat)
+def _pos_place(flat: dict[str, Any]) -> PosPlace | None:
+    """Where the learned position embedding is; None when the file has none (sin-cos)."""
+    return next((p for p, k in _POS_KEYS.items() if k in flat), None)
 
 
 def _infer_backbone(flat: dict[str, Any]) -> ResNetConfig | None:
@@ -244,14 +279,14 @@ def _infer_backbone(flat: dict[str, Any]) -> ResNetConfig | None:
     )
 
 
-def infer_config(flat: dict[str, Any]) -> ViTConfig:
+def infer_config(flat: dict[str, Any], path: Any = "checkpoint") -> ViTConfig:
     """The architecture and Google's numerics from normalised arrays."""
     for key, what in _UNSUPPORTED.items():
         if key in flat:
             raise CheckpointError(
                 f"this checkpoint uses {what} ({key}), which vitlab does not build"
             )
-    n = _NAMES[_layout(flat)]
+    n, place = _BLOCK_NAMES[_block_names(flat, path)], _pos_place(flat)
     kernel = flat["embedding/kernel"]  # (P, P, C, D)
     patch, chans, dim = int(kernel.shape[0]), int(kernel.shape[2]), int(kernel.shape[3])
     backbone = _infer_backbone(flat)
@@ -259,7 +294,7 @@ def infer_config(flat: dict[str, Any]) -> ViTConfig:
     heads = int(flat[f"{mha}query/kernel"].shape[1])
     mlp = int(flat[f"Transformer/encoderblock_0/{n['mlp']}/Dense_0/kernel"].shape[1])
     cls = "cls" in flat
-    pos = flat.get(n["pos"])
+    pos = None if place is None else flat[_POS_KEYS[place]]
     side, pos_cls = grid_from_tokens(int(pos.shape[1]), int(cls)) if pos is not None else (0, False)
     head = flat.get("head/kernel")
     num_classes = 0 if head is None else int(head.shape[-1])
@@ -357,7 +392,7 @@ def _infer(raw: RawCheckpoint) -> AnyConfig:
         return config_from_dict(json.loads(str(np.asarray(stored))))
     if _is_bit(raw.tensors):
         return infer_bit_config(_bit_arrays(raw.tensors))
-    return infer_config(normalise(raw.tensors, raw.path))
+    return infer_config(normalise(raw.tensors, raw.path), raw.path)
 
 
 def _to_vitlab(raw: RawCheckpoint, cfg: AnyConfig) -> dict[str, torch.Tensor]:
@@ -369,7 +404,8 @@ def _to_vitlab(raw: RawCheckpoint, cfg: AnyConfig) -> dict[str, torch.Tensor]:
     if not isinstance(cfg, ViTConfig):
         raise CheckpointError(f"{raw.path}: Google ViT weights need a ViT model, not {cfg.arch}")
     flat = normalise(raw.tensors, raw.path)
-    return apply_rules(rules(cfg, _layout(flat)), flat, what)
+    blocks, place = _block_names(flat, raw.path), _pos_place(flat) or "vit_jax"
+    return apply_rules(rules(cfg, blocks, place), flat, what)
 
 
 # -------------------------------------------------------------------------------- writing
@@ -393,6 +429,35 @@ def _check_exportable(cfg: AnyConfig) -> None:
         raise CheckpointError(f"the Google layout needs {', '.join(broken)}")
 
 
+def _differences(cfg: AnyConfig, expected: dict[str, Any], prefix: str = "") -> list[str]:
+    """`field=theirs (this model: ours)` for each field of `cfg` that `expected` does not accept."""
+    out = []
+    for name, want in expected.items():
+        accepted = want if isinstance(want, tuple) else (want,)
+        have = getattr(cfg, name)
+        if have not in accepted:
+            out.append(f"{prefix}{name}={accepted[0]!r} (this model: {have!r})")
+    return out
+
+
+def _warn_numerics(cfg: AnyConfig) -> None:
+    """Google's code runs fixed numerics whatever the file holds: name the fields where this
+    model differs (its weights still convert exactly, and vitlab/timm read them as they are)."""
+    if isinstance(cfg, ResNetConfig):
+        who, diffs = "big_transfer computes", _differences(cfg, _BIT_NUMERICS)
+    else:
+        who, diffs = "vit_jax and big_vision compute", _differences(cfg, _VIT_JAX_NUMERICS)
+        if cfg.backbone is not None:
+            diffs += _differences(cfg.backbone, _VIT_JAX_STEM_NUMERICS, "backbone.")
+    if diffs:
+        log.warning(
+            "exporting to the Google layout: %s %s instead, so this file's outputs there will "
+            "differ from this model's (vitlab reads it back exactly from its vitlab/config array)",
+            who,
+            ", ".join(diffs),
+        )
+
+
 def _export(model: nn.Module, path: Path) -> Path:
     """A vit_jax-layout .npz (big_vision's when position embeddings skip the class token; for a
     BiT ResNet, big_transfer's) that timm's npz readers load, plus vitlab's config in
@@ -400,12 +465,14 @@ def _export(model: nn.Module, path: Path) -> Path:
     model = unwrap_model(model)
     cfg = model.cfg
     _check_exportable(cfg)
+    _warn_numerics(cfg)
     if isinstance(cfg, ResNetConfig):
         sd = invert_rules(bit_rules(cfg), model.state_dict(), "the BiT layout")
         sd = {f"{_BIT}{k}": v for k, v in sd.items()}
     else:
-        layout = "vit_jax" if cfg.pos_embed_cls or not cfg.class_token else "big_vision"
-        sd = invert_rules(rules(cfg, layout), model.state_dict(), "the Google layout")
+        vit_jax = cfg.pos_embed_cls or not cfg.class_token  # else big_vision's layout
+        blocks, pos = ("old", "vit_jax") if vit_jax else ("new", "big_vision")
+        sd = invert_rules(rules(cfg, blocks, pos), model.state_dict(), "the Google layout")
     arrays = {k: v.float().numpy() for k, v in sd.items()}
     arrays[CONFIG_KEY] = np.array(json.dumps(cfg.to_dict(), sort_keys=True))
     path = Path(path)

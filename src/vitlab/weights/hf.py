@@ -26,6 +26,9 @@ from vitlab.weights.io import RawCheckpoint, save_safetensors
 # hidden_act in config.json <-> vitlab's act (transformers' ACT2FN names).
 _ACTS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
 _EXPORT_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
+# The model's resize interpolation -> preprocessor_config.json's `resample`, a PIL.Image.Resampling
+# value (ViTImageProcessor's default is 2, bilinear; vitlab's ViTs resize bicubic).
+_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}
 
 # Block-level names: the files' (legacy) names, and transformers>=5's in-memory module names.
 _BLOCK_NAMES = {
@@ -210,7 +213,8 @@ def hf_config(cfg: ViTConfig) -> dict[str, Any]:
 
 
 def _export(model: nn.Module, path: Path) -> Path:
-    """A directory `ViTForImageClassification.from_pretrained` (or `ViTModel`) reads."""
+    """A directory `ViTForImageClassification.from_pretrained` (or `ViTModel`) reads, with a
+    preprocessor_config.json whose size, normalisation and `resample` are the model's."""
     model = unwrap_model(model)
     cfg = model.cfg
     _check_exportable(cfg)
@@ -222,6 +226,7 @@ def _export(model: nn.Module, path: Path) -> Path:
         "image_processor_type": "ViTImageProcessor",
         "do_resize": True,
         "size": {"height": cfg.img_size, "width": cfg.img_size},
+        "resample": _RESAMPLE[model.data_config["interpolation"]],
         "do_normalize": True,
         "image_mean": list(cfg.mean),
         "image_std": list(cfg.std),
