@@ -1,12 +1,13 @@
 import pytest
-import timm
 import torch
 from safetensors.torch import save_file
-from timm.layers import resample_abs_pos_embed
 
 from vitlab.data.datasets import load_data
 from vitlab.train.config import build_config
 from vitlab.train.run import fit, model_for_data
+
+timm = pytest.importorskip("timm")
+from timm.layers import resample_abs_pos_embed  # noqa: E402
 
 
 @pytest.fixture
