@@ -185,3 +185,11 @@ def test_cpu_info_reads_the_machine():
     info = runtime.cpu_info()
     assert info["cores"] >= 1 and info["model"]
     assert isinstance(info["avx512_bf16"], bool) and isinstance(info["amx_bf16"], bool)
+
+
+def test_without_a_cxx_compiler_compile_is_skipped_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.delenv("CXX", raising=False)
+    assert runtime.can_compile(torch.device("cpu")) is False
+    assert "no C++ compiler" in caplog.text and "compile=false" in caplog.text
+    assert runtime.can_compile(torch.device("cuda")) is True

@@ -35,3 +35,26 @@ def test_unknown_command_is_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         main(["frobnicate"])
     assert e.value.code == 2
+
+
+def _help_texts():
+    from vitlab.cli.main import COMMANDS, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return [parser.format_help()] + [sub.choices[name].format_help() for name in COMMANDS]
+
+
+def test_examples_only_name_checkpoints_a_run_writes():
+    """`predict --help` and the inspect docstring used `runs/demo/model.safetensors`, a file no
+    run writes (runs write last/best.safetensors)."""
+    import re
+    from pathlib import Path
+
+    import vitlab.inspect
+    from vitlab.train.state import RUN_FILES
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    texts = [*_help_texts(), readme, vitlab.inspect.__doc__]
+    named = {m for t in texts for m in re.findall(r"runs/[\w.-]+/(\w+\.safetensors)", t)}
+    assert named and named <= set(RUN_FILES.values())

@@ -5,7 +5,6 @@ from PIL import Image
 import vitlab
 from tests.conftest import perturb_
 from vitlab.inspect import InspectError
-from vitlab.inspect.plots import similarity_mosaic
 from vitlab.inspect.report import inspect_model, prepare_image
 
 
@@ -79,11 +78,3 @@ def test_prepare_image_undoes_normalisation():
     assert x.shape == (3, 32, 32) and display.shape == (32, 32, 3)
     np.testing.assert_allclose(x.numpy(), (200 / 255 - 0.5) / 0.5, atol=1e-6)
     np.testing.assert_allclose(display, 200 / 255, atol=1e-6)
-
-
-def test_similarity_mosaic_places_each_small_map():
-    sim = np.random.default_rng(0).random((3, 4, 3, 4))
-    mosaic = similarity_mosaic(sim)
-    assert mosaic.shape == (3 * 4 - 1, 4 * 5 - 1)
-    np.testing.assert_array_equal(mosaic[4:7, 10:14], sim[1, 2])
-    assert np.isnan(mosaic[3]).all() and np.isnan(mosaic[:, 4]).all()

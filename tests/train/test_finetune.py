@@ -55,3 +55,14 @@ def test_finetune_runs_the_papers_recipe_at_a_new_resolution_and_class_count(
     assert tuned.cfg.num_classes == 4 and tuned.cfg.img_size == 48
     assert torch.count_nonzero(tuned.head.weight) > 0  # the new head learned
     assert result.report["steps"] == 6 and result.report["n"] == 64
+
+
+def test_dont_load_in_the_train_config_keeps_those_parameters_initialised(timm_checkpoint):
+    """`--set dont_load=[pos_embed]`: fine-tuning starts from the checkpoint except there."""
+    path, saved = timm_checkpoint
+    cfg = build_config("finetune_paper", {"init_from": str(path), "data": "synthetic",
+                                          "img_size": 32, "dont_load": ["pos_embed"]})  # fmt: skip
+    model = model_for_data(cfg, load_data("synthetic"))
+    assert not torch.equal(model.pos_embed, saved["pos_embed"])
+    assert torch.equal(model.blocks[0].attn.qkv.weight, saved["blocks.0.attn.qkv.weight"])
+    assert build_config(None, {"dont_load": ["head\\..*"]}).dont_load == ("head\\..*",)

@@ -1,6 +1,3 @@
-import pickle
-import zipfile
-
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -54,36 +51,6 @@ def test_overrides_new_head_and_resolution(tmp_path):
     torch.testing.assert_close(ft.blocks[0].attn.qkv.weight, m.blocks[0].attn.qkv.weight)
 
 
-def test_not_a_checkpoint(tmp_path):
-    txt = tmp_path / "notes.safetensors"
-    txt.write_text("hello")
-    with pytest.raises(CheckpointError, match="not a readable .safetensors"):
-        vitlab.load_checkpoint(txt)
-    empty = tmp_path / "empty.pth"
-    empty.touch()
-    with pytest.raises(CheckpointError, match="empty"):
-        vitlab.load_checkpoint(empty)
-    with pytest.raises(CheckpointError, match="does not exist"):
-        vitlab.load_checkpoint(tmp_path / "missing.pth")
-    other = tmp_path / "other.bin"
-    other.write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(CheckpointError, match="not a"):
-        vitlab.load_checkpoint(other)
-
-
-class Evil:
-    def __reduce__(self):
-        return (print, ("pwned",))
-
-
-def test_pickles_with_objects_are_refused(tmp_path, capsys):
-    path = tmp_path / "evil.pth"
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": Evil()}, path)
-    with pytest.raises(CheckpointError, match="never unpickles"):
-        vitlab.load_checkpoint(path)
-    assert "pwned" not in capsys.readouterr().out
-
-
 def test_unknown_layout_lists_what_was_expected(tmp_path):
     path = tmp_path / "x.safetensors"
     save_file({"foo.weight": torch.zeros(2)}, str(path))
@@ -108,25 +75,78 @@ def test_mismatch_lists_missing_unexpected_and_misshapen(tmp_path):
     assert "misshapen: blocks.0.mlp.fc1.weight (5, 32) vs model (64, 32)" in msg
 
 
-def test_wrapped_and_prefixed_state_dicts(tmp_path):
-    m = _model()
-    path = tmp_path / "wrapped.pth"
-    torch.save({"model": {f"module.{k}": v for k, v in m.state_dict().items()}, "epoch": 3}, path)
-    back = vitlab.load_checkpoint(path, model="vit_test")
-    x = torch.randn(1, 3, 32, 32)
-    torch.testing.assert_close(back(x), m(x))
-
-
-def test_zip_named_npz_that_is_not_npz(tmp_path):
-    path = tmp_path / "w.npz"
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr("data.pkl", pickle.dumps({"a": 1}))
-    with pytest.raises(CheckpointError):
-        vitlab.load_checkpoint(path)
-
-
 def test_saved_files_get_the_usual_permissions(tmp_path):
     plain = tmp_path / "plain"
     plain.write_text("x")  # what any other program would create here
     path = vitlab.save_checkpoint(_model(), tmp_path / "m.safetensors")
     assert path.stat().st_mode == plain.stat().st_mode
+
+
+# ----------------------------------------------------------------------- the source registry
+def test_the_registry_lists_every_source_in_detection_order():
+    from vitlab.weights import formats
+    from vitlab.weights.checkpoint import SOURCES
+
+    assert tuple(SOURCES) == formats.SOURCE_NAMES == ("vitlab", "timm", "google", "hf",
+                                                      "torchvision")  # fmt: skip
+    resample = {name: s.resample for name, s in SOURCES.items()}
+    assert resample == {"vitlab": "bicubic", "timm": "timm", "google": "google", "hf": "hf",
+                        "torchvision": "torchvision"}  # fmt: skip
+
+
+def test_a_file_two_sources_claim_is_refused_until_the_source_is_given(tmp_path):
+    """timm's and torchvision's keys in one file: first-match-wins used to take timm silently."""
+    timm_sd = vitlab.save_checkpoint(_model(), tmp_path / "t.safetensors", format="timm")
+    tv_sd = vitlab.save_checkpoint(_model(), tmp_path / "v.pth", format="torchvision")
+    from safetensors.torch import load_file
+
+    both = {**load_file(timm_sd), **torch.load(tv_sd, weights_only=True)}
+    save_file(both, str(tmp_path / "both.safetensors"))
+    with pytest.raises(CheckpointError, match="fits the layouts of timm and torchvision"):
+        vitlab.load_checkpoint(tmp_path / "both.safetensors")
+
+
+def test_vitlab_files_are_not_also_claimed_by_timm(tmp_path):
+    """vitlab's own files use timm's key names; only the native source claims them."""
+    path = vitlab.save_checkpoint(_model(), tmp_path / "m.safetensors")
+    assert vitlab.load_checkpoint(path).cfg.extra["source"] == "vitlab"
+
+
+# ------------------------------------------------------------------------------ loud loading
+def test_overrides_for_an_existing_module_are_an_error_naming_them(tmp_path):
+    """load_checkpoint(path, <module>, img_size=64, depth=7) used to ignore both overrides."""
+    path = vitlab.save_checkpoint(_model(), tmp_path / "m.safetensors")
+    target = vitlab.create_model("vit_test")
+    with pytest.raises(vitlab.ConfigError, match="cannot apply depth, img_size"):
+        vitlab.load_checkpoint(path, target, img_size=64, depth=7)
+    loaded = vitlab.load_checkpoint(path, target)  # without overrides it loads in place
+    assert loaded is target
+
+
+def test_save_checkpoint_with_class_names_leaves_the_model_alone(tmp_path):
+    m = _model()
+    before = m.cfg
+    path = vitlab.save_checkpoint(m, tmp_path / "m.safetensors", class_names="abcdefghij")
+    assert m.cfg is before and m.cfg.class_names is None
+    assert vitlab.load_checkpoint(path).cfg.class_names == tuple("abcdefghij")
+
+
+def test_dont_load_keeps_the_initial_values_of_matching_parameters(tmp_path):
+    """big_vision's dont_load: regexes (matched whole) of parameters to leave as initialised."""
+    m = _model()
+    path = vitlab.save_checkpoint(m, tmp_path / "m.safetensors")
+    torch.manual_seed(1)
+    fresh = vitlab.create_model("vit_test")
+    torch.manual_seed(1)
+    loaded = vitlab.load_checkpoint(path, dont_load=["pos_embed", r"blocks\.1\..*"])
+    own, theirs, init = loaded.state_dict(), m.state_dict(), fresh.state_dict()
+    for k in own:
+        kept = k == "pos_embed" or k.startswith("blocks.1.")
+        assert torch.equal(own[k], init[k] if kept else theirs[k]), k
+
+
+@pytest.mark.parametrize(("pattern", "needle"), [("pos_embedd", "matches no"), ("(", "regex")])
+def test_a_dont_load_pattern_that_matches_nothing_is_a_typo(tmp_path, pattern, needle):
+    path = vitlab.save_checkpoint(_model(), tmp_path / "m.safetensors")
+    with pytest.raises(vitlab.ConfigError, match=needle):
+        vitlab.load_checkpoint(path, dont_load=[pattern])

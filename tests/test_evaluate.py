@@ -1,0 +1,61 @@
+"""Evaluation (vitlab.evaluate): the counts against a direct computation, padding left out,
+process sums through `reduce`, and `vitlab eval`'s library side with its report."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vitlab
+from tests.conftest import perturb_
+from vitlab.data.datasets import load_data
+from vitlab.evaluate import EvalContext, evaluate, evaluate_checkpoint
+
+
+class _Fixed(torch.nn.Module):
+    """Logits given per batch, to compare evaluate() with a direct computation."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = list(logits)
+
+    def forward(self, x):
+        return self.logits.pop(0)
+
+
+def test_counts_equal_a_direct_computation_and_padding_is_left_out():
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(4, 7, generator=g) for _ in range(3)]
+    labels = [torch.randint(0, 7, (4,), generator=g) for _ in range(3)]
+    labels[2][-1] = -1  # padding of the last process's shard
+    batches = [(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), y, 1) for y in labels]
+    ctx = EvalContext(torch.device("cpu"), (0.5,), (0.5,), 7, progress=False)
+    res = evaluate(_Fixed(logits), batches, ctx)
+    x, y = torch.cat(logits)[:-1], torch.cat(labels)[:-1]
+    assert res.n == 11 and res.skipped == 3
+    assert res.top1 == pytest.approx(float((x.argmax(1) == y).float().mean()))
+    assert res.top5 == pytest.approx(float((x.topk(5).indices == y[:, None]).any(1).float().mean()))
+    assert res.loss == pytest.approx(float(F.cross_entropy(x, y)), rel=1e-6)
+    assert int(res.confusion.sum()) == 11 and int(res.confusion[y[0], x[0].argmax()]) >= 1
+
+
+def test_reduce_sums_the_counts_of_every_process():
+    seen = []
+    ctx = EvalContext(torch.device("cpu"), (0.5,), (0.5,), 3, progress=False,
+                      reduce=lambda t: seen.append(t.clone()) or t * 2)  # fmt: skip
+    batches = [(torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1]), 0)]
+    res = evaluate(_Fixed([torch.eye(3)[:2]]), batches, ctx)
+    assert len(seen) == 2 and res.n == 4  # two "processes" of 2 images each
+    assert res.top1 == 1.0
+
+
+def test_evaluate_checkpoint_writes_the_report_and_refuses_other_classes(tmp_path):
+    model = perturb_(vitlab.create_model("vit_test", num_classes=4, img_size=16, patch_size=4))
+    report = evaluate_checkpoint(model, "synthetic", out=tmp_path, name="m")
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["n"] == len(load_data("synthetic").test) == report["n"]
+    assert (tmp_path / "confusion.png").stat().st_size > 0
+    wrong = vitlab.create_model("vit_test", num_classes=10)
+    with pytest.raises(vitlab.ConfigError, match="10 classes but synthetic has 4"):
+        evaluate_checkpoint(wrong, "synthetic")
