@@ -59,3 +59,17 @@ def test_refused_target_writes_nothing(tmp_path, capsys):
     assert main(["convert", str(src), str(tmp_path / "tv.pth"), "--to", "torchvision"]) == 2
     assert "exact GELU" in capsys.readouterr().err
     assert not (tmp_path / "tv.pth").exists()
+
+
+def test_set_floats_in_any_notation_reach_the_model(tmp_path, capsys):
+    """`convert ... --set layer_norm_eps=1e-5` used to store the string '1e-5' (convert had its
+    own --set parser) and fail in the forward pass."""
+    import torch
+
+    src = vitlab.save_checkpoint(vitlab.create_model("vit_test"), tmp_path / "m.safetensors")
+    dst = tmp_path / "out.safetensors"
+    argv = ["convert", str(src), str(dst), "--to", "vitlab", "--set", "layer_norm_eps=1e-5"]
+    assert main(argv) == 0
+    model = vitlab.load_checkpoint(dst)
+    assert model.cfg.layer_norm_eps == 1e-5 and model.blocks[0].norm1.eps == 1e-5
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)

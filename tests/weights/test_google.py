@@ -32,10 +32,9 @@ def _logits(model, x):
         return model(x)
 
 
-def test_plain_vit_npz_round_trip_through_timm(tmp_path):
-    ours = perturb_(vitlab.create_model("vit_b16", img_size=64, num_classes=10, **SMALL)).eval()
-    path = vitlab.save_checkpoint(ours, tmp_path / "ViT-test.npz", format="google")
-    ref = timm.create_model(
+def _timm_small_b16():
+    """timm's ViT-B/16 cut to the size of `vit_b16` with SMALL, at 64 px and 10 classes."""
+    return timm.create_model(
         "vit_base_patch16_224",
         pretrained=False,
         img_size=64,
@@ -45,6 +44,12 @@ def test_plain_vit_npz_round_trip_through_timm(tmp_path):
         num_heads=4,
         mlp_ratio=2.0,
     ).eval()
+
+
+def test_plain_vit_npz_round_trip_through_timm(tmp_path):
+    ours = perturb_(vitlab.create_model("vit_b16", img_size=64, num_classes=10, **SMALL)).eval()
+    path = vitlab.save_checkpoint(ours, tmp_path / "ViT-test.npz", format="google")
+    ref = _timm_small_b16()
     _load_weights(ref, str(path))
     x = torch.randn(2, 3, 64, 64)
     _close(_logits(ours, x), _logits(ref, x))
@@ -161,16 +166,7 @@ def _to_current_vit_jax(arrays):
 def test_current_vit_jax_names_load(tmp_path, source):
     ours = perturb_(vitlab.create_model("vit_b16", img_size=64, num_classes=10, **SMALL)).eval()
     path = vitlab.save_checkpoint(ours, tmp_path / "v.npz", format="google")
-    ref = timm.create_model(
-        "vit_base_patch16_224",
-        pretrained=False,
-        img_size=64,
-        num_classes=10,
-        embed_dim=64,
-        depth=2,
-        num_heads=4,
-        mlp_ratio=2.0,
-    ).eval()
+    ref = _timm_small_b16()
     _load_weights(ref, str(path))  # timm reads the published naming
     new = _strip_config(path, tmp_path / "new.npz", _to_current_vit_jax)
     with np.load(new) as f:

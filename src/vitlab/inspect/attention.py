@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from vitlab.errors import VitlabError
+from vitlab.models.config import Pool
 
 HeadFusion = Literal["mean", "max", "min"]
-Pool = Literal["token", "gap"]
 
 
 class InspectError(VitlabError):
