@@ -10,6 +10,7 @@ same number of batches) are left out.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,12 +24,15 @@ from torch.utils.data import DataLoader
 
 from vitlab.data.datasets import load_data
 from vitlab.data.loader import build_loader
+from vitlab.data.sets import DataSplits
 from vitlab.data.transforms import AugConfig, normalize
 from vitlab.errors import ConfigError
 from vitlab.figures import new_figure, save_figure
 from vitlab.files import write_text
 from vitlab.progress import progress_bar
 from vitlab.runtime import PackedWeights, autocast, pick_device
+
+log = logging.getLogger("vitlab")
 
 
 def _no_reduce(t: torch.Tensor) -> torch.Tensor:
@@ -145,11 +149,18 @@ def plot_confusion(confusion: torch.Tensor, names: tuple[str, ...], path: Path, 
 
 def format_report(report: dict[str, Any]) -> str:
     """A few lines for the terminal: accuracy, the weakest classes, time and speed."""
-    lines = [
-        f"{report['split']} top-1 {100 * report['top1']:.2f}%  top-5 {100 * report['top5']:.2f}%"
-        f"  ({report['n']} images, {report['model']})"
-    ]
-    per = sorted(report["per_class"].items(), key=lambda kv: kv[1])
+    if report.get("split") is None:  # a run without validation or test images
+        lines = [
+            f"no validation or test images to evaluate on ({report['model']}); at the end of "
+            f"training: loss {report['train_loss']:.4f}, accuracy {100 * report['train_acc']:.2f}%"
+            f" on the {report['train_images']} training images (augmented, still learning)"
+        ]
+    else:
+        lines = [
+            f"{report['split']} top-1 {100 * report['top1']:.2f}%  top-5 "
+            f"{100 * report['top5']:.2f}%  ({report['n']} images, {report['model']})"
+        ]
+    per = sorted(report.get("per_class", {}).items(), key=lambda kv: kv[1])
     if per:
         weakest = ", ".join(f"{k} {100 * v:.1f}%" for k, v in per[:3])
         lines.append(f"weakest classes: {weakest}")
@@ -169,6 +180,39 @@ def _count(n: int, noun: str) -> str:
 
 
 # ------------------------------------------------------------------------------ vitlab eval
+def _missing_split(data: DataSplits, split: str) -> str:
+    have = [s for s in ("train", "val", "test") if getattr(data, s) is not None]
+    hint = f"it has {', '.join(have)}"
+    if split == "val":
+        hint += (
+            "; to evaluate on the validation images a training run held out, pass the run's "
+            "--val-split and --seed (its config.yaml has val_split and seed)"
+        )
+    return f"{data.name} has no {split} split: {hint}"
+
+
+def _check_fit(model: nn.Module, data: DataSplits, name: str) -> None:
+    """Refuse a class count that differs; say so when the classes or channels do not match."""
+    cfg = model.cfg
+    if cfg.num_classes != data.num_classes:
+        raise ConfigError(
+            f"{name} has {cfg.num_classes} classes but {data.name} has {data.num_classes}; "
+            f"fine-tune it first (vitlab finetune --from {name})"
+        )
+    if cfg.class_names and tuple(cfg.class_names) != tuple(data.class_names):
+        log.warning(
+            "note: %s's classes (%s, ...) are not %s's (%s, ...); accuracy counts class i of "
+            "the model as class i of the data",
+            name, ", ".join(cfg.class_names[:3]), data.name, ", ".join(data.class_names[:3]),
+        )  # fmt: skip
+    if cfg.in_chans != data.in_chans:
+        log.warning(
+            "note: %s takes %d channel(s) and %s has %d: images are converted (%s)",
+            name, cfg.in_chans, data.name, data.in_chans,
+            "to greyscale" if cfg.in_chans == 1 else "grey copied to each channel",
+        )  # fmt: skip
+
+
 def eval_augmentation(model: nn.Module) -> AugConfig:
     """The model's own evaluation preprocessing: its resolution, channels and crop."""
     c = model.cfg
@@ -186,21 +230,20 @@ def evaluate_checkpoint(
     download: bool = False,
     device: str = "cpu",
     name: str | None = None,
+    val_split: float = 0.0,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """`vitlab eval`: a loaded model's top-1/top-5/per-class accuracy and confusion matrix on
-    a split of `data_spec`; with `out`, report.json and confusion.png there."""
+    a split of `data_spec` (`val_split` and `seed` hold out the validation images a training
+    run held out); with `out`, report.json and confusion.png there."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     dev = pick_device(device)
-    data = load_data(data_spec, root, download=download)
+    data = load_data(data_spec, root, download=download, val_split=val_split, seed=seed)
     images = getattr(data, split)
     if images is None:
-        raise ConfigError(f"{data.name} has no {split} split; try --split test or --split val")
-    if model.cfg.num_classes != data.num_classes:
-        raise ConfigError(
-            f"{name or 'the model'} has {model.cfg.num_classes} classes but {data.name} has "
-            f"{data.num_classes}; fine-tune it first (vitlab finetune --from {name or 'CKPT'})"
-        )
+        raise ConfigError(_missing_split(data, split))
+    _check_fit(model, data, name or "the model")
     ctx = EvalContext(dev, tuple(model.cfg.mean), tuple(model.cfg.std), data.num_classes)
     loader, _ = build_loader(images, eval_augmentation(model), batch_size)
     t0 = time.perf_counter()

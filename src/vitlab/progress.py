@@ -16,6 +16,11 @@ def refresh_seconds() -> float:
     return 0.1 if sys.stderr.isatty() else 30.0
 
 
+def say(message: str) -> None:
+    """Print a line on stderr above any progress bar (not onto the bar's own line)."""
+    tqdm.write(message, file=sys.stderr)
+
+
 def progress_bar(iterable=None, **kwargs) -> tqdm:
     """`tqdm(iterable, **kwargs)` (on stderr), refreshing every `refresh_seconds()`."""
     kwargs.setdefault("mininterval", refresh_seconds())

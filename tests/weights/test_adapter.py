@@ -6,6 +6,7 @@ import torch
 
 from vitlab.errors import CheckpointError
 from vitlab.weights.adapter import (
+    UNKNOWN,
     apply_rules,
     count_indexed,
     grid_from_tokens,
@@ -43,6 +44,7 @@ def test_shape_readers():
     assert grid_from_tokens(197, 1) == (14, True) and grid_from_tokens(196, 1) == (14, False)
     with pytest.raises(CheckpointError, match="square"):
         grid_from_tokens(50, 0)
-    assert guess_num_heads(384, 12, 1536) == 6  # the registry's ViT-S
-    assert guess_num_heads(1280, 32, 5120) == 16  # ViT-H/14's 80-wide heads, from the registry
-    assert guess_num_heads(256, 3, 512) == 4  # no match: 64-wide heads
+    assert guess_num_heads(384, 12, 1536) == (6, "the registry's vit_s16")
+    assert guess_num_heads(1280, 32, 5120) == (16, "the registry's vit_h14")  # 80-wide heads
+    assert guess_num_heads(256, 3, 512) == (4, "heads 64 wide, as the paper's")  # said
+    assert guess_num_heads(32, 1, 64)[1] == UNKNOWN  # ambiguous: load_checkpoint refuses

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from vitlab.cli.common import number
+
 HELP = "measure img/s, GFLOP/s and hardware utilisation (optionally side by side with timm)"
 
 DESCRIPTION = """\
@@ -40,9 +42,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default="vit_s16", help="variant name (default vit_s16)")
-    p.add_argument("--batch", type=int, default=16, help="images per step (default 16)")
-    p.add_argument("--img-size", type=int, help="input resolution (default: the variant's)")
-    p.add_argument("--in-chans", type=int, help="input channels (default: the variant's)")
+    p.add_argument("--batch", type=number(int, 1), default=16, help="images per step (default 16)")
+    p.add_argument(
+        "--img-size", type=number(int, 1), help="input resolution (default: the variant's)"
+    )
+    p.add_argument(
+        "--in-chans", type=number(int, 1), help="input channels (default: the variant's)"
+    )
     p.add_argument(
         "--mode",
         choices=["infer", "train"],
@@ -63,9 +69,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=["timm"],
         help="also time this library's identical model, interleaved, and print the ratio",
     )
-    p.add_argument("--iters", type=int, default=10, help="timed steps per model (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.add_argument(
+        "--iters", type=number(int, 1), default=10, help="timed steps per model (default 10)"
+    )
+    p.add_argument(
+        "--warmup", type=number(int, 0), default=2, help="untimed steps first (default 2)"
+    )
+    p.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:N or auto: the GPU when there is one"
+    )
     p.add_argument(
         "--default-malloc",
         action="store_true",

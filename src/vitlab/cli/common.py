@@ -1,12 +1,17 @@
-"""What the subcommands share: the checkpoint/source arguments, `--set key=value` parsing, and
-loading a checkpoint onto a device. Nothing here imports torch at module level, so building the
-parser (`vitlab --help`) stays instant; the library is imported when a command runs."""
+"""What the subcommands share: the parser (one-line errors), typed and range-checked numbers,
+output paths checked for their kind before any work starts, the checkpoint/source/device
+arguments, `--set key=value` parsing, and loading a checkpoint. Nothing here imports torch at
+module level, so building the parser (`vitlab --help`) stays instant; the library is imported
+when a command runs."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import re
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
 
 from vitlab.errors import ConfigError
 from vitlab.weights.formats import AUTO, SOURCE_NAMES
@@ -14,8 +19,106 @@ from vitlab.weights.formats import AUTO, SOURCE_NAMES
 SOURCE_CHOICES = [AUTO, *SOURCE_NAMES]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with vitlab's manners: a mistake is one line (what was wrong, where to look)
+    and exit status 2, and `-q` works before or after the command name."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            "-q",
+            "--quiet",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="print warnings and errors only",
+        )
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: error: {message} (see `{self.prog} --help`)")
+
+
+class UsageError(Exception):
+    """A command line that does not parse; `vitlab` prints it as one line and exits with 2."""
+
+
+# ------------------------------------------------------------------------- typed numbers
+def number(kind: type, minimum: float | None = None, *, above: bool = False) -> Callable:
+    """An argparse `type` for a number of `kind` (int or float, in any notation) that is at
+    least `minimum` (more than it with `above`); the error says which number is wanted."""
+    what = "a whole number" if kind is int else "a number"
+    if minimum is not None:
+        what += f" {'>' if above else '>='} {minimum:g}"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text) if kind is int else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if minimum is not None and (value <= minimum if above else value < minimum):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    parse.numeric = True  # type: ignore[attr-defined]  (the generated CLI test finds them)
+    return parse
+
+
+# --------------------------------------------------------------------------- output paths
+def _no_file_on_the_way(path: Path, text: str) -> None:
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a folder")
+
+
+def _kind(kind: str) -> Callable[[Callable], Callable]:
+    def mark(parse: Callable) -> Callable:
+        parse.path_kind = kind  # type: ignore[attr-defined]  "dir" or "file"
+        return parse
+
+    return mark
+
+
+@_kind("dir")
+def out_dir(text: str) -> Path:
+    """A folder to write into (made if missing): refused when a file is there already."""
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder (made if missing)")
+    _no_file_on_the_way(path, text)
+    return path
+
+
+def out_file(*suffixes: str) -> Callable[[str], Path]:
+    """A file to write (its folder made if missing): refused when it is a folder, or when its
+    name does not end in one of `suffixes`."""
+    ends = " or ".join(suffixes)
+
+    def parse(text: str) -> Path:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name ending {ends}")
+        if suffixes and path.suffix.lower() not in suffixes:
+            raise argparse.ArgumentTypeError(f"{text}: give a file name ending {ends}")
+        _no_file_on_the_way(path, text)
+        return path
+
+    parse.__name__ = f"file name ending {ends}"
+    return _kind("file")(parse)
+
+
+@_kind("dir")
+def in_dir(text: str) -> Path:
+    """A folder to read from (or to download into): refused when it is a file."""
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give the folder that holds the data")
+    return path
+
+
 def add_checkpoint_args(p: argparse.ArgumentParser, help: str | None = None) -> None:
-    """`--checkpoint PATH` (required) and `--source` (the registry's names, or auto)."""
+    """`--checkpoint PATH` (required), `--source` (the registry's names, or auto) and `--set`
+    (model-config fields to apply while loading, e.g. num_heads for files that lack it)."""
     p.add_argument(
         "--checkpoint",
         required=True,
@@ -30,22 +133,44 @@ def add_checkpoint_args(p: argparse.ArgumentParser, help: str | None = None) -> 
         choices=SOURCE_CHOICES,
         help="the checkpoint's ecosystem (default: detected from the file)",
     )
-
-
-def add_device_arg(p: argparse.ArgumentParser, default: str = "cpu") -> None:
     p.add_argument(
-        "--device", default=default, help=f"cpu, cuda, cuda:N or auto (default {default})"
+        "--set",
+        dest="model_set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model-config field to apply while loading, e.g. num_heads=4 (timm and "
+        "torchvision files do not store it); repeatable",
     )
 
 
-def load_model(args: argparse.Namespace, device: str | None = None) -> Any:
-    """The checkpoint of `args` (its --checkpoint and --source), on `device` (else
-    `args.device`), checked: a one-line error for a device that is not there."""
+def add_device_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    p.add_argument(
+        "--device",
+        default=default,
+        help=f"cpu, cuda, cuda:N or auto: the GPU when there is one (default {default})",
+    )
+
+
+def load_model(args: argparse.Namespace) -> Any:
+    """The checkpoint of `args` (--checkpoint, --source, --set) on `args.device`, checked first:
+    a one-line error for a device that is not there."""
     from vitlab.runtime import pick_device
     from vitlab.weights.checkpoint import load_checkpoint
 
-    dev = pick_device(device or getattr(args, "device", "cpu"))
-    return load_checkpoint(args.checkpoint, source=args.source).to(dev)
+    dev = pick_device(getattr(args, "device", "auto"))
+    overrides = parse_set(getattr(args, "model_set", []), nested=False)
+    return load_checkpoint(args.checkpoint, source=args.source, **overrides).to(dev)
+
+
+def note_channels(model: Any) -> None:
+    """Say that image files will be converted, when the model takes other than colour."""
+    chans = model.cfg.in_chans
+    if chans != 3:
+        what = "greyscale" if chans == 1 else f"{chans} channels"
+        logging.getLogger("vitlab").warning(
+            "note: the model takes %d channel(s): images are converted to %s", chans, what
+        )
 
 
 # ------------------------------------------------------------------------------ --set values

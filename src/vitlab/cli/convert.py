@@ -16,15 +16,20 @@ Read a checkpoint in any layout vitlab understands and write it in another, so w
 or published in one ecosystem run in the others:
 
   vitlab       one self-describing .safetensors (config and class names inside)
-  timm         a timm state dict (.safetensors): timm.create_model(..., pretrained_cfg_overlay=
-               dict(file=DST)) or model.load_state_dict reads it
-  hf           a directory ViTForImageClassification.from_pretrained(DST) reads
+  timm         a timm state dict (.safetensors): timm.create_model(NAME, num_classes=N,
+               pretrained=True, pretrained_cfg_overlay=dict(file=DST)) reads it (give
+               num_classes unless the head has timm's 1000 classes), or model.load_state_dict
+  hf           a new or empty folder ViTForImageClassification.from_pretrained(DST) reads
   google       a vit_jax/big_vision-layout .npz (timm's npz loader reads it too)
-  torchvision  a state dict torchvision.models.VisionTransformer.load_state_dict takes (.pth)
+  torchvision  a state dict torchvision.models.VisionTransformer.load_state_dict takes (.pth;
+               .safetensors keeps the head count, class names and normalisation too)
 
-SRC may be a file, a Hugging Face directory, or a hub reference (hf-hub:ORG/NAME, timm:MODEL.TAG;
-downloaded once with huggingface_hub). The architecture is read from the weights; files that do
-not record everything (timm and torchvision store no head count) can be completed with --set.
+DST must be named as the layout is written (.safetensors, .npz, .pth), so that the file says
+what it holds. SRC may be a file, a Hugging Face directory, or a hub reference
+(hf-hub:ORG/NAME, timm:MODEL.TAG; downloaded once with huggingface_hub). The architecture is
+read from the weights; vitlab's own timm and torchvision .safetensors exports carry its config,
+and for other files that lack the head count it is taken from the registry (and said), or must
+be given with --set num_heads=N.
 Each ecosystem computes slightly differently (LayerNorm eps, exact or tanh GELU): the numbers a
 model was loaded with travel with it, and a target that cannot express them is refused with the
 reason before anything is written; every file is written atomically.
@@ -80,17 +85,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitlab.weights.checkpoint import load_checkpoint, save_checkpoint
+    from vitlab.weights import checkpoint as ckpt
 
+    target = ckpt.get_source(args.to)
+    ckpt.check_target(target, Path(args.dst))  # before the (maybe long) read
     overrides = parse_set(args.overrides, nested=False)
-    model = load_checkpoint(
+    model = ckpt.load_checkpoint(
         args.src, args.model, source=args.source, resample=args.resample, **overrides
     )
-    print(f"read   {args.src} ({model.cfg.extra.get('source')} layout)")
-    print(f"       {describe(model)}")
-    out = save_checkpoint(model, args.dst, format=args.to)
-    files = sorted(p for p in Path(out).rglob("*") if p.is_file()) if Path(out).is_dir() else [out]
-    size = sum(Path(f).stat().st_size for f in files)
+    print(f"read   {args.src} ({model.cfg.extra.get('source')} layout): {describe(model)}")
+    out = Path(ckpt.save_checkpoint(model, args.dst, format=args.to))
+    files = [out / name for name in target.folder] if target.folder else [out]
+    size = sum(f.stat().st_size for f in files)
     print(f"wrote  {out} ({args.to} layout): {len(files)} file(s), {size / 1e6:.1f} MB")
     return 0
 
@@ -99,7 +105,8 @@ def describe(model: Any) -> str:
     """One line of facts about a loaded model."""
     c = model.cfg
     names = " with class names" if c.class_names else ""
-    params = f"{model.num_params() / 1e6:.1f}M params"
+    n = model.num_params()
+    params = f"{n / 1e6:.1f}M params" if n >= 1e6 else f"{n / 1e3:.0f}K params"
     if c.arch == "resnetv2":
         return (
             f"ResNetV2 stages {c.layers} x{c.width_factor}, {c.img_size} px, {c.num_classes} "

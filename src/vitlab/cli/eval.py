@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from vitlab.cli.common import add_checkpoint_args, add_device_arg, load_model
+from vitlab.cli.common import (
+    add_checkpoint_args,
+    add_device_arg,
+    in_dir,
+    load_model,
+    number,
+    out_dir,
+)
 
 HELP = "evaluate a checkpoint: top-1, top-5, per-class accuracy, confusion matrix"
 
@@ -20,7 +26,8 @@ EPILOG = """\
 examples:
   vitlab eval --checkpoint runs/demo/last.safetensors --data fashion-mnist
   vitlab eval --checkpoint runs/demo/best.safetensors --data fashion-mnist --out runs/demo/eval
-  vitlab eval --checkpoint model.safetensors --data imagefolder:photos --split val
+  vitlab eval --checkpoint m.safetensors --data imagefolder:photos --split val --val-split 0.2
+                            the images a training run with val_split 0.2 (and seed 0) held out
 """
 
 
@@ -34,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_checkpoint_args(p, help="the weights to evaluate (any file vitlab.load_checkpoint reads)")
     p.add_argument("--data", required=True, metavar="NAME[:PATH]", help="dataset (as for train)")
-    p.add_argument("--data-root", metavar="DIR", help="where the dataset's files are")
+    p.add_argument("--data-root", type=in_dir, metavar="DIR", help="where the dataset's files are")
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
     p.add_argument(
         "--split",
@@ -42,9 +49,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="test",
         help="which split (default: test)",
     )
-    p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
     p.add_argument(
-        "--out", type=Path, metavar="DIR", help="write report.json and confusion.png here"
+        "--batch-size", type=number(int, 1), default=256, help="images per batch (default 256)"
+    )
+    p.add_argument(
+        "--out", type=out_dir, metavar="DIR", help="write report.json and confusion.png here"
+    )
+    p.add_argument(
+        "--val-split",
+        type=number(float, 0),
+        default=0.0,
+        metavar="F",
+        help="hold out this fraction of the training images as --split val, as a training run "
+        "with val_split F does (for datasets without a validation split of their own)",
+    )
+    p.add_argument(
+        "--seed", type=number(int), default=0, help="the seed of that hold-out (the run's seed)"
     )
     add_device_arg(p)
 
@@ -62,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         download=args.download,
         device=args.device,
         name=str(args.checkpoint),
+        val_split=args.val_split,
+        seed=args.seed,
     )
     print(format_report(report))
     for name, acc in report["per_class"].items():

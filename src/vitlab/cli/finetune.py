@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vitlab.cli.train import add_common
+from vitlab.cli.train import add_common, config_keys
 from vitlab.cli.train import run as run  # the same handler as `vitlab train`
 from vitlab.train.config import list_presets
 
@@ -27,6 +27,9 @@ examples:
   vitlab finetune --from b16.safetensors --data cifar10 --img-size 384 --set lr=0.01
 
 presets: {presets}
+
+config keys (--set KEY=VALUE; model_args.KEY for the model's own fields):
+{keys}
 """
 
 
@@ -35,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "finetune",
         help=HELP,
         description=DESCRIPTION,
-        epilog=EPILOG.format(presets=", ".join(list_presets())),
+        epilog=EPILOG.format(presets=", ".join(list_presets()), keys=config_keys()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(

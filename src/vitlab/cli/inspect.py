@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vitlab.cli.common import add_checkpoint_args, add_device_arg, load_model
+from vitlab.cli.common import (
+    add_checkpoint_args,
+    add_device_arg,
+    in_dir,
+    load_model,
+    note_channels,
+    number,
+    out_dir,
+)
 
 HELP = "attention maps, rollout, attention distance, embeddings (Figures 6, 7) as PNGs + HTML"
 
@@ -47,7 +55,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_checkpoint_args(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs and index.html")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=out_dir,
+        metavar="DIR",
+        help="folder for the PNGs and index.html",
+    )
     which = p.add_mutually_exclusive_group()
     which.add_argument(
         "--images", nargs="+", metavar="IMAGE_OR_DIR", help="images or folders (default: samples)"
@@ -57,29 +71,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="NAME[:PATH]",
         help="or test images of a dataset, one per class first (as in vitlab train --data)",
     )
-    p.add_argument("--data-root", metavar="DIR", help="where the --data files are")
+    p.add_argument("--data-root", type=in_dir, metavar="DIR", help="where the --data files are")
     p.add_argument(
-        "--num-images", type=int, default=6, metavar="N", help="images taken from --data (6)"
+        "--num-images",
+        type=number(int, 1),
+        default=6,
+        metavar="N",
+        help="images taken from --data (6)",
     )
     p.add_argument(
         "--block",
-        type=int,
+        type=number(int, 0),
         metavar="N",
         help="block of the raw attention maps (default: the last)",
     )
     p.add_argument(
         "--head",
-        type=int,
+        type=number(int, 0),
         nargs="+",
         metavar="H",
         help="heads of that block (default: all)",
     )
     p.add_argument(
-        "--components", type=int, default=28, metavar="K", help="filter PCs to show (default 28)"
+        "--components",
+        type=number(int, 1),
+        default=28,
+        metavar="K",
+        help="filter PCs to show (default 28)",
     )
     p.add_argument(
         "--img-size",
-        type=int,
+        type=number(int, 1),
         metavar="PX",
         help="run at this resolution instead of the checkpoint's (position embeddings resampled)",
     )
@@ -90,15 +112,17 @@ def run(args: argparse.Namespace) -> int:
     from vitlab.data.images import read_images, sample_photos
     from vitlab.inspect.report import inspect_model
     from vitlab.inspect.samples import dataset_images
+    from vitlab.progress import say
 
     model = load_model(args)
+    note_channels(model)
     if args.img_size:
         model.set_image_size(args.img_size)
     failed = []
 
     def report_bad(e: Exception) -> None:
         failed.append(e)
-        print(f"vitlab inspect: skipped {e}", file=sys.stderr)
+        say(f"vitlab inspect: skipped {e}")
 
     if args.images:
         images = read_images(args.images, model.cfg.in_chans, on_error=report_bad)
@@ -113,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         block=args.block,
         heads=args.head,
         components=args.components,
-        progress=not args.quiet,
+        progress=not getattr(args, "quiet", False),
     )
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)

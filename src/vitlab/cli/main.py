@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from vitlab._version import __version__
+from vitlab.cli.common import Parser, UsageError
 from vitlab.errors import VitlabError
 
 # Subcommand -> module under vitlab.cli; each module has `add_parser(subparsers)` and `run(args)`.
@@ -43,7 +44,7 @@ Run `vitlab COMMAND --help` for the options of a command.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="vitlab",
         description="Vision Transformers as the paper defines them (Dosovitskiy et al., 2021): "
         "build every variant, load every ecosystem's weights, train, inspect, benchmark.",
@@ -51,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"vitlab {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=Parser
+    )
     for name in COMMANDS:
         importlib.import_module(f"vitlab.cli.{name}").add_parser(sub)
     return parser
@@ -60,15 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return 2
+    args.quiet = getattr(args, "quiet", False)  # -q before or after the command name
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(message)s",
         stream=sys.stderr,
     )
     module = importlib.import_module(f"vitlab.cli.{args.command}")
+    from tqdm.contrib.logging import logging_redirect_tqdm  # log lines above progress bars
+
     try:
-        return int(module.run(args) or 0)
+        with logging_redirect_tqdm():
+            return int(module.run(args) or 0)
     except VitlabError as e:
         print(f"vitlab {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -9,8 +9,9 @@ HELP = "list model variants with layers, width, heads, parameters and GFLOPs"
 
 DESCRIPTION = """\
 List every model variant vitlab can build: the ViTs, the R50+ViT hybrids and the BiT ResNets
-the paper compares against. Sizes are computed from the registry without allocating weights, so
-even ViT-H/14 lists instantly. Any name shown here, the paper's names ("ViT-B/16", "B/16",
+the paper compares against. Sizes are computed from the registry on PyTorch's meta device, without
+allocating a single weight (ViT-H/14 included; the whole list takes about as long as importing
+torch). Any name shown here, the paper's names ("ViT-B/16", "B/16",
 "R50+ViT-B/16") and timm's ("vit_base_patch16_384", "resnetv2_50x1_bit") work wherever a model is
 asked for. For the CNNs, "layers" is the ResNet depth and "width" the final channels; for hybrids
 and CNNs the total stride (pixels per token / per final feature) is in the --json rows.

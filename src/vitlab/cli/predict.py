@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vitlab.cli.common import add_checkpoint_args, add_device_arg, load_model
+from vitlab.cli.common import (
+    add_checkpoint_args,
+    add_device_arg,
+    load_model,
+    note_channels,
+    number,
+    out_dir,
+    out_file,
+)
 
 HELP = "classify images (files or folders) with a checkpoint; top-k classes per image"
 
@@ -41,13 +49,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
     add_checkpoint_args(p)
-    p.add_argument("--topk", type=int, default=5, metavar="K", help="classes per image (default 5)")
-    p.add_argument("--out", metavar="FILE", help="also write the results to FILE.json or FILE.csv")
     p.add_argument(
-        "--batch-size", type=int, default=16, metavar="B", help="images per forward pass (16)"
+        "--topk", type=number(int, 1), default=5, metavar="K", help="classes per image (default 5)"
+    )
+    p.add_argument(
+        "--out",
+        type=out_file(".json", ".csv"),
+        metavar="FILE",
+        help="also write the results to FILE.json or FILE.csv",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=number(int, 1),
+        default=16,
+        metavar="B",
+        help="images per forward pass (16)",
     )
     p.add_argument(
         "--explain",
+        type=out_dir,
         metavar="DIR",
         help="write each image with its attention-rollout heatmap overlaid to DIR (PNG)",
     )
@@ -57,8 +77,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vitlab.data.images import find_images
     from vitlab.predict import predict_files
+    from vitlab.progress import say
 
     model = load_model(args)
+    note_channels(model)
     files = find_images(args.paths)
     result = predict_files(
         model,
@@ -67,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         explain_dir=args.explain,
         out=args.out,
-        on_failure=lambda f: print(f"vitlab predict: skipped {f.reason}", file=sys.stderr),
-        progress=not args.quiet,
+        on_failure=lambda f: say(f"vitlab predict: skipped {f.reason}"),
+        progress=not getattr(args, "quiet", False),
     )
     for pred in result.predictions:
         tops = ", ".join(f"{label} {q:.1%}" for _, label, q in pred.top)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
-from vitlab.cli.common import parse_set
-from vitlab.train.config import TrainConfig, build_config, list_presets
+from vitlab.cli.common import in_dir, number, out_dir, parse_set
+from vitlab.train.config import TrainConfig, accumulation_for, build_config, list_presets
 
 log = logging.getLogger("vitlab")
 
@@ -35,6 +37,9 @@ examples:
   torchrun --nproc_per_node=2 -m vitlab train --config fashion_mnist_vit   two processes (DDP)
 
 presets: {presets}
+
+config keys (--set KEY=VALUE; model_args.KEY for the model's own fields):
+{keys}
 """
 
 # The flags every training command shares that set the TrainConfig key of the same name.
@@ -54,25 +59,31 @@ def add_common(p: argparse.ArgumentParser, default_config: str | None) -> None:
     p.add_argument(
         "--data", metavar="NAME[:PATH]", help="dataset, e.g. fashion-mnist or imagefolder:DIR"
     )
-    p.add_argument("--data-root", metavar="DIR", help="where the dataset's files are (or go)")
+    p.add_argument(
+        "--data-root", type=in_dir, metavar="DIR", help="where the dataset's files are (or go)"
+    )
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
-    p.add_argument("--epochs", type=float, help="training epochs")
-    p.add_argument("--steps", type=int, help="optimiser steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, help="global batch size (all processes)")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
+    p.add_argument("--epochs", type=number(float, 0, above=True), help="training epochs")
+    p.add_argument("--steps", type=number(int, 1), help="optimiser steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=number(int, 1), help="global batch size (all processes)")
+    p.add_argument("--lr", type=number(float, 0, above=True), help="peak learning rate")
+    p.add_argument(
+        "--img-size", type=number(int, 1), help="input resolution (default: the model's)"
+    )
     p.add_argument(
         "--precision",
         choices=["fp32", "bf16", "fp16", "auto"],
         help="bf16 autocast; fp16 needs a GPU; auto: bf16 where it is measured faster here",
     )
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument("--workers", type=int, help="data-loading processes (0: in the main one)")
+    p.add_argument(
+        "--workers", type=number(int, 0), help="data-loading processes (0: in the main one)"
+    )
     p.add_argument(
         "--strategy", choices=["ddp", "fsdp"], help="multi-process strategy under torchrun"
     )
-    p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--out", metavar="RUN_DIR", help="run directory")
+    p.add_argument("--seed", type=number(int), help="random seed")
+    p.add_argument("--out", type=out_dir, metavar="RUN_DIR", help="run directory")
     p.add_argument(
         "--resume",
         nargs="?",
@@ -96,19 +107,28 @@ def add_common(p: argparse.ArgumentParser, default_config: str | None) -> None:
     )
 
 
+def config_keys() -> str:
+    """Every TrainConfig key, wrapped for the help text."""
+    import textwrap
+
+    names = ", ".join(f.name for f in dataclasses.fields(TrainConfig))
+    return textwrap.fill(names, width=92, initial_indent="  ", subsequent_indent="  ")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help=HELP,
         description=DESCRIPTION,
-        epilog=EPILOG.format(presets=", ".join(list_presets())),
+        epilog=EPILOG.format(presets=", ".join(list_presets()), keys=config_keys()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common(p, None)
 
 
 def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> TrainConfig:
-    """Preset, then flags, then --set (later wins)."""
+    """Preset (or, resuming without --config, the run's own config.yaml), then flags, then
+    --set (later wins); a default that changes the result is said out loud."""
     flags = {key: getattr(args, key) for key in FLAG_KEYS}
     overrides = {k: v for k, v in flags.items() if v is not None}  # flags not given
     if args.download:
@@ -117,18 +137,66 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
         overrides["compile"] = True
     overrides.update(extra or {})
     overrides.update(parse_set(args.set))
-    return build_config(args.config, overrides)
+    base = args.config or _resumed_config(args)
+    overrides = {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}
+    _keep_micro_batches(base, overrides)
+    cfg = build_config(base, overrides)
+    if cfg.data == "synthetic" and "data" not in overrides and not _preset_sets(base, "data"):
+        log.warning(
+            "no --data given: training on 'synthetic' (random patterns, for smoke tests); pass "
+            "--data fashion-mnist, --data imagefolder:DIR or another dataset for real images"
+        )
+    return cfg
+
+
+def _keep_micro_batches(base: str | None, overrides: dict[str, Any]) -> None:
+    """A --batch-size given without accum_steps keeps the preset's micro-batch size (finetune's
+    paper recipe accumulates 16 micro-batches of 32; `--batch-size 8` becomes one of 8)."""
+    if "batch_size" not in overrides or "accum_steps" in overrides or base is None:
+        return
+    preset = build_config(base)
+    if preset.accum_steps == 1:
+        return
+    micro = preset.batch_size // preset.accum_steps
+    overrides["accum_steps"] = accumulation_for(overrides["batch_size"], micro)
+    log.info(
+        "batch %d in %d accumulated micro-batch(es) (the preset's accum_steps %d made "
+        "micro-batches of %d)",
+        overrides["batch_size"], overrides["accum_steps"], preset.accum_steps, micro,
+    )  # fmt: skip
+
+
+def _resumed_config(args: argparse.Namespace) -> str | None:
+    """The config.yaml of the run `--resume` continues (`auto`: the one in --out; a path: that
+    run's folder), so that resuming needs no --config; None when there is none."""
+    if args.resume is None:
+        return None
+    if args.resume == "auto":
+        folder = Path(args.out) if args.out else None
+    else:
+        path = Path(args.resume)
+        folder = path if path.is_dir() else path.parent
+    found = folder / "config.yaml" if folder is not None else None
+    if found is not None and found.is_file():
+        log.info("resuming with the run's own settings: %s", found)
+        return str(found)
+    return None
+
+
+def _preset_sets(preset: str | None, key: str) -> bool:
+    from vitlab.train.config import preset_path, read_yaml
+
+    return preset is not None and key in read_yaml(preset_path(preset))
 
 
 def print_result(result) -> None:
     from vitlab.evaluate import format_report
     from vitlab.train.state import RUN_FILES
 
-    if not result.report:
-        return
     f = {role: result.run_dir / name for role, name in RUN_FILES.items()}
     print(format_report(result.report))
-    print(f"report:      {f['report']} (confusion matrix: {f['confusion']})")
+    confusion = f" (confusion matrix: {f['confusion']})" if f["confusion"].is_file() else ""
+    print(f"report:      {f['report']}{confusion}")
     print(f"curves:      {f['curves']} (per epoch: {f['summary']})")
     also = f" (best on validation: {f['best']})" if f["best"].is_file() else ""
     print(f"checkpoint:  {f['last']}{also}")

@@ -245,7 +245,8 @@ class ResNetV2(nn.Module, VitlabModule):
         self.norm = GroupNormAct(cin, cfg) if cfg.preact else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = ClassifierHead(cin, cfg.num_classes)
-        self.init_weights()
+        if self.stem.conv.weight.device.type != "meta":  # meta tensors hold no values
+            self.init_weights()
 
     @torch.no_grad()
     def init_weights(self) -> None:

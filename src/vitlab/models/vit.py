@@ -73,7 +73,8 @@ class VisionTransformer(nn.Module, VitlabModule):
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(rep or D, cfg.num_classes) if cfg.num_classes else nn.Identity()
         self.grad_checkpointing = False
-        self.init_weights()
+        if self.pos_embed.device.type != "meta":  # meta tensors hold no values to initialise
+            self.init_weights()
 
     # ----------------------------------------------------------------------------------- init
     @torch.no_grad()

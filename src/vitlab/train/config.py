@@ -8,6 +8,7 @@ warmup, cosine decay, global-norm clipping at 1); the presets in `configs/` tune
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -86,7 +87,11 @@ class TrainConfig:
         checks = [
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.accum_steps >= 1, "accum_steps must be >= 1"),
-            (self.batch_size % self.accum_steps == 0, "batch_size must divide by accum_steps"),
+            (
+                self.batch_size % self.accum_steps == 0,
+                f"batch_size {self.batch_size} must divide by accum_steps {self.accum_steps} "
+                f"(set --set accum_steps=N to a divisor)",
+            ),
             (self.epochs > 0 or (self.steps or 0) > 0, "epochs (or steps) must be > 0"),
             (self.lr > 0, "lr must be > 0"),
             (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
@@ -159,6 +164,13 @@ def preset_path(name: str) -> Path:
     )
 
 
+def accumulation_for(batch: int, micro: int) -> int:
+    """The number of accumulated micro-batches that splits `batch` evenly into pieces of at
+    most `micro` images (the fewest such)."""
+    return next(a for a in range(max(1, math.ceil(batch / max(micro, 1))), batch + 1)
+                if batch % a == 0)  # fmt: skip
+
+
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in overrides.items():
@@ -182,7 +194,7 @@ def build_config(
         said = ", ".join(
             f"{k}" + (f" (did you mean {h[0]}?)" if h else "") for k, h in zip(unknown, hints)
         )
-        raise ConfigError(f"unknown config key(s): {said}; `vitlab train --help` lists them")
+        raise ConfigError(f"unknown config key(s): {said}; `vitlab train --help` lists every key")
     return TrainConfig(**data)
 
 

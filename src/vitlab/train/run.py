@@ -7,6 +7,7 @@ embeddings are resampled when `img_size` changes).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -24,10 +25,11 @@ from vitlab.data.transforms import AugConfig
 from vitlab.data.wds import ShardStream
 from vitlab.errors import ConfigError
 from vitlab.evaluate import eval_augmentation, evaluate, report_dict, write_report
-from vitlab.models.registry import create_model
+from vitlab.files import write_text
+from vitlab.models.registry import create_model, get_config
 from vitlab.runtime import can_compile, keep_freed_memory, resolve_precision, unwrap_model
 from vitlab.train import report as rep
-from vitlab.train.config import TrainConfig, save_config
+from vitlab.train.config import TrainConfig, accumulation_for, save_config
 from vitlab.train.distributed import DistInfo, barrier, init_distributed, wrap_model
 from vitlab.train.loop import StepContext, train_one_epoch
 from vitlab.train.optim import build_ema, build_optimizer, build_scheduler
@@ -162,19 +164,15 @@ def fit(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) ->
     files and starts over there."""
     if resume is not None and overwrite:
         raise ConfigError("--resume continues a run and --overwrite starts one over: pass one")
+    if not cfg.init_from:  # a bad model name or model_args value is said before any work
+        get_config(cfg.model, **cfg.model_args)
     info = setup_runtime(cfg)
     run_dir = Path(cfg.out)
-    resume_path = find_resume(resume, run_dir)
-    if not overwrite:
-        refuse_to_replace(run_dir, resume_path)
-    elif resume_path is None and info.main:
-        clear_run(run_dir)
-    saved = read_state(resume_path) if resume_path is not None else None
+    resume_path, saved = _prepare_run_dir(run_dir, resume, overwrite, info)
     resumed = saved["config"].get("precision") if saved is not None else None
     cfg = replace(cfg, precision=resolve_precision(cfg.precision, info.device, resumed))
-    data = load_data(
-        cfg.data, cfg.data_root, download=cfg.download, val_split=cfg.val_split, seed=cfg.seed
-    )
+    data = training_data(cfg)
+    cfg = fit_batch_to_data(cfg, len(data.train), info.world)
     model = model_for_data(cfg, data)
     spe = steps_per_epoch(len(data.train), cfg, info)
     total = cfg.steps or math.ceil(cfg.epochs * spe)
@@ -191,6 +189,54 @@ def fit(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) ->
         _log_start(cfg, data, model, total, spe, run_dir)
     _train_epochs(cfg, data, state, info, total, spe, run_dir)
     return RunResult(run_dir, final_report(cfg, data, state, info, run_dir), state)
+
+
+def _prepare_run_dir(
+    run_dir: Path, resume: str | None, overwrite: bool, info: DistInfo
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """The state to resume from (and its contents), after refusing to replace another run or,
+    with `overwrite`, clearing its files; says so when there is nothing to resume."""
+    resume_path = find_resume(resume, run_dir)
+    if resume is not None and resume_path is None and info.main:
+        log.warning("--resume: no run in %s yet; starting a new one there", run_dir)
+    if not overwrite:
+        refuse_to_replace(run_dir, resume_path)
+    elif resume_path is None and info.main:
+        clear_run(run_dir)
+    return resume_path, (read_state(resume_path) if resume_path is not None else None)
+
+
+def training_data(cfg: TrainConfig) -> DataSplits:
+    """The run's data, refused when there is nothing to tell apart (a single class)."""
+    data = load_data(
+        cfg.data, cfg.data_root, download=cfg.download, val_split=cfg.val_split, seed=cfg.seed
+    )
+    if data.num_classes < 2:
+        raise ConfigError(
+            f"{data.name} has {data.num_classes} class ({', '.join(data.class_names)}): a "
+            "classifier learns to tell classes apart; give it one folder per class, at least 2"
+        )
+    return data
+
+
+def fit_batch_to_data(cfg: TrainConfig, n: int, world: int = 1) -> TrainConfig:
+    """`cfg` with a batch the data can fill: a batch larger than the `n` training images
+    becomes all of them (shared evenly over `world` processes), split into accumulated
+    micro-batches of at most the size the config asked for, and the change is logged.
+    (Fine-tuning a folder of 36 photos with the paper's batch of 512 would otherwise stop.)"""
+    per_process = n // world
+    if cfg.batch_size // world <= per_process:
+        return cfg
+    if per_process == 0:
+        raise ConfigError(f"{n} training images cannot be shared by {world} processes")
+    batch = per_process * world
+    accum = accumulation_for(batch, cfg.batch_size // cfg.accum_steps)
+    log.warning(
+        "batch_size %d is more than the %d training images: training with batch %d (%d "
+        "accumulated micro-batch(es) of %d) instead; set batch_size and accum_steps to choose",
+        cfg.batch_size, n, batch, accum, batch // accum,
+    )  # fmt: skip
+    return replace(cfg, batch_size=batch, accum_steps=accum)
 
 
 def _log_start(cfg, data: DataSplits, model, total: int, spe: int, run_dir: Path) -> None:
@@ -242,23 +288,22 @@ def _train_epochs(cfg, data, state: TrainState, info, total: int, spe: int, run_
             res = evaluate(state.eval_model, val_loader, ctx.eval_context(), desc=split)
             metrics = {"loss": res.loss, "acc": res.top1, "top5": res.top5}
             row.update({f"{split}_{k}": v for k, v in metrics.items()})
-            _log_epoch(info, row, split)
+        _log_epoch(info, row, split)
         state.history.append(row)
         _end_of_epoch(cfg, state, info, run_dir, row)
 
 
 def _log_epoch(info: DistInfo, row: dict, split: str) -> None:
-    if info.main:
-        log.info(
-            "epoch %d: train loss %.4f acc %.4f | %s loss %.4f acc %.4f | %.0f img/s",
-            row["epoch"],
-            row["train_loss"],
-            row["train_acc"],
-            split,
-            row[f"{split}_loss"],
-            row[f"{split}_acc"],
-            row["img_s"],
-        )
+    """One line per epoch: the training figures, and the held-out split's when it ran."""
+    if not info.main:
+        return
+    held = ""
+    if f"{split}_loss" in row:
+        held = f" | {split} loss {row[f'{split}_loss']:.4f} acc {row[f'{split}_acc']:.4f}"
+    log.info(
+        "epoch %d: train loss %.4f acc %.4f%s | %.0f img/s",
+        row["epoch"], row["train_loss"], row["train_acc"], held, row["img_s"],
+    )  # fmt: skip
 
 
 def _end_of_epoch(cfg, state: TrainState, info, run_dir: Path, row: dict) -> None:
@@ -274,16 +319,22 @@ def _end_of_epoch(cfg, state: TrainState, info, run_dir: Path, row: dict) -> Non
 
 
 def final_report(cfg, data: DataSplits, state: TrainState, info, run_dir: Path) -> dict[str, Any]:
-    """Evaluate the published weights on the test split (else validation) and write the report."""
+    """Evaluate the published weights on the test split (else validation) and write the report;
+    without either, the report holds the training figures only."""
     split, images = ("test", data.test) if data.test is not None else ("val", data.val)
-    if images is None:
-        return {}
-    _, eval_aug = augmentations(cfg, state.model)
-    c = unwrap_model(state.model).cfg
-    ctx = StepContext(cfg, info, tuple(c.mean), tuple(c.std), data.num_classes).eval_context()
-    res = evaluate(state.eval_model, _loader(images, eval_aug, cfg, info)[0], ctx, desc=split)
-    report = report_dict(res, data.class_names, split, cfg.init_from or cfg.model)
+    report: dict[str, Any] = {"split": None, "model": cfg.init_from or cfg.model}
+    if images is not None:
+        _, eval_aug = augmentations(cfg, state.model)
+        c = unwrap_model(state.model).cfg
+        ctx = StepContext(cfg, info, tuple(c.mean), tuple(c.std), data.num_classes)
+        loader = _loader(images, eval_aug, cfg, info)[0]
+        res = evaluate(state.eval_model, loader, ctx.eval_context(), desc=split)
+        report = report_dict(res, data.class_names, split, cfg.init_from or cfg.model)
+    last = state.history[-1] if state.history else {}
     report.update(
+        train_images=len(data.train),
+        train_loss=last.get("train_loss"),
+        train_acc=last.get("train_acc"),
         epochs=len(state.history),
         steps=state.step,
         train_minutes=state.train_time / 60,
@@ -292,7 +343,9 @@ def final_report(cfg, data: DataSplits, state: TrainState, info, run_dir: Path) 
         best=state.best,
         weights=str(run_dir / RUN_FILES["last"]),
     )
-    if info.main:
+    if info.main and images is not None:
         title = f"{data.name} {split}: top-1 {100 * res.top1:.2f}%"
         write_report(run_dir, report, data.class_names, title)
+    elif info.main:
+        write_text(run_dir / RUN_FILES["report"], json.dumps(report, indent=2) + "\n")
     return report

@@ -10,6 +10,7 @@ rule takes, are named together in one CheckpointError; nothing is guessed silent
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import re
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from vitlab.errors import CheckpointError
-from vitlab.models.config import AnyConfig, ViTConfig
+from vitlab.models.config import AnyConfig, ViTConfig, config_from_dict, config_to_json
 from vitlab.models.registry import matching_variants
 from vitlab.weights.io import RawCheckpoint
 
@@ -38,7 +39,7 @@ FORMAT_VALUE = "vitlab"
 class Source:
     """One ecosystem's weight layout, in both directions. `resample` names the method of
     `vitlab.weights.posemb.METHODS` that its own library uses for position embeddings at a new
-    resolution."""
+    resolution; `suffixes` (or, for a folder, `folder`) what an export writes."""
 
     name: str
     description: str
@@ -47,6 +48,8 @@ class Source:
     to_vitlab: Callable[[RawCheckpoint, AnyConfig], dict[str, torch.Tensor]]
     export: Callable[[nn.Module, Path], Path] | None = None
     resample: str = "bicubic"
+    suffixes: tuple[str, ...] = (".safetensors",)  # the file names an export may take
+    folder: tuple[str, ...] = ()  # the files of a folder export (then `suffixes` is unused)
 
 
 def written_by_vitlab(raw: RawCheckpoint) -> bool:
@@ -156,13 +159,44 @@ def grid_from_tokens(n_pos: int, n_prefix: int) -> tuple[int, bool]:
     raise CheckpointError(f"{n_pos} position embeddings do not form a square patch grid")
 
 
-def guess_num_heads(dim: int, depth: int, mlp: int) -> int:
-    """Head counts are not in timm's or torchvision's tensors: take the registry's for the same
-    (D, depth, MLP), else assume 64-wide heads as every variant of the paper has (H/14 aside)."""
+# Where a reader put a value the file does not store: `cfg.extra[GUESSED]` maps the field to
+# the registry variant it came from, to "head width 64", or to UNKNOWN (load_checkpoint says
+# which, or refuses an unknown one that the caller did not give).
+GUESSED = "guessed"
+UNKNOWN = "unknown"
+
+
+def guess_num_heads(dim: int, depth: int, mlp: int) -> tuple[int, str]:
+    """Head counts are not in timm's or torchvision's tensors: the registry's for the same
+    (D, depth, MLP) and the variant's name; else 64-wide heads, as every variant of the paper
+    has (H/14 aside), when 64 divides D; else UNKNOWN (with a placeholder of 1)."""
     for v in matching_variants(embed_dim=dim, depth=depth, mlp_dim=mlp):
         if isinstance(v.config, ViTConfig):
-            return v.config.num_heads
-    return max(1, dim // 64) if dim % 64 == 0 else 1
+            return v.config.num_heads, f"the registry's {v.name}"
+    if dim % 64 == 0:
+        return dim // 64, "heads 64 wide, as the paper's"
+    return 1, UNKNOWN
+
+
+# --------------------------------------------------------- a config beside another layout
+CONFIG_META = "vitlab_config"  # vitlab's config, in the metadata of other layouts' exports
+
+
+def config_metadata(cfg: AnyConfig) -> dict[str, str]:
+    """Safetensors metadata that carries what another layout cannot hold (head count, class
+    names, normalisation); that layout's own readers ignore it."""
+    return {CONFIG_META: config_to_json(cfg)}
+
+
+def stored_config(raw: RawCheckpoint) -> AnyConfig | None:
+    """The config a vitlab export left in the metadata, or None."""
+    text = raw.metadata.get(CONFIG_META)
+    if text is None:
+        return None
+    try:
+        return config_from_dict(json.loads(text))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(f"{raw.path}: the stored vitlab config is damaged ({e})") from None
 
 
 @functools.cache

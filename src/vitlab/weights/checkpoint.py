@@ -29,7 +29,15 @@ from vitlab.models.config import AnyConfig, ViTConfig, config_from_dict, config_
 from vitlab.models.registry import build_model, get_config
 from vitlab.runtime import unwrap_model
 from vitlab.weights import google, hf, hub, posemb, timm, torchvision
-from vitlab.weights.adapter import FORMAT_KEY, FORMAT_VALUE, Source, listing, written_by_vitlab
+from vitlab.weights.adapter import (
+    FORMAT_KEY,
+    FORMAT_VALUE,
+    GUESSED,
+    UNKNOWN,
+    Source,
+    listing,
+    written_by_vitlab,
+)
 from vitlab.weights.formats import AUTO, SOURCE_NAMES, SourceName
 from vitlab.weights.io import RawCheckpoint, read_raw, save_safetensors
 
@@ -76,7 +84,6 @@ def detect_source(raw: RawCheckpoint) -> Source:
     or several do."""
     claims = [s for s in SOURCES.values() if s.detect(raw)]
     if len(claims) == 1:
-        log.info("%s: detected %s", raw.path, claims[0].description)
         return claims[0]
     if claims:
         names = " and ".join(s.name for s in claims)
@@ -151,7 +158,8 @@ def load_checkpoint(
     if new_head:
         target.reset_classifier(cfg.num_classes, cfg.class_names)
     target.cfg.extra.update(source=src.name, loaded_from=str(path))
-    log.info("loaded %s weights from %s", src.name, path)
+    how = "detected" if source == AUTO else "as asked"
+    log.info("loaded %s: %s (%s)", path, src.description.split(" (")[0], how)
     return target.eval()
 
 
@@ -168,8 +176,30 @@ def _target(
             )
         target = unwrap_model(model)
         return target, target.cfg
-    cfg = _resolve_config(src.infer_config(raw), model, overrides)
+    inferred = src.infer_config(raw)
+    if model is None:
+        _say_guesses(inferred, overrides, raw.path)
+    cfg = _resolve_config(inferred, model, overrides)
     return build_model(cfg), cfg
+
+
+def _say_guesses(inferred: AnyConfig, overrides: dict[str, Any], path: Path) -> None:
+    """Log each value the file did not store and the reader filled in; refuse one it could
+    not tell, unless the caller gave it."""
+    guessed = inferred.extra.pop(GUESSED, {})
+    for name, origin in guessed.items():
+        if name in overrides:
+            continue
+        if origin == UNKNOWN:
+            raise ConfigError(
+                f"{path} does not store {name}, and no registered variant has its shape "
+                f"(width {inferred.embed_dim}, depth {inferred.depth}, MLP {inferred.mlp_dim}): "
+                f"pass {name}=N (on the command line: --set {name}=N)"
+            )
+        log.warning(
+            "%s does not store %s: took %s from %s; pass %s=N (--set %s=N) if it differs",
+            path, name, getattr(inferred, name), origin, name, name,
+        )  # fmt: skip
 
 
 def _skipped_keys(sd: dict[str, torch.Tensor], dont_load: Sequence[str], new_head: bool) -> set:
@@ -262,7 +292,34 @@ def save_checkpoint(
     src = get_source(format)
     if src.export is None:
         raise ConfigError(f"exporting to {format!r} is not supported")
+    check_target(src, Path(path))
     return src.export(model, Path(path))
+
+
+def check_target(src: Source, path: Path) -> None:
+    """Refuse, before anything is written, a path that is not what `src` writes: a file name
+    whose extension says another format (which vitlab itself could not read back), a folder
+    where a file goes, or a folder export into a folder holding other files."""
+    if src.folder:
+        if path.is_file():
+            raise ConfigError(
+                f"{path} is a file; the {src.name} layout is a folder: give a new one"
+            )
+        held = [p.name for p in path.iterdir()] if path.is_dir() else []
+        others = sorted(name for name in held if name not in src.folder)
+        if others:
+            raise ConfigError(
+                f"{path} holds other files ({', '.join(others[:3])}); write the {src.name} "
+                "folder into an empty or new folder"
+            )
+        return
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; the {src.name} layout is one file: give its name")
+    if path.suffix.lower() not in src.suffixes:
+        raise ConfigError(
+            f"{path}: the {src.name} layout is written as {' or '.join(src.suffixes)}; name the "
+            f"file {path.stem}{src.suffixes[0]}"
+        )
 
 
 def save_pretrained(model: nn.Module, directory: str | Path) -> Path:

@@ -494,4 +494,5 @@ SOURCE = Source(
     to_vitlab=_to_vitlab,
     export=_export,
     resample="google",
+    suffixes=(".npz",),
 )

@@ -212,6 +212,9 @@ def hf_config(cfg: ViTConfig) -> dict[str, Any]:
     }
 
 
+FILES = ("model.safetensors", "config.json", "preprocessor_config.json")  # what an export writes
+
+
 def _export(model: nn.Module, path: Path) -> Path:
     """A directory `ViTForImageClassification.from_pretrained` (or `ViTModel`) reads, with a
     preprocessor_config.json whose size, normalisation and `resample` are the model's."""
@@ -248,4 +251,5 @@ SOURCE = Source(
     to_vitlab=_to_vitlab,
     export=_export,
     resample="hf",
+    folder=FILES,
 )

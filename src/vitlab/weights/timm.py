@@ -15,12 +15,15 @@ from vitlab.errors import CheckpointError, ConfigError, MissingDependencyError
 from vitlab.models.config import AnyConfig, ResNetConfig, ViTConfig
 from vitlab.runtime import unwrap_model
 from vitlab.weights.adapter import (
+    GUESSED,
     Source,
+    config_metadata,
     count_indexed,
     grid_from_tokens,
     guess_num_heads,
     imagenet_class_names,
     log,
+    stored_config,
     written_by_vitlab,
 )
 from vitlab.weights.io import RawCheckpoint, save_safetensors
@@ -65,6 +68,7 @@ def infer_vit_config(sd: dict[str, torch.Tensor]) -> ViTConfig:
     side, pos_cls = grid_from_tokens(sd["pos_embed"].shape[1], int(class_token))
     fc_norm = "fc_norm.weight" in keys
     head = sd.get("head.weight")
+    heads, guessed = guess_num_heads(dim, depth, mlp)
     return ViTConfig(
         backbone=backbone,
         img_size=side * patch * (backbone.reduction if backbone else 1),
@@ -73,13 +77,14 @@ def infer_vit_config(sd: dict[str, torch.Tensor]) -> ViTConfig:
         num_classes=0 if head is None else head.shape[0],
         embed_dim=dim,
         depth=depth,
-        num_heads=guess_num_heads(dim, depth, mlp),
+        num_heads=heads,
         mlp_dim=mlp,
         pool="token" if class_token and not fc_norm else "gap",
         class_token=class_token,
         pos_embed_cls=pos_cls,
         fc_norm=fc_norm,
         qkv_bias="blocks.0.attn.qkv.bias" in keys,
+        extra={GUESSED: {"num_heads": guessed}},
     )
 
 
@@ -110,6 +115,9 @@ def infer_resnet_config(sd: dict[str, torch.Tensor], prefix: str = "") -> ResNet
 
 
 def _infer(raw: RawCheckpoint) -> AnyConfig:
+    stored = stored_config(raw)
+    if stored is not None:  # a vitlab export: everything timm's layout cannot hold
+        return stored
     sd = raw.tensors
     cfg = infer_vit_config(sd) if _is_vit(sd) else infer_resnet_config(sd)
     if cfg.num_classes == 1000:  # an ImageNet-1k head: its class names travel with it
@@ -142,7 +150,7 @@ def _export(model: nn.Module, path: Path) -> Path:
             cfg.act,
             cfg.layer_norm_eps,
         )
-    return save_safetensors(sd, path)
+    return save_safetensors(sd, path, config_metadata(cfg))
 
 
 SOURCE = Source(

@@ -19,15 +19,18 @@ from vitlab.files import atomic_write
 from vitlab.models.config import IMAGENET_MEAN, IMAGENET_STD, AnyConfig, ViTConfig
 from vitlab.runtime import unwrap_model
 from vitlab.weights.adapter import (
+    GUESSED,
     Rule,
     Source,
     apply_rules,
+    config_metadata,
     count_indexed,
     grid_from_tokens,
     guess_num_heads,
     imagenet_class_names,
     invert_rules,
     rule,
+    stored_config,
 )
 from vitlab.weights.io import RawCheckpoint, save_safetensors
 
@@ -71,6 +74,9 @@ def _detect(raw: RawCheckpoint) -> bool:
 
 
 def _infer(raw: RawCheckpoint) -> AnyConfig:
+    stored = stored_config(raw)
+    if stored is not None:  # a vitlab .safetensors export: what torchvision's layout lacks
+        return stored
     sd = raw.tensors
     proj = sd["conv_proj.weight"]  # (D, 3, P, P)
     dim, patch = int(proj.shape[0]), int(proj.shape[-1])
@@ -80,6 +86,7 @@ def _infer(raw: RawCheckpoint) -> AnyConfig:
     head = sd.get("heads.head.weight")
     pre = sd.get("heads.pre_logits.weight")
     num_classes = 0 if head is None else int(head.shape[0])
+    heads, guessed = guess_num_heads(dim, depth, mlp)
     return ViTConfig(
         img_size=side * patch,
         patch_size=patch,
@@ -87,11 +94,12 @@ def _infer(raw: RawCheckpoint) -> AnyConfig:
         class_names=imagenet_class_names() if num_classes == 1000 else None,
         embed_dim=dim,
         depth=depth,
-        num_heads=guess_num_heads(dim, depth, mlp),
+        num_heads=heads,
         mlp_dim=mlp,
         representation_size=None if pre is None else int(pre.shape[0]),
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
+        extra={GUESSED: {"num_heads": guessed}},
     )
 
 
@@ -128,7 +136,7 @@ def _export(model: nn.Module, path: Path) -> Path:
     sd = invert_rules(rules(model.cfg), model.state_dict(), "torchvision's layout")
     path = Path(path)
     if path.suffix == ".safetensors":
-        return save_safetensors(sd, path)
+        return save_safetensors(sd, path, config_metadata(model.cfg))
     flat = {k: v.contiguous() for k, v in sd.items()}
     return atomic_write(path, lambda tmp: torch.save(flat, tmp))
 
@@ -142,4 +150,5 @@ SOURCE = Source(
     to_vitlab=_to_vitlab,
     export=_export,
     resample="torchvision",
+    suffixes=(".pth", ".pt", ".bin", ".safetensors"),
 )

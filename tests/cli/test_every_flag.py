@@ -1,0 +1,126 @@
+"""Every flag of every subcommand, walked from the argparse definitions (so a flag added later
+is covered without editing this file): numbers given 0, -1 and `abc`, paths given a missing
+path, a file where a folder goes and a folder where a file goes, and `--set` given values of
+the wrong type. No run may print a traceback: each either behaves as the valid value it is, or
+exits 2 with one line naming the flag."""
+
+import argparse
+import dataclasses
+import typing
+
+import pytest
+
+from vitlab.cli.main import COMMANDS, build_parser, main
+from vitlab.train.config import TrainConfig
+
+pytestmark = pytest.mark.slow
+
+
+def _base(cmd, s, out):
+    """A valid, cheap command line for `cmd` on the stand-ins."""
+    m, photo = str(s / "m.safetensors"), str(s / "photo.png")
+    train = ["--data", "synthetic", "--img-size", "16", "--steps", "1", "--batch-size", "8",
+             "--out", str(out / "run"), "--overwrite", "--set", "precision=fp32"]  # fmt: skip
+    return {
+        "train": ["train", "--model", "vit_test", *train, "--set", "model_args.patch_size=4"],
+        "finetune": ["finetune", "--from", m, *train],
+        "eval": ["eval", "--checkpoint", m, "--data", "synthetic", "--batch-size", "32"],
+        "predict": ["predict", "--checkpoint", m, photo],
+        "inspect": [
+            "inspect",
+            "--checkpoint",
+            m,
+            "--out",
+            str(out / "maps"),
+            "--images",
+            photo,
+            "--components",
+            "2",
+        ],
+        "convert": ["convert", m, str(out / "c.safetensors"), "--to", "vitlab"],
+        "bench": ["bench", "--model", "vit_test", "--iters", "1", "--warmup", "0"],
+        "models": ["models", "vit_test"],
+    }[cmd]
+
+
+def _actions(cmd):
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return [a for a in sub.choices[cmd]._actions if a.option_strings and a.dest != "help"]
+
+
+def _numeric(cmd):
+    return [(cmd, a.option_strings[-1]) for a in _actions(cmd) if getattr(a.type, "numeric", 0)]
+
+
+def _paths(cmd):
+    return [(cmd, a.option_strings[-1], a.type.path_kind)
+            for a in _actions(cmd) if getattr(a.type, "path_kind", None)]  # fmt: skip
+
+
+def _with(argv, flag, value):
+    """`argv` with `flag` set to `value` (replacing its value when it is there)."""
+    if flag in argv:
+        i = argv.index(flag)
+        return [*argv[: i + 1], value, *argv[i + 2 :]]
+    return [*argv, flag, value]
+
+
+def _check(argv, flag, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    if code == 2:
+        lines = [line for line in err.strip().splitlines() if "error:" in line]
+        assert len(lines) == 1 and flag in lines[0], (argv, err)
+    else:
+        assert code in (0, 1), (argv, code, err)  # 1: predict/inspect skipped a bad image
+    return code
+
+
+NUMERIC = [p for cmd in COMMANDS for p in _numeric(cmd)]
+PATHS = [p for cmd in COMMANDS for p in _paths(cmd)]
+
+
+def test_the_walk_finds_the_flags():
+    assert ("inspect", "--components") in NUMERIC and ("bench", "--iters") in NUMERIC
+    assert ("train", "--out", "dir") in PATHS and ("predict", "--out", "file") in PATHS
+    assert len(NUMERIC) >= 25
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc"])
+@pytest.mark.parametrize(("cmd", "flag"), NUMERIC)
+def test_numbers(cmd, flag, value, standins, tmp_path, capsys):
+    code = _check(_with(_base(cmd, standins, tmp_path), flag, value), flag, capsys)
+    if value == "abc":
+        assert code == 2
+
+
+@pytest.mark.parametrize("case", ["missing", "file", "folder"])
+@pytest.mark.parametrize(("cmd", "flag", "kind"), PATHS)
+def test_output_and_data_paths(cmd, flag, kind, case, standins, tmp_path, capsys):
+    path = {"missing": tmp_path / "new" / "x.json", "file": standins / "photo.png",
+            "folder": standins / "photos"}[case]  # fmt: skip
+    code = _check(_with(_base(cmd, standins, tmp_path), flag, str(path)), flag, capsys)
+    wrong = (kind == "dir" and case == "file") or (kind == "file" and case == "folder")
+    assert (code == 2) if wrong else True
+
+
+def _typed_fields(cls, kinds=(int, float)):
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if hints[f.name] in kinds or any(a in kinds for a in typing.get_args(hints[f.name])):
+            yield f.name
+
+
+@pytest.mark.parametrize("key", list(_typed_fields(TrainConfig)))
+def test_train_set_of_the_wrong_type(key, standins, tmp_path, capsys):
+    argv = [*_base("train", standins, tmp_path), "--set", f"{key}=abc"]
+    assert _check(argv, key, capsys) == 2
+
+
+@pytest.mark.parametrize("cmd", ["eval", "predict", "inspect", "convert", "train"])
+@pytest.mark.parametrize("key", ["depth", "layer_norm_eps", "num_heads"])
+def test_model_set_of_the_wrong_type(cmd, key, standins, tmp_path, capsys):
+    prefix = "model_args." if cmd == "train" else ""
+    argv = [*_base(cmd, standins, tmp_path), "--set", f"{prefix}{key}=abc"]
+    assert _check(argv, key, capsys) == 2
