@@ -59,3 +59,14 @@ def test_evaluate_checkpoint_writes_the_report_and_refuses_other_classes(tmp_pat
     wrong = vitlab.create_model("vit_test", num_classes=10)
     with pytest.raises(vitlab.ConfigError, match="10 classes but synthetic has 4"):
         evaluate_checkpoint(wrong, "synthetic")
+
+
+def test_other_class_names_and_channels_are_noted(tmp_path, caplog):
+    """A digits checkpoint on another 10-class set used to report its accuracy without a word
+    about the classes being different ones."""
+    digits = vitlab.create_model("vit_test", in_chans=1, img_size=16, patch_size=4,
+                                 num_classes=4, class_names=("0", "1", "2", "3"))  # fmt: skip
+    with caplog.at_level("WARNING", logger="vitlab"):
+        evaluate_checkpoint(digits, "synthetic", name="digits.safetensors")
+    text = caplog.text
+    assert "are not synthetic's (pattern 0" in text and "takes 1 channel(s)" in text

@@ -73,3 +73,66 @@ def test_set_floats_in_any_notation_reach_the_model(tmp_path, capsys):
     model = vitlab.load_checkpoint(dst)
     assert model.cfg.layer_norm_eps == 1e-5 and model.blocks[0].norm1.eps == 1e-5
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+@pytest.mark.parametrize(
+    ("dst", "to", "needle"),
+    [
+        ("x.safetensors", "google", "written as .npz; name the file x.npz"),
+        ("x.npz", "vitlab", "written as .safetensors"),
+        ("folder", "vitlab", "is a folder"),
+        ("photos", "hf", "holds other files (a.png)"),
+        ("x.safetensors", "hf", "is a file"),
+    ],
+)
+def test_a_destination_of_the_wrong_kind_is_refused_before_reading(
+    tmp_path, capsys, dst, to, needle
+):
+    """`--to google x.safetensors` used to write a file vitlab itself then could not read;
+    `--to hf` into a folder of photos wrote there and counted the photos as written files."""
+    src = vitlab.save_checkpoint(vitlab.create_model("vit_test"), tmp_path / "m.safetensors")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"png")
+    (tmp_path / "x.safetensors").write_bytes(b"")
+    assert main(["convert", str(src), str(tmp_path / dst), "--to", to]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
+    assert (tmp_path / "photos" / "a.png").read_bytes() == b"png"  # untouched
+
+
+def test_small_models_say_their_size_and_hf_counts_only_its_files(tmp_path, capsys):
+    src = vitlab.save_checkpoint(vitlab.create_model("vit_test"), tmp_path / "m.safetensors")
+    assert main(["convert", str(src), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    out = capsys.readouterr().out
+    assert "24K params" in out and "3 file(s)" in out  # not "0.0M params"
+
+
+@pytest.mark.parametrize("fmt", ["timm", "torchvision"])
+def test_a_model_outside_the_registry_comes_back_exactly(tmp_path, fmt):
+    """depth 1, D 32, 4 heads: timm and torchvision files store no head count, and it used to
+    come back as 1 head (other predictions) with ImageNet mean/std and no class names. vitlab's
+    .safetensors exports carry the config beside the tensors."""
+    names = tuple("abcdefghij")
+    m = perturb_(vitlab.create_model("vit_test", depth=1, num_heads=4, class_names=names,
+                                     mean=(0.4, 0.4, 0.4), std=(0.2, 0.2, 0.2))).eval()  # fmt: skip
+    path = vitlab.save_checkpoint(m, tmp_path / "m.safetensors", format=fmt)
+    back = vitlab.load_checkpoint(path)
+    assert back.cfg.extra["source"] == fmt
+    assert (back.cfg.num_heads, back.cfg.class_names, back.cfg.mean) == (4, names, m.cfg.mean)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), m(x))
+
+
+def test_an_unknown_head_count_is_refused_until_given(tmp_path, capsys):
+    m = perturb_(vitlab.create_model("vit_test", depth=1, num_heads=4)).eval()
+    pth = vitlab.save_checkpoint(m, tmp_path / "m.pth", format="torchvision")  # no metadata
+    img = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(img)
+    assert main(["predict", "--checkpoint", str(pth), str(img)]) == 2
+    err = capsys.readouterr().err
+    assert "does not store num_heads" in err and "--set num_heads=N" in err
+    assert main(["predict", "--checkpoint", str(pth), str(img), "--set", "num_heads=4"]) == 0

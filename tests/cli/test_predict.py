@@ -125,3 +125,37 @@ def test_cnn_checkpoint_predicts_but_cannot_explain(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "ResNetV2 has no attention" in err and "not a Vision Transformer" in err
     assert not (tmp_path / "why").exists()
+
+
+@pytest.mark.parametrize(("device", "needle"), [("gpu", "is not a device"), ("cuda", "no CUDA")])
+@pytest.mark.parametrize("cmd", ["predict", "inspect", "eval"])
+def test_devices_are_checked_in_one_line(tmp_path, checkpoint, capsys, monkeypatch, cmd, device,
+                                         needle):  # fmt: skip
+    """`--device cuda` without a GPU used to end in "RuntimeError: Found no NVIDIA driver"."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    img = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(img)
+    rest = {"predict": [str(img)], "inspect": ["--out", str(tmp_path / "m"), "--images", str(img)],
+            "eval": ["--data", "synthetic"]}[cmd]  # fmt: skip
+    assert main([cmd, "--checkpoint", str(checkpoint), *rest, "--device", device]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
+
+
+def test_a_one_channel_model_says_photos_become_grey(tmp_path, capsys, caplog):
+    grey = vitlab.create_model("vit_test", in_chans=1)
+    path = vitlab.save_checkpoint(grey, tmp_path / "g.safetensors")
+    img = tmp_path / "a.png"
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(img)
+    assert main(["predict", "--checkpoint", str(path), str(img)]) == 0
+    assert any("converted to greyscale" in r.getMessage() for r in caplog.records)
+
+
+def test_skipped_files_are_reported_on_their_own_line(tmp_path, checkpoint, capsys):
+    good, bad = tmp_path / "a.png", tmp_path / "b.png"
+    Image.new("RGB", (8, 8)).save(good)
+    bad.write_bytes(b"junk")
+    assert main(["predict", "--checkpoint", str(checkpoint), str(good), str(bad)]) == 1
+    err = capsys.readouterr().err
+    line = next(x for x in err.replace("\r", "\n").splitlines() if "skipped" in x)
+    assert line.startswith("vitlab predict: skipped")  # not glued to the progress bar

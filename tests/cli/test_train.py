@@ -5,6 +5,7 @@ from PIL import Image
 
 import vitlab
 from vitlab.cli.main import main
+from vitlab.train.config import load_config
 
 TINY = ["--model", "vit_test", "--data", "synthetic", "--img-size", "16", "--batch-size", "32",
         "--set", "model_args.patch_size=4"]  # fmt: skip
@@ -101,3 +102,98 @@ def test_bad_images_are_skipped_and_counted_in_the_report(tmp_path, capsys):
     # 14 training images in 2 batches of 7 and 4 held out: each bad file is met exactly once
     assert report["skipped"] + report["skipped_eval"] == 2
     assert "skipped 2 unreadable image(s)" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------- what is assumed is said out loud
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_training_without_data_says_it_trains_on_synthetic(tmp_path, caplog):
+    argv = ["train", "--model", "vit_test", "--steps", "1", "--out", str(tmp_path / "r")]
+    assert main(argv) == 0
+    assert any("no --data given: training on 'synthetic'" in w for w in _warnings(caplog))
+
+
+def test_resume_with_nothing_to_resume_says_it_starts_anew(tmp_path, caplog):
+    argv = ["train", *TINY, "--steps", "1", "--out", str(tmp_path / "new"), "--resume"]
+    assert main(argv) == 0
+    assert any("no run in" in w and "starting a new one" in w for w in _warnings(caplog))
+
+
+def test_resume_path_takes_that_runs_own_config(tmp_path, capsys):
+    """`--resume RUN_DIR` (the help's PATH form) used to fail with "config differs" unless the
+    run's config.yaml was also given."""
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "2", "--set", "lr=3e-3", "--out", str(out)]) == 0
+    stamp = (out / "last.state.pt").stat().st_mtime_ns
+    assert main(["train", "--resume", str(out)]) == 0  # no --config, no flags
+    assert (out / "last.state.pt").stat().st_mtime_ns == stamp  # finished: only reported
+    assert "test top-1" in capsys.readouterr().out
+
+
+def test_a_one_class_folder_is_refused(tmp_path, capsys):
+    for i in range(4):
+        (tmp_path / "only" / "cats").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (i, 0, 0)).save(tmp_path / "only" / "cats" / f"{i}.png")
+    argv = ["train", "--model", "vit_test", "--data", f"imagefolder:{tmp_path / 'only'}",
+            "--out", str(tmp_path / "r")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has 1 class (cats)" in err[0]
+
+
+# --------------------------------------------------------------- the small-data fine-tune
+def _photos(root, n=6):
+    for c, color in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (40, 48), tuple(v + 3 * i for v in color)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_finetune_on_a_small_folder_works_with_the_papers_recipe(tmp_path, capsys, caplog):
+    """batch 512 (16 accumulated micro-batches) against 12 photos: the batch becomes the 12,
+    the run says so, and without a validation split it still ends with a summary and the
+    checkpoint's path."""
+    ckpt = vitlab.save_checkpoint(vitlab.create_model("vit_test"), tmp_path / "m.safetensors")
+    photos = _photos(tmp_path / "photos")
+    argv = ["finetune", "--from", str(ckpt), "--data", f"imagefolder:{photos}",
+            "--img-size", "32", "--steps", "2", "--out", str(tmp_path / "ft"),
+            "--set", "precision=fp32"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert any("batch_size 512 is more than the 12 training images" in w for w in _warnings(caplog))
+    assert "no validation or test images" in out and "checkpoint:" in out
+    assert str(tmp_path / "ft" / "last.safetensors") in out
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("epoch 1: train loss") for m in logged)  # epoch lines without val
+    saved = load_config(tmp_path / "ft" / "config.yaml")
+    assert (saved.batch_size, saved.accum_steps) == (12, 1)
+
+
+def test_a_smaller_batch_keeps_the_presets_micro_batches(tmp_path, caplog):
+    """`--batch-size 8` with finetune_paper's accum_steps 16 used to stop with "batch_size must
+    divide by accum_steps", not saying where 16 came from."""
+    ckpt = vitlab.save_checkpoint(vitlab.create_model("vit_test"), tmp_path / "m.safetensors")
+    argv = ["finetune", "--from", str(ckpt), "--data", "synthetic", "--img-size", "32",
+            "--batch-size", "8", "--steps", "1", "--out", str(tmp_path / "ft"),
+            "--set", "precision=fp32"]  # fmt: skip
+    assert main(argv) == 0
+    assert any("accum_steps 16" in r.getMessage() for r in caplog.records)
+
+
+def test_eval_reaches_the_validation_images_a_run_held_out(tmp_path, capsys):
+    photos = _photos(tmp_path / "photos", n=10)
+    run = tmp_path / "run"
+    argv = ["train", "--model", "vit_test", "--data", f"imagefolder:{photos}", "--img-size", "32",
+            "--steps", "2", "--set", "val_split=0.2", "--out", str(run)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((run / "report.json").read_text())
+    ev = ["eval", "--checkpoint", str(run / "last.safetensors"), "--data", f"imagefolder:{photos}",
+          "--split", "val"]  # fmt: skip
+    assert main(ev) == 2  # no val split of its own: the hint says how to get the run's
+    assert "--val-split and --seed" in capsys.readouterr().err
+    assert main([*ev, "--val-split", "0.2", "--out", str(tmp_path / "e")]) == 0
+    again = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert again["n"] == report["n"] == 4 and again["top1"] == pytest.approx(report["top1"])

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from vitlab.cli.common import in_dir, number, out_dir, parse_set
+from vitlab.errors import ConfigError
 from vitlab.train.config import TrainConfig, accumulation_for, build_config, list_presets
 
 log = logging.getLogger("vitlab")
@@ -207,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
     from vitlab.train.distributed import cleanup, is_main
     from vitlab.train.run import fit
 
+    if args.resume is not None and args.overwrite:
+        raise ConfigError("--resume continues a run and --overwrite starts one over: pass one")
     init_from = getattr(args, "init_from", None)
     cfg = config_from_args(args, {"init_from": init_from} if init_from else None)
     try:
