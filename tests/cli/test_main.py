@@ -70,8 +70,8 @@ def test_every_device_flag_defaults_to_auto():
         for a in sub.choices[name]._actions
         if "--device" in a.option_strings
     }
-    assert set(defaults) >= {"predict", "inspect", "eval", "bench", "train"}
-    assert set(defaults.values()) <= {"auto", None}  # train's comes from the config: auto
+    assert set(defaults) == {"predict", "inspect", "eval", "bench"}
+    assert set(defaults.values()) == {"auto"}  # as TrainConfig's device: the GPU when present
 
 
 def test_train_help_lists_every_config_key():

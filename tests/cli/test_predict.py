@@ -143,6 +143,7 @@ def test_devices_are_checked_in_one_line(tmp_path, checkpoint, capsys, monkeypat
 
 
 def test_a_one_channel_model_says_photos_become_grey(tmp_path, capsys, caplog):
+    caplog.set_level("INFO", logger="vitlab")
     grey = vitlab.create_model("vit_test", in_chans=1)
     path = vitlab.save_checkpoint(grey, tmp_path / "g.safetensors")
     img = tmp_path / "a.png"

@@ -109,6 +109,11 @@ def _warnings(caplog):
     return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
 
 
+@pytest.fixture(autouse=True)
+def _info_logs(caplog):
+    caplog.set_level("INFO", logger="vitlab")  # the CLI's own level (-q: WARNING)
+
+
 def test_training_without_data_says_it_trains_on_synthetic(tmp_path, caplog):
     argv = ["train", "--model", "vit_test", "--steps", "1", "--out", str(tmp_path / "r")]
     assert main(argv) == 0

@@ -30,7 +30,7 @@ def test_every_promised_preset_exists_and_builds():
         ({"epochs": True}, "epochs must be float"),
         ({"optimizer": "adam"}, "optimizer='adam' is not one of 'adamw', 'sgd'"),
         ({"betas": [0.9]}, "betas must be a list of 2 numbers"),
-        ({"batch_size": 30, "accum_steps": 4}, "batch_size must divide by accum_steps"),
+        ({"batch_size": 30, "accum_steps": 4}, "batch_size 30 must divide by accum_steps 4"),
         ({"eval_every": 0}, "eval_every must be >= 1"),
         ({"log_every": 0}, "log_every must be >= 1"),
         ({"ckpt_every": -1}, "ckpt_every must be >= 0"),
