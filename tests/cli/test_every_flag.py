@@ -98,8 +98,10 @@ def test_numbers(cmd, flag, value, standins, tmp_path, capsys):
 @pytest.mark.parametrize("case", ["missing", "file", "folder"])
 @pytest.mark.parametrize(("cmd", "flag", "kind"), PATHS)
 def test_output_and_data_paths(cmd, flag, kind, case, standins, tmp_path, capsys):
-    path = {"missing": tmp_path / "new" / "x.json", "file": standins / "photo.png",
-            "folder": standins / "photos"}[case]  # fmt: skip
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file.json").write_text("{}")
+    path = {"missing": tmp_path / "new" / "x.json", "file": tmp_path / "file.json",
+            "folder": tmp_path / "folder"}[case]  # fmt: skip
     code = _check(_with(_base(cmd, standins, tmp_path), flag, str(path)), flag, capsys)
     wrong = (kind == "dir" and case == "file") or (kind == "file" and case == "folder")
     assert (code == 2) if wrong else True

@@ -29,11 +29,28 @@ FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 
 
 # ------------------------------------------------------------------------- the examples
+def _blocks(text: str) -> list[tuple[str, list[str]]]:
+    """The README's fenced code blocks: (language, lines)."""
+    blocks, lang, lines = [], None, []
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if lang is None:
+                lang, lines = line[3:].strip(), []
+            else:
+                blocks.append((lang, lines))
+                lang = None
+        elif lang is not None:
+            lines.append(line)
+    return blocks
+
+
 def readme_commands() -> list[str]:
-    """`vitlab ...` lines of the README's code blocks (a `$ ` prompt and `# comments` off)."""
-    blocks = re.findall(r"```(?:bash)?\n(.*?)```", README.read_text(), flags=re.S)
-    lines = [line.strip().removeprefix("$ ") for block in blocks for line in block.splitlines()]
-    return [line.split("  #")[0].strip() for line in lines if line.startswith("vitlab ")]
+    """`vitlab ...` lines of the README's shell blocks (a `$ ` prompt and `# comments` off)."""
+    lines = [line.strip().removeprefix("$ ")
+             for lang, block in _blocks(README.read_text()) if lang in ("", "bash")
+             for line in block]  # fmt: skip
+    # a comment or (in the help text the README shows) a description follows 2+ spaces
+    return [re.split(r"\s{2,}", line)[0] for line in lines if line.startswith("vitlab ")]
 
 
 def help_commands() -> list[str]:
@@ -47,7 +64,7 @@ def help_commands() -> list[str]:
 
 
 def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    return ["\n".join(block) for lang, block in _blocks(README.read_text()) if lang == "python"]
 
 
 COMMANDS_RUN = sorted(set(readme_commands() + help_commands()))
@@ -143,7 +160,7 @@ def pristine(tmp_path_factory):
     ws = tmp_path_factory.mktemp("examples")
     _write_models(ws)
     _write_images(ws)
-    _write_fashion_mnist(ws / "data" / "fashion-mnist")
+    _write_fashion_mnist(ws / "data" / "FashionMNIST" / "raw")  # where --download puts them
     _write_hub(ws / "hub")
     return ws
 
