@@ -142,6 +142,10 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}
     _keep_micro_batches(base, overrides)
     cfg = build_config(base, overrides)
+    if not cfg.init_from:  # the model's own fields: a wrong one is the only line printed
+        from vitlab.models.registry import get_config
+
+        get_config(cfg.model, **cfg.model_args)
     if cfg.data == "synthetic" and "data" not in overrides and not _preset_sets(base, "data"):
         log.warning(
             "no --data given: training on 'synthetic' (random patterns, for smoke tests); pass "
