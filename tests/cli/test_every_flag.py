@@ -6,6 +6,7 @@ exits 2 with one line naming the flag."""
 
 import argparse
 import dataclasses
+import re
 import typing
 
 import pytest
@@ -43,35 +44,57 @@ def _base(cmd, s, out):
     }[cmd]
 
 
-def _actions(cmd):
+def _all_actions(cmd):
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return [a for a in sub.choices[cmd]._actions if a.option_strings and a.dest != "help"]
+    return [a for a in sub.choices[cmd]._actions if a.dest not in ("help", "quiet")]
+
+
+def _actions(cmd):
+    return [a for a in _all_actions(cmd) if a.option_strings]
 
 
 def _numeric(cmd):
-    return [(cmd, a.option_strings[-1]) for a in _actions(cmd) if getattr(a.type, "numeric", 0)]
+    return [(cmd, a.option_strings[-1]) for a in _actions(cmd)
+            if getattr(a.type, "numeric", False) or a.type in (int, float)]  # fmt: skip
+
+
+PATHISH = re.compile(r"PATH|DIR|FILE|CHECKPOINT|YAML|SRC|DST|IMAGE")
+# Where each command's positional arguments stand in its base command line.
+POSITIONS = {("convert", "src"): 1, ("convert", "dst"): 2, ("predict", "paths"): 3,
+             ("models", "pattern"): 1}  # fmt: skip
 
 
 def _paths(cmd):
-    return [(cmd, a.option_strings[-1], a.type.path_kind)
-            for a in _actions(cmd) if getattr(a.type, "path_kind", None)]  # fmt: skip
+    """Every argument that names a file or folder: (cmd, flag or dest, kind or None)."""
+    out = []
+    for a in _all_actions(cmd):
+        kind = getattr(a.type, "path_kind", None)
+        if kind or PATHISH.search(a.metavar or ""):
+            out.append((cmd, a.option_strings[-1] if a.option_strings else a.dest, kind))
+    return out
 
 
-def _with(argv, flag, value):
-    """`argv` with `flag` set to `value` (replacing its value when it is there)."""
+def _with(argv, flag, value, cmd=None):
+    """`argv` with `flag` (or the positional `flag` of `cmd`) set to `value`."""
+    if not flag.startswith("-"):
+        i = POSITIONS[(cmd, flag)]
+        return [*argv[:i], value, *argv[i + 1 :]]
     if flag in argv:
         i = argv.index(flag)
         return [*argv[: i + 1], value, *argv[i + 2 :]]
     return [*argv, flag, value]
 
 
-def _check(argv, flag, capsys):
+def _check(argv, names, capsys):
+    """Run `argv`: no traceback, and exit 0/1, or 2 with one error line naming the flag or the
+    value given (`names`)."""
     code = main(argv)
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
     if code == 2:
         lines = [line for line in err.strip().splitlines() if "error:" in line]
-        assert len(lines) == 1 and flag in lines[0], (argv, err)
+        names = [names] if isinstance(names, str) else names
+        assert len(lines) == 1 and any(n in lines[0] for n in names), (argv, err)
     else:
         assert code in (0, 1), (argv, code, err)  # 1: predict/inspect skipped a bad image
     return code
@@ -84,7 +107,16 @@ PATHS = [p for cmd in COMMANDS for p in _paths(cmd)]
 def test_the_walk_finds_the_flags():
     assert ("inspect", "--components") in NUMERIC and ("bench", "--iters") in NUMERIC
     assert ("train", "--out", "dir") in PATHS and ("predict", "--out", "file") in PATHS
+    assert ("eval", "--checkpoint", None) in PATHS and ("convert", "dst", None) in PATHS
     assert len(NUMERIC) >= 25
+
+
+def test_every_positional_argument_has_a_place_in_the_base_command():
+    """A new positional argument needs its place in POSITIONS, or the walk cannot vary it."""
+    for cmd in COMMANDS:
+        for a in _all_actions(cmd):
+            if not a.option_strings:
+                assert (cmd, a.dest) in POSITIONS, (cmd, a.dest)
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "abc"])
@@ -96,13 +128,14 @@ def test_numbers(cmd, flag, value, standins, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing", "file", "folder"])
-@pytest.mark.parametrize(("cmd", "flag", "kind"), PATHS)
+@pytest.mark.parametrize(("cmd", "flag", "kind"), PATHS, ids=str)
 def test_output_and_data_paths(cmd, flag, kind, case, standins, tmp_path, capsys):
     (tmp_path / "folder").mkdir()
     (tmp_path / "file.json").write_text("{}")
     path = {"missing": tmp_path / "new" / "x.json", "file": tmp_path / "file.json",
             "folder": tmp_path / "folder"}[case]  # fmt: skip
-    code = _check(_with(_base(cmd, standins, tmp_path), flag, str(path)), flag, capsys)
+    argv = _with(_base(cmd, standins, tmp_path), flag, str(path), cmd)
+    code = _check(argv, [flag, path.name], capsys)
     wrong = (kind == "dir" and case == "file") or (kind == "file" and case == "folder")
     assert (code == 2) if wrong else True
 
