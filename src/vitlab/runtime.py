@@ -253,16 +253,21 @@ class MatmulProbe:
         self._operands: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _kernels(self, dtype: torch.dtype) -> list[Callable[[], torch.Tensor]]:
-        if dtype not in self._operands:
+        """The matmuls to time in `dtype`, on operands made (and run once, to warm up: the
+        first call allocates and packs) the first time `dtype` is asked for."""
+        fresh = dtype not in self._operands
+        if fresh:
             n, dev = self.size, self.device
             self._operands[dtype] = tuple(torch.randn(n, n, device=dev).to(dtype) for _ in "ab")
-            for kernel in self._kernels(dtype):  # warm-up: the first call allocates and packs
-                kernel()
         a, b = self._operands[dtype]
         kernels = [lambda: torch.mm(a, b)]
         fast = onednn_linear(dtype) if self.device.type == "cpu" else None
         if fast is not None:
             kernels.append(lambda: fast(a, b, None, "none", [], ""))  # a @ b.T
+        if fresh:
+            with torch.inference_mode():
+                for kernel in kernels:
+                    kernel()
         return kernels
 
     def gflops(self, dtype: torch.dtype) -> float:
