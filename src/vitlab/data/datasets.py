@@ -14,7 +14,7 @@
 
 Small sets are held in memory as one uint8 tensor (`ArraySet`) and augmented a batch at a time;
 image files (`FileSet`) are decoded with `vitlab.data.images.load_image`, and a file that cannot
-be read is skipped and counted, never fatal. Shards (`vitlab.data.wds.ShardSet`) are streamed by
+be read is skipped and counted, never fatal. Shards (`vitlab.data.sets.ShardSet`) are streamed by
 `ShardStream`, which decodes and augments their images as `FileSet` does.
 """
 
