@@ -5,7 +5,6 @@ from PIL import Image
 
 import vitlab
 from vitlab.cli.main import main
-from vitlab.train.config import load_config
 
 TINY = ["--model", "vit_test", "--data", "synthetic", "--img-size", "16", "--batch-size", "32",
         "--set", "model_args.patch_size=4"]  # fmt: skip
@@ -155,50 +154,3 @@ def _photos(root, n=6):
         for i in range(n):
             Image.new("RGB", (40, 48), tuple(v + 3 * i for v in color)).save(root / c / f"{i}.png")
     return root
-
-
-def test_finetune_on_a_small_folder_works_with_the_papers_recipe(tmp_path, capsys, caplog):
-    """batch 512 (16 accumulated micro-batches) against 12 photos: the batch becomes the 12,
-    the run says so, and without a validation split it still ends with a summary and the
-    checkpoint's path."""
-    ckpt = vitlab.save_checkpoint(vitlab.create_model("vit_test"), tmp_path / "m.safetensors")
-    photos = _photos(tmp_path / "photos")
-    argv = ["finetune", "--from", str(ckpt), "--data", f"imagefolder:{photos}",
-            "--img-size", "32", "--steps", "2", "--out", str(tmp_path / "ft"),
-            "--set", "precision=fp32"]  # fmt: skip
-    assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert any("batch_size 512 is more than the 12 training images" in w for w in _warnings(caplog))
-    assert "no validation or test images" in out and "checkpoint:" in out
-    assert str(tmp_path / "ft" / "last.safetensors") in out
-    logged = [r.getMessage() for r in caplog.records]
-    assert any(m.startswith("epoch 1: train loss") for m in logged)  # epoch lines without val
-    saved = load_config(tmp_path / "ft" / "config.yaml")
-    assert (saved.batch_size, saved.accum_steps) == (12, 1)
-
-
-def test_a_smaller_batch_keeps_the_presets_micro_batches(tmp_path, caplog):
-    """`--batch-size 8` with finetune_paper's accum_steps 16 used to stop with "batch_size must
-    divide by accum_steps", not saying where 16 came from."""
-    ckpt = vitlab.save_checkpoint(vitlab.create_model("vit_test"), tmp_path / "m.safetensors")
-    argv = ["finetune", "--from", str(ckpt), "--data", "synthetic", "--img-size", "32",
-            "--batch-size", "8", "--steps", "1", "--out", str(tmp_path / "ft"),
-            "--set", "precision=fp32"]  # fmt: skip
-    assert main(argv) == 0
-    assert any("accum_steps 16" in r.getMessage() for r in caplog.records)
-
-
-def test_eval_reaches_the_validation_images_a_run_held_out(tmp_path, capsys):
-    photos = _photos(tmp_path / "photos", n=10)
-    run = tmp_path / "run"
-    argv = ["train", "--model", "vit_test", "--data", f"imagefolder:{photos}", "--img-size", "32",
-            "--steps", "2", "--set", "val_split=0.2", "--out", str(run)]  # fmt: skip
-    assert main(argv) == 0
-    report = json.loads((run / "report.json").read_text())
-    ev = ["eval", "--checkpoint", str(run / "last.safetensors"), "--data", f"imagefolder:{photos}",
-          "--split", "val"]  # fmt: skip
-    assert main(ev) == 2  # no val split of its own: the hint says how to get the run's
-    assert "--val-split and --seed" in capsys.readouterr().err
-    assert main([*ev, "--val-split", "0.2", "--out", str(tmp_path / "e")]) == 0
-    again = json.loads((tmp_path / "e" / "report.json").read_text())
-    assert again["n"] == report["n"] == 4 and again["top1"] == pytest.approx(report["top1"])
