@@ -163,6 +163,11 @@ def load_model(args: argparse.Namespace) -> Any:
     return load_checkpoint(args.checkpoint, source=args.source, **overrides).to(dev)
 
 
+def params_text(n: float) -> str:
+    """A parameter count for people: 86.6M, 24K."""
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
+
+
 def note_channels(model: Any) -> None:
     """Say that image files will be converted, when the model takes other than colour."""
     chans = model.cfg.in_chans

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from vitlab.cli.common import SOURCE_CHOICES, parse_set
+from vitlab.cli.common import SOURCE_CHOICES, params_text, parse_set
 from vitlab.weights.formats import SOURCE_NAMES
 
 HELP = "convert weights between vitlab, timm, Hugging Face, Google .npz and torchvision"
@@ -105,8 +105,7 @@ def describe(model: Any) -> str:
     """One line of facts about a loaded model."""
     c = model.cfg
     names = " with class names" if c.class_names else ""
-    n = model.num_params()
-    params = f"{n / 1e6:.1f}M params" if n >= 1e6 else f"{n / 1e3:.0f}K params"
+    params = f"{params_text(model.num_params())} params"
     if c.arch == "resnetv2":
         return (
             f"ResNetV2 stages {c.layers} x{c.width_factor}, {c.img_size} px, {c.num_classes} "

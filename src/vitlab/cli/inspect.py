@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         block=args.block,
         heads=args.head,
         components=args.components,
-        progress=not getattr(args, "quiet", False),
+        progress=not args.quiet,
     )
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)

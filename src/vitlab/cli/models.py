@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from vitlab.cli.common import params_text
+
 HELP = "list model variants with layers, width, heads, parameters and GFLOPs"
 
 DESCRIPTION = """\
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         mlp, heads = r["mlp"] or "-", r["heads"] or "-"
         print(
             f"{r['name']:<14}{alias:<12}{r['layers']:>7}{r['width']:>7}{mlp:>7}"
-            f"{heads:>6}{r['img_size']:>6}{_params(r['params_m']):>10}{paper_p:>9}"
+            f"{heads:>6}{r['img_size']:>6}{params_text(r['params_m'] * 1e6):>10}{paper_p:>9}"
             f"{r['gflops']:>9.2f}"
         )
     print(
@@ -67,7 +69,3 @@ def run(args: argparse.Namespace) -> int:
         "attention included)."
     )
     return 0
-
-
-def _params(m: float) -> str:
-    return f"{m:.1f}M" if m >= 1 else f"{m * 1000:.0f}K"

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         explain_dir=args.explain,
         out=args.out,
         on_failure=lambda f: say(f"vitlab predict: skipped {f.reason}"),
-        progress=not getattr(args, "quiet", False),
+        progress=not args.quiet,
     )
     for pred in result.predictions:
         tops = ", ".join(f"{label} {q:.1%}" for _, label, q in pred.top)

@@ -10,7 +10,15 @@ from typing import Any
 
 from vitlab.cli.common import in_dir, number, out_dir, parse_set
 from vitlab.errors import ConfigError
-from vitlab.train.config import TrainConfig, accumulation_for, build_config, list_presets
+from vitlab.train.config import (
+    TrainConfig,
+    accumulation_for,
+    build_config,
+    list_presets,
+    merge,
+    preset_path,
+    read_yaml,
+)
 
 log = logging.getLogger("vitlab")
 
@@ -139,14 +147,15 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
     overrides.update(extra or {})
     overrides.update(parse_set(args.set))
     base = args.config or _resumed_config(args)
+    preset = read_yaml(preset_path(base)) if base else {}  # read once
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}
-    _keep_micro_batches(base, overrides)
-    cfg = build_config(base, overrides)
+    _keep_micro_batches(preset, overrides)
+    cfg = build_config(None, merge(preset, overrides))
     if not cfg.init_from:  # the model's own fields: a wrong one is the only line printed
         from vitlab.models.registry import get_config
 
         get_config(cfg.model, **cfg.model_args)
-    if cfg.data == "synthetic" and "data" not in overrides and not _preset_sets(base, "data"):
+    if cfg.data == "synthetic" and "data" not in overrides and "data" not in preset:
         log.warning(
             "no --data given: training on 'synthetic' (random patterns, for smoke tests); pass "
             "--data fashion-mnist, --data imagefolder:DIR or another dataset for real images"
@@ -154,20 +163,20 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
     return cfg
 
 
-def _keep_micro_batches(base: str | None, overrides: dict[str, Any]) -> None:
+def _keep_micro_batches(preset: dict[str, Any], overrides: dict[str, Any]) -> None:
     """A --batch-size given without accum_steps keeps the preset's micro-batch size (finetune's
     paper recipe accumulates 16 micro-batches of 32; `--batch-size 8` becomes one of 8)."""
-    if "batch_size" not in overrides or "accum_steps" in overrides or base is None:
+    if "batch_size" not in overrides or "accum_steps" in overrides:
         return
-    preset = build_config(base)
-    if preset.accum_steps == 1:
+    base = build_config(None, preset)
+    if base.accum_steps == 1:
         return
-    micro = preset.batch_size // preset.accum_steps
+    micro = base.batch_size // base.accum_steps
     overrides["accum_steps"] = accumulation_for(overrides["batch_size"], micro)
     log.info(
         "batch %d in %d accumulated micro-batch(es) (the preset's accum_steps %d made "
         "micro-batches of %d)",
-        overrides["batch_size"], overrides["accum_steps"], preset.accum_steps, micro,
+        overrides["batch_size"], overrides["accum_steps"], base.accum_steps, micro,
     )  # fmt: skip
 
 
@@ -186,12 +195,6 @@ def _resumed_config(args: argparse.Namespace) -> str | None:
         log.info("resuming with the run's own settings: %s", found)
         return str(found)
     return None
-
-
-def _preset_sets(preset: str | None, key: str) -> bool:
-    from vitlab.train.config import preset_path, read_yaml
-
-    return preset is not None and key in read_yaml(preset_path(preset))
 
 
 def print_result(result) -> None:
