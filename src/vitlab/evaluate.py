@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from vitlab.data.datasets import load_data
 from vitlab.data.loader import build_loader
 from vitlab.data.sets import DataSplits
+from vitlab.data.subsets import select_classes
 from vitlab.data.transforms import AugConfig, normalize
 from vitlab.errors import ConfigError
 from vitlab.figures import new_figure, save_figure
@@ -191,6 +192,17 @@ def _missing_split(data: DataSplits, split: str) -> str:
     return f"{data.name} has no {split} split: {hint}"
 
 
+def _classes_of(model: nn.Module, data: DataSplits, name: str) -> DataSplits:
+    """Only the model's classes of `data`, when they are some of its classes by name (a model
+    trained with `classes=`, such as a transfer study's five Fashion-MNIST classes)."""
+    names = model.cfg.class_names
+    if not names or len(names) >= data.num_classes or not set(names) < set(data.class_names):
+        return data
+    log.info("%s knows %d of %s's %d classes (%s); evaluating on those", name, len(names),
+             data.name, data.num_classes, ", ".join(names))  # fmt: skip
+    return select_classes(data, names)
+
+
 def _check_fit(model: nn.Module, data: DataSplits, name: str) -> None:
     """Refuse a class count that differs; say so when the classes or channels do not match."""
     cfg = model.cfg
@@ -240,6 +252,7 @@ def evaluate_checkpoint(
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     dev = pick_device(device)
     data = load_data(data_spec, root, download=download, val_split=val_split, seed=seed)
+    data = _classes_of(model, data, name or "the model")
     images = getattr(data, split)
     if images is None:
         raise ConfigError(_missing_split(data, split))

@@ -99,7 +99,7 @@ def split_off(images: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, I
     if not 0.0 < fraction < 1.0:
         raise DatasetError(f"val_split must be in (0, 1), got {fraction}")
     g = torch.Generator().manual_seed(seed)
-    labels = images.labels if isinstance(images, ArraySet) else images.labels[images.idx]
+    labels = images.targets
     held = []
     for c in labels.unique():
         members = (labels == c).nonzero().flatten()

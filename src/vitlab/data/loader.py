@@ -47,10 +47,24 @@ class KeyBatchSampler(Sampler):
 
     def _indices(self) -> list[int]:
         if self.train:
-            return list(self.sampler)
+            return self._train_indices()
         per = math.ceil(self.n / self.world)
         idx = [self.rank + self.world * i for i in range(per)]
         return [i if i < self.n else -1 for i in idx]
+
+    def _train_indices(self) -> list[int]:
+        """This epoch's order: one shuffle, or as many as an epoch of more steps than one pass
+        needs (each seeded by epoch and pass)."""
+        per_pass = len(self.sampler)
+        passes = max(1, math.ceil(self.steps_per_epoch * self.batch / max(per_pass, 1)))
+        if passes == 1:
+            return list(self.sampler)
+        idx = []
+        for j in range(passes):
+            self.sampler.set_epoch(self.epoch * passes + j)
+            idx.extend(self.sampler)
+        self.sampler.set_epoch(self.epoch)
+        return idx
 
     def __len__(self) -> int:
         if self.train:

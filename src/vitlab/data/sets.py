@@ -46,8 +46,17 @@ class ArraySet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def targets(self) -> torch.Tensor:
+        """The label of each member, in order."""
+        return self.labels
+
     def subset(self, idx: torch.Tensor) -> ArraySet:
         return ArraySet(self.images[idx], self.labels[idx])
+
+    def relabel(self, mapping: torch.Tensor) -> ArraySet:
+        """The same images with label y replaced by `mapping[y]`."""
+        return ArraySet(self.images, mapping[self.labels])
 
     def batch(
         self, indices: Sequence[int], aug: AugConfig, g: torch.Generator
@@ -68,8 +77,17 @@ class FileSet:
     def __len__(self) -> int:
         return len(self.idx)
 
+    @property
+    def targets(self) -> torch.Tensor:
+        """The label of each member, in order."""
+        return self.labels[self.idx]
+
     def subset(self, idx: torch.Tensor) -> FileSet:
         return FileSet(self.fetch, self.labels, self.idx[idx])
+
+    def relabel(self, mapping: torch.Tensor) -> FileSet:
+        """The same files with label y replaced by `mapping[y]`."""
+        return FileSet(self.fetch, mapping[self.labels], self.idx)
 
     def batch(
         self, indices: Sequence[int], aug: AugConfig, g: torch.Generator

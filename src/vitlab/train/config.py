@@ -41,6 +41,11 @@ class TrainConfig:
     data_root: str | None = None
     download: bool = False
     val_split: float = 0.0  # fraction of train held out when the dataset has no val split
+    # which images: only these classes (names or indices; relabelled 0..k-1 in this order), and
+    # a class-balanced subset of the training images left after the validation hold-out
+    classes: tuple[str | int, ...] | None = None
+    train_images: int | None = None  # that many in all (as equal per class as they divide)
+    train_per_class: int | None = None  # that many of each class (k-shot)
     workers: int = 0  # DataLoader worker processes (0: batches prepared in the main process)
     # augmentation and regularisation
     scale: float = 1.0  # smallest area fraction of random-resized crops (1: off)
@@ -55,6 +60,9 @@ class TrainConfig:
     # optimisation (per step)
     epochs: float = 1.0
     steps: int | None = None  # total optimiser steps; overrides epochs (the paper counts steps)
+    # steps per epoch, the unit of validation, checkpoints and history rows (None: one pass
+    # over the training images; more steps than a pass reshuffle the data within the epoch)
+    epoch_steps: int | None = None
     batch_size: int = 64  # global batch (all processes, all accumulation steps)
     accum_steps: int = 1
     optimizer: Optimizer = "adamw"
@@ -80,6 +88,9 @@ class TrainConfig:
     out: str = "runs/train"
     ckpt_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends)
     eval_every: int = 1  # epochs between validation passes
+    # the final report evaluates best.safetensors (best validation accuracy: early stopping, the
+    # paper's protocol for Figure 4) instead of the last weights
+    report_best: bool = False
     log_every: int = 10
 
     def __post_init__(self) -> None:
@@ -100,6 +111,17 @@ class TrainConfig:
             (0.0 <= self.val_split < 1.0, "val_split must be in [0, 1)"),
             (self.steps is None or self.steps >= 1, "steps must be >= 1 (or null: use epochs)"),
             (self.img_size is None or self.img_size >= 1, "img_size must be >= 1"),
+            (self.epoch_steps is None or self.epoch_steps >= 1, "epoch_steps must be >= 1"),
+            (self.train_images is None or self.train_images >= 1, "train_images must be >= 1"),
+            (
+                self.train_per_class is None or self.train_per_class >= 1,
+                "train_per_class must be >= 1",
+            ),
+            (
+                self.train_images is None or self.train_per_class is None,
+                "train_images and train_per_class both choose the subset: set one of them",
+            ),
+            (self.classes is None or len(self.classes) >= 2, "classes must name at least 2"),
             (self.workers >= 0, "workers must be >= 0"),
             (self.pad_crop >= 0, "pad_crop must be >= 0 (pixels)"),
             (0.0 <= self.hflip <= 1.0, "hflip must be in [0, 1] (a probability)"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,13 @@ from torch.utils.data import DataLoader
 from vitlab.data.datasets import load_data
 from vitlab.data.loader import KeyBatchSampler, build_loader
 from vitlab.data.sets import DataSplits, ImageSet, ShardSet
+from vitlab.data.subsets import balanced_subset, select_classes
 from vitlab.data.transforms import AugConfig
 from vitlab.data.wds import ShardStream
 from vitlab.errors import ConfigError
 from vitlab.evaluate import eval_augmentation, evaluate, report_dict, write_report
 from vitlab.files import write_text
+from vitlab.models.flops import model_flops
 from vitlab.models.registry import create_model, get_config
 from vitlab.runtime import can_compile, keep_freed_memory, resolve_precision, unwrap_model
 from vitlab.train import report as rep
@@ -80,7 +83,7 @@ def model_for_data(cfg: TrainConfig, data: DataSplits) -> nn.Module:
         fit["img_size"] = cfg.img_size
     if cfg.init_from:
         torch.manual_seed(cfg.seed)  # the initial values of what is not loaded
-        model = load_checkpoint(cfg.init_from, dont_load=cfg.dont_load, **cfg.model_args, **fit)
+        model = load_checkpoint(cfg.init_from, dont_load=cfg.dont_load, **{**cfg.model_args, **fit})
         return model.train()
     torch.manual_seed(cfg.seed)
     return create_model(
@@ -111,7 +114,10 @@ def augmentations(cfg: TrainConfig, model: nn.Module) -> tuple[AugConfig, AugCon
 
 
 def steps_per_epoch(n: int, cfg: TrainConfig, info: DistInfo) -> int:
+    """`cfg.epoch_steps`, else the steps of one pass over the `n` training images."""
     spe = (n // info.world) // (cfg.batch_size // info.world)
+    if cfg.epoch_steps and spe:
+        return cfg.epoch_steps
     if spe == 0:
         raise ConfigError(
             f"batch_size={cfg.batch_size} is larger than the {n} training images; lower it"
@@ -207,10 +213,22 @@ def _prepare_run_dir(
 
 
 def training_data(cfg: TrainConfig) -> DataSplits:
-    """The run's data, refused when there is nothing to tell apart (a single class)."""
+    """The run's data: the classes `cfg.classes` names (all by default), the validation images
+    held out of the training split, then the class-balanced subset `cfg.train_images` or
+    `cfg.train_per_class` asks for; refused when there is nothing to tell apart (one class)."""
     data = load_data(
         cfg.data, cfg.data_root, download=cfg.download, val_split=cfg.val_split, seed=cfg.seed
     )
+    if cfg.classes:
+        data = select_classes(data, cfg.classes)
+    if cfg.train_images or cfg.train_per_class:
+        data.train = balanced_subset(
+            data.train,
+            cfg.seed,
+            total=cfg.train_images,
+            per_class=cfg.train_per_class,
+            names=data.class_names,
+        )
     if data.num_classes < 2:
         raise ConfigError(
             f"{data.name} has {data.num_classes} class ({', '.join(data.class_names)}): a "
@@ -277,6 +295,7 @@ def _train_epochs(cfg, data, state: TrainState, info, total: int, spe: int, run_
             save_state(s, cfg, run_dir, info.main)
 
     while state.step < total:
+        t0 = time.perf_counter()
         epoch, skip = divmod(state.step, spe)
         sampler.set_epoch(epoch, skip)
         if info.main:
@@ -290,6 +309,7 @@ def _train_epochs(cfg, data, state: TrainState, info, total: int, spe: int, run_
             row.update({f"{split}_{k}": v for k, v in metrics.items()})
         _log_epoch(info, row, split)
         state.history.append(row)
+        state.wall_time += time.perf_counter() - t0  # the checkpoint below saves it
         _end_of_epoch(cfg, state, info, run_dir, row)
 
 
@@ -319,29 +339,38 @@ def _end_of_epoch(cfg, state: TrainState, info, run_dir: Path, row: dict) -> Non
 
 
 def final_report(cfg, data: DataSplits, state: TrainState, info, run_dir: Path) -> dict[str, Any]:
-    """Evaluate the published weights on the test split (else validation) and write the report;
-    without either, the report holds the training figures only."""
+    """Evaluate the published weights (the last, or with `cfg.report_best` the best by
+    validation accuracy) on the test split, else on validation, and write the report; without
+    either split, the report holds the training figures only. The evaluation runs in fp32
+    whatever the training precision, as `vitlab eval` does, so that `vitlab eval` on the
+    weights the report names gives the report's figures."""
     split, images = ("test", data.test) if data.test is not None else ("val", data.val)
+    weights, model = _published(cfg, state, run_dir, info)
     report: dict[str, Any] = {"split": None, "model": cfg.init_from or cfg.model}
     if images is not None:
-        _, eval_aug = augmentations(cfg, state.model)
-        c = unwrap_model(state.model).cfg
-        ctx = StepContext(cfg, info, tuple(c.mean), tuple(c.std), data.num_classes)
+        _, eval_aug = augmentations(cfg, model)
+        c = unwrap_model(model).cfg
+        ctx = StepContext(replace(cfg, precision="fp32"), info, c.mean, c.std, data.num_classes)
         loader = _loader(images, eval_aug, cfg, info)[0]
-        res = evaluate(state.eval_model, loader, ctx.eval_context(), desc=split)
+        res = evaluate(model, loader, ctx.eval_context(), desc=split)
         report = report_dict(res, data.class_names, split, cfg.init_from or cfg.model)
     last = state.history[-1] if state.history else {}
+    m = unwrap_model(model)
     report.update(
         train_images=len(data.train),
         train_loss=last.get("train_loss"),
         train_acc=last.get("train_acc"),
         epochs=len(state.history),
         steps=state.step,
+        batch_size=cfg.batch_size,
+        params=m.num_params(),
+        gflops=model_flops(m.cfg) / 1e9,  # forward, per image
         train_minutes=state.train_time / 60,
+        wall_minutes=state.wall_time / 60,
         img_s=state.images / max(state.train_time, 1e-9),
         skipped=state.skipped,
         best=state.best,
-        weights=str(run_dir / RUN_FILES["last"]),
+        weights=str(weights),
     )
     if info.main and images is not None:
         title = f"{data.name} {split}: top-1 {100 * res.top1:.2f}%"
@@ -349,3 +378,16 @@ def final_report(cfg, data: DataSplits, state: TrainState, info, run_dir: Path) 
     elif info.main:
         write_text(run_dir / RUN_FILES["report"], json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _published(cfg, state: TrainState, run_dir: Path, info) -> tuple[Path, nn.Module]:
+    """The weights the report is about: the last (the live evaluation model), or with
+    `cfg.report_best` best.safetensors as saved (the last when no epoch was validated)."""
+    best = run_dir / RUN_FILES["best"]
+    if cfg.report_best and not state.best and info.main:
+        log.warning("report_best: no epoch was validated (no validation split), so the report "
+                    "is about the last weights; set val_split to hold some images out")  # fmt: skip
+    if not cfg.report_best or not state.best:
+        return run_dir / RUN_FILES["last"], state.eval_model
+    barrier()  # rank 0 wrote it
+    return best, load_checkpoint(best).to(info.device).eval()

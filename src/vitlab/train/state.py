@@ -58,6 +58,7 @@ class TrainState:
     best: dict[str, Any] = field(default_factory=dict)  # {"val_acc": ..., "epoch": ...}
     skipped: int = 0  # unreadable images skipped so far
     train_time: float = 0.0  # seconds spent in training steps
+    wall_time: float = 0.0  # seconds spent in whole epochs (steps, validation, checkpoints)
     images: int = 0  # training images processed
 
     @property
@@ -95,6 +96,7 @@ def state_dict(state: TrainState, cfg: TrainConfig) -> dict[str, Any]:
         "best": state.best,
         "skipped": state.skipped,
         "train_time": state.train_time,
+        "wall_time": state.wall_time,
         "images": state.images,
         "config": cfg.to_dict(),
     }
@@ -206,3 +208,4 @@ def restore(state: TrainState, sd: dict[str, Any]) -> None:
         state.ema.load_state_dict(sd["ema"])
     for k in ("step", "history", "best", "skipped", "train_time", "images"):
         setattr(state, k, sd[k])
+    state.wall_time = sd.get("wall_time", state.train_time)  # states written before it existed
