@@ -158,6 +158,32 @@ def _register_cnns() -> None:
 
 _register_cnns()
 
+
+def _register_small_hybrid() -> None:
+    """A hybrid for 28-64 px images (section 3.1 at the size of the small ViTs): a 3-stage
+    post-activation ResNet stem (a 3x3 stride-1 root of width 8, one bottleneck per stage of
+    32, 64 and 128 channels, stride 4 in all) feeding vit_micro's transformer (D 128, 4 blocks)
+    on its feature map, one token per feature pixel (7x7 at 28 px)."""
+    stem = ResNetConfig(
+        layers=(1, 1, 1), preact=False, stem_type="small", stem_width=8, gn_groups=8,
+        num_classes=0,
+    )  # fmt: skip
+    cfg = ViTConfig(
+        img_size=28, patch_size=1, embed_dim=128, depth=4, num_heads=4, mlp_dim=256,
+        num_classes=10, backbone=stem,
+    )  # fmt: skip
+    register(
+        Variant(
+            name="r11_vit_micro",
+            config=cfg,
+            description="hybrid for 28-64 px: ResNet-11 stem (stride 4), vit_micro on its 7x7",
+            aliases=("R11+ViT-micro",),
+        )
+    )
+
+
+_register_small_hybrid()
+
 _TIMM_VIT = re.compile(r"^vit_(tiny|small|base|large|huge)_patch(\d+)_(\d+)$")
 _TIMM_HYBRID = re.compile(r"^(vit_(?:base|large)_r50_s(?:16|32))_(\d+)$")
 
