@@ -41,7 +41,20 @@ def _base(cmd, s, out):
         "convert": ["convert", m, str(out / "c.safetensors"), "--to", "vitlab"],
         "bench": ["bench", "--model", "vit_test", "--iters", "1", "--warmup", "0"],
         "models": ["models", "vit_test"],
+        "study": ["study", "data-scaling", "--preset", _tiny_study(out), "--out", str(out / "st")],
     }[cmd]
+
+
+def _tiny_study(out):
+    """A data-scaling study of one point of one step on digits."""
+    path = out / "tiny-study.yaml"
+    path.write_text(
+        "study: data-scaling\n"
+        "train: {data: digits, img_size: 8, steps: 1, batch_size: 8, precision: fp32}\n"
+        "families: {vit: {model: vit_test, model_args: {img_size: 8, patch_size: 4}}}\n"
+        "sizes: [20]\n"
+    )
+    return str(path)
 
 
 def _all_actions(cmd):
@@ -61,7 +74,7 @@ def _numeric(cmd):
 PATHISH = re.compile(r"PATH|DIR|FILE|CHECKPOINT|YAML|SRC|DST|IMAGE")
 # Where each command's positional arguments stand in its base command line.
 POSITIONS = {("convert", "src"): 1, ("convert", "dst"): 2, ("predict", "paths"): 3,
-             ("models", "pattern"): 1}  # fmt: skip
+             ("models", "pattern"): 1, ("study", "name"): 1}  # fmt: skip
 
 
 def _paths(cmd):

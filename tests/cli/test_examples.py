@@ -199,10 +199,33 @@ def _cut(argv: list[str]) -> list[str]:
     written."""
     if argv[0] in ("train", "finetune"):
         return [*argv, "--steps", "2", "--set", "compile=false", "--set", "precision=fp32"]
+    if argv[0] == "study":
+        return _cut_study(argv)
     if argv[0] == "bench":
         keep = [a for i, a in enumerate(argv) if a != "--batch" and argv[i - 1] != "--batch"]
         return [*keep, "--iters", "1", "--warmup", "0", "--batch", "2"]
     return argv
+
+
+# Every point of a study cut to two steps of 8 images, on subsets the stand-ins can fill.
+STUDY_CUT = ["--set", "steps=2", "--set", "epoch_steps=1", "--set", "batch_size=8", "--set",
+             "precision=fp32"]  # fmt: skip
+STUDY_AXIS = {
+    "data-scaling": ["--set", "sizes=[10,20]"],
+    "transfer": ["--set", "shots=[1]", "--set", "protocols.fashion-to-digits.shots=[1]"],
+    "model-scaling": ["--set", "train_images=20"],
+}
+
+
+def _cut_study(argv: list[str]) -> list[str]:
+    """A study's points cut as above (the axis too: the stand-ins hold 40 images), and the
+    shell pipeline after `|` left to the shell."""
+    argv = argv[: argv.index("|")] if "|" in argv else argv
+    if "--collect" in argv:  # a study must be there to collect: run the cut study into it
+        folder = argv[argv.index("--collect") + 1]
+        assert main([*argv[:2], "--out", folder, *STUDY_CUT, *STUDY_AXIS[argv[1]]]) == 0
+        return argv
+    return [*argv, *STUDY_CUT, *STUDY_AXIS[argv[1]]]
 
 
 @pytest.mark.parametrize("line", COMMANDS_RUN)

@@ -23,6 +23,7 @@ COMMANDS = [
     "convert",
     "bench",
     "models",
+    "study",
 ]
 
 EPILOG = """\
@@ -38,6 +39,8 @@ examples:
   vitlab convert ViT-B_16.npz out --to hf              Google weights -> a Hugging Face directory
   vitlab bench --model vit_s16 --vs timm               img/s and utilisation, side by side
   vitlab models --paper                                the paper's Table 1
+  vitlab study data-scaling                            ViT vs ResNet vs hybrid on growing subsets:
+                                                       plot, table and summary in an HTML page
 
 Run `vitlab COMMAND --help` for the options of a command.
 """

@@ -1,0 +1,391 @@
+"""A study's report, built only from what its points wrote: `results.csv`, one PNG in the paper's
+style, and `index.html` with the plot, the tables and a summary computed from the numbers.
+
+Every figure comes from a point's own `report.json` (the one `fit` writes after evaluating the
+weights it names, in fp32), so `vitlab eval` on that checkpoint gives the number the table shows.
+Points that have not finished are listed as missing; the report is whatever exists.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vitlab.figures import new_figure, save_figure
+from vitlab.files import write_text
+from vitlab.study.plan import Plan, Point
+from vitlab.train.state import RUN_FILES
+
+COLUMNS = [
+    "study", "protocol", "family", "label", "variant", "x", "seed", "model", "params",
+    "train_images", "per_class", "steps", "batch_size", "gflops_per_image", "train_pflops",
+    "test_top1", "test_top5", "best_val_acc", "best_epoch", "best_step", "wall_minutes",
+    "train_minutes", "weights", "point",
+]  # fmt: skip
+AXIS = {  # the x of each study's plot: (row key, axis label)
+    "data-scaling": ("train_images", "training images"),
+    "transfer": ("per_class", "labelled images per class"),
+    "model-scaling": ("train_pflops", "training compute (PFLOPs: 3 x forward x images seen)"),
+}
+
+
+@dataclass
+class Curve:
+    """One line of a plot: a family (and, for transfer, a protocol and a variant)."""
+
+    label: str
+    protocol: str
+    variant: str
+    xs: list[float]
+    means: list[float]  # test top-1, in percent
+    spreads: list[float]  # sample standard deviation over seeds (0 for one seed)
+    counts: list[int]
+    names: list[str]  # the planned x of each point (a size, k, or a model's name)
+
+
+# ------------------------------------------------------------------------------ the rows
+def row_of(plan: Plan, p: Point, report: dict[str, Any]) -> dict[str, Any]:
+    """One CSV row: the point's place in the study and its report.json figures, as stored."""
+    best = report.get("best") or {}
+    classes = len(report.get("per_class") or {}) or 1
+    images = report["steps"] * report["batch_size"]  # images seen in training
+    return {
+        "study": plan.study,
+        "protocol": p.protocol,
+        "family": p.family,
+        "label": p.label,
+        "variant": p.variant,
+        "x": p.x,
+        "seed": p.seed,
+        "model": report.get("model"),
+        "params": report["params"],
+        "train_images": report["train_images"],
+        "per_class": report["train_images"] / classes,
+        "steps": report["steps"],
+        "batch_size": report["batch_size"],
+        "gflops_per_image": report["gflops"],
+        "train_pflops": 3 * report["gflops"] * images / 1e6,
+        "test_top1": report.get("top1"),
+        "test_top5": report.get("top5"),
+        "best_val_acc": best.get("val_acc"),
+        "best_epoch": best.get("epoch"),
+        "best_step": best.get("step"),
+        "wall_minutes": report["wall_minutes"],
+        "train_minutes": report["train_minutes"],
+        "weights": report["weights"],
+        "point": p.id,
+    }
+
+
+def collect(plan: Plan) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows of every point with a report.json, and the ids of those without one."""
+    rows, missing = [], []
+    for p in plan.points:
+        path = p.run_dir / RUN_FILES["report"]
+        if path.is_file():
+            rows.append(row_of(plan, p, json.loads(path.read_text())))
+        else:
+            missing.append(p.id)
+    return rows, missing
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: "" if r[k] is None else r[k] for k in COLUMNS})
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------ the curves
+def curves(plan: Plan, rows: list[dict[str, Any]]) -> list[Curve]:
+    """Mean and spread over seeds of each (protocol, family, variant) at each x, sorted by x;
+    pre-training points are not on any curve."""
+    key, _ = AXIS[plan.study]
+    groups: dict[tuple, dict[Any, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["variant"] != "pretrain" and r["test_top1"] is not None:
+            groups[(r["protocol"], r["family"], r["variant"])][str(r["x"])].append(r)
+    out = []
+    order = list(plan.families())
+    for (proto, _, variant), by_x in sorted(groups.items(), key=lambda g: order.index(g[0][1])):
+        points = sorted(by_x.values(), key=lambda rs: statistics.fmean(r[key] for r in rs))
+        accs = [[100 * r["test_top1"] for r in rs] for rs in points]
+        out.append(
+            Curve(
+                label=points[0][0]["label"],
+                protocol=proto,
+                variant=variant,
+                xs=[statistics.fmean(r[key] for r in rs) for rs in points],
+                means=[statistics.fmean(a) for a in accs],
+                spreads=[statistics.stdev(a) if len(a) > 1 else 0.0 for a in accs],
+                counts=[len(a) for a in accs],
+                names=[str(rs[0]["x"]) for rs in points],
+            )
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------ the summary
+def summary(plan: Plan, cs: list[Curve]) -> list[str]:
+    """Sentences computed from the curves (never from what the paper leads one to expect)."""
+    if not cs:
+        return ["No point has finished yet."]
+    make = {"data-scaling": _data_summary, "transfer": _transfer_summary}
+    return make.get(plan.study, _model_summary)(cs)
+
+
+def _pct(v: float) -> str:
+    return f"{v:.1f}%"
+
+
+def _n(x: float) -> str:
+    return f"{x:,.0f}" if x >= 10 else f"{x:.3g}"
+
+
+def _lead(a: Curve, b: Curve, i: int, j: int, what: str) -> str:
+    d = a.means[i] - b.means[j]
+    spread = max(a.spreads[i], b.spreads[j])
+    first, second = (a, b) if d >= 0 else (b, a)
+    noise = f" (within the seed spread of {spread:.1f})" if abs(d) <= spread and spread else ""
+    return (
+        f"at {what} {first.label} leads {second.label} by {abs(d):.1f} points "
+        f"({_pct(max(a.means[i], b.means[j]))} vs {_pct(min(a.means[i], b.means[j]))}){noise}"
+    )
+
+
+def crossing(xs: list[float], diffs: list[float]) -> float | None:
+    """The first x where `diffs` changes sign, interpolated linearly in log x."""
+    for i in range(len(diffs) - 1):
+        d0, d1 = diffs[i], diffs[i + 1]
+        if d0 * d1 < 0:
+            t = d0 / (d0 - d1)
+            return math.exp(math.log(xs[i]) + t * (math.log(xs[i + 1]) - math.log(xs[i])))
+    return None
+
+
+def _data_summary(cs: list[Curve]) -> list[str]:
+    ref, lines = cs[0], []
+    for other in cs[1:]:
+        common = [x for x in other.names if x in ref.names]
+        if not common:
+            continue
+        ia = [other.names.index(x) for x in common]
+        ib = [ref.names.index(x) for x in common]
+        lo, hi = ref.xs[ib[0]], ref.xs[ib[-1]]
+        text = _lead(other, ref, ia[0], ib[0], f"{_n(lo)} images")
+        if len(common) > 1:
+            text += "; " + _lead(other, ref, ia[-1], ib[-1], f"{_n(hi)} images")
+        diffs = [other.means[i] - ref.means[j] for i, j in zip(ia, ib)]
+        x = crossing([ref.xs[j] for j in ib], diffs)
+        if x is not None:
+            text += f". The curves cross at about {_n(x)} training images"
+        elif len(common) > 1:
+            ahead = other.label if diffs[0] > 0 else ref.label
+            text += (
+                f". The curves do not cross between {_n(lo)} and {_n(hi)} images ({ahead} ahead)"
+            )
+        lines.append(text[0].upper() + text[1:] + ".")
+    for c in cs:
+        lines.append(
+            f"{c.label}: {_pct(c.means[0])} with {_n(c.xs[0])} images, {_pct(c.means[-1])} "
+            f"with {_n(c.xs[-1])} ({c.means[-1] - c.means[0]:+.1f} points)."
+        )
+    return lines
+
+
+def _transfer_summary(cs: list[Curve]) -> list[str]:
+    lines = []
+    pairs = defaultdict(dict)
+    for c in cs:
+        pairs[(c.protocol, c.label)][c.variant] = c
+    for (proto, label), v in pairs.items():
+        pre, scratch = v.get("pretrained"), v.get("scratch")
+        if pre is None or scratch is None:
+            continue
+        gains = []
+        for i, name in enumerate(pre.names):
+            if name in scratch.names:
+                j = scratch.names.index(name)
+                gains.append(
+                    f"{pre.means[i] - scratch.means[j]:+.1f} points at {_n(pre.xs[i])} per class "
+                    f"({_pct(pre.means[i])} vs {_pct(scratch.means[j])})"
+                )
+        if gains:
+            lines.append(
+                f"{proto}, {label}: pre-training changes test top-1 by " + ", ".join(gains) + "."
+            )
+    return lines or ["No protocol has both pre-trained and from-scratch points yet."]
+
+
+def _model_summary(cs: list[Curve]) -> list[str]:
+    lines = []
+    for c in cs:
+        best = max(range(len(c.means)), key=c.means.__getitem__)
+        lines.append(
+            f"{c.label}: {_pct(c.means[0])} at {c.xs[0]:.3g} PFLOPs ({c.names[0]}) to "
+            f"{_pct(c.means[-1])} at {c.xs[-1]:.3g} PFLOPs ({c.names[-1]}); best "
+            f"{_pct(c.means[best])} ({c.names[best]})."
+        )
+    ref = cs[0]
+    for other in cs[1:]:
+        lo, hi = max(ref.xs[0], other.xs[0]), min(ref.xs[-1], other.xs[-1])
+        if lo > hi or len(ref.xs) < 2 or len(other.xs) < 2:
+            lines.append(
+                f"{other.label} and {ref.label} were trained at compute budgets that do not "
+                "overlap, so they are not compared at equal compute."
+            )
+            continue
+        x = math.sqrt(lo * hi)
+        a, b = _interp(other, x), _interp(ref, x)
+        first, second = (other.label, ref.label) if a >= b else (ref.label, other.label)
+        lines.append(
+            f"At about {x:.3g} PFLOPs (the middle of the range where both were trained), "
+            f"{first} reaches {_pct(max(a, b))} and {second} {_pct(min(a, b))} "
+            "(interpolated in log compute)."
+        )
+    return lines
+
+
+def _interp(c: Curve, x: float) -> float:
+    for i in range(len(c.xs) - 1):
+        x0, x1 = c.xs[i], c.xs[i + 1]
+        if x0 <= x <= x1:
+            t = 0.0 if x1 == x0 else (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return c.means[i] + t * (c.means[i + 1] - c.means[i])
+    return c.means[0] if x < c.xs[0] else c.means[-1]
+
+
+# ------------------------------------------------------------------------------ the plot
+def plot(plan: Plan, cs: list[Curve], path: Path) -> Path:
+    """The paper's Figure 3/4 (data), 5 (compute) or the pre-training gain (transfer), small."""
+    _, xlabel = AXIS[plan.study]
+    protocols = sorted({c.protocol for c in cs}) or [""]
+    fig, axes = new_figure(len(protocols), width=5.0, height=3.8)
+    colours = {label: f"C{i}" for i, label in enumerate(plan.families().values())}
+    for ax, proto in zip(axes, protocols):
+        for c in (c for c in cs if c.protocol == proto):
+            style = "--" if c.variant == "scratch" else "-"
+            name = c.label + (f" ({c.variant})" if c.variant else "")
+            ax.errorbar(
+                c.xs, c.means, yerr=c.spreads, fmt="o" + style, color=colours.get(c.label),
+                capsize=3, label=name, markersize=4,
+            )  # fmt: skip
+            if plan.study == "model-scaling":
+                for x, y, n in zip(c.xs, c.means, c.names):
+                    ax.annotate(n, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test top-1 (%)")
+        ax.set_title(proto or _title(plan))
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def _title(plan: Plan) -> str:
+    data = plan.points[0].config.get("data", "") if plan.points else ""
+    return f"{plan.study} on {data}"
+
+
+# ------------------------------------------------------------------------------ the page
+@dataclass
+class StudyReport:
+    csv: Path
+    plot: Path
+    page: Path
+    rows: list[dict[str, Any]]
+    missing: list[str]
+    summary: list[str]
+
+
+def build_report(plan: Plan, notes: list[str] | None = None) -> StudyReport:
+    """results.csv, STUDY.png and index.html in the study's folder, from the points' reports."""
+    rows, missing = collect(plan)
+    cs = curves(plan, rows)
+    lines = summary(plan, cs)
+    out = plan.out
+    write_text(out / "results.csv", csv_text(rows))
+    png = plot(plan, cs, out / f"{plan.study}.png")
+    page = out / "index.html"
+    write_text(page, _page(plan, rows, missing, cs, lines, notes or []))
+    return StudyReport(out / "results.csv", png, page, rows, missing, lines)
+
+
+def _page(plan, rows, missing, cs: list[Curve], lines: list[str], notes: list[str]) -> str:
+    esc = html.escape
+    desc = str(plan.spec.get("description", "")).strip()
+    wall = sum(r["wall_minutes"] for r in rows)
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>vitlab study: {esc(plan.study)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:0 1em}"
+        "img{max-width:100%}table{border-collapse:collapse;font-size:90%}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "th{background:#f3f3f3}td.l{text-align:left}</style></head><body>",
+        f"<h1>vitlab study: {esc(plan.study)} <small>({esc(plan.preset)})</small></h1>",
+        f"<p>{esc(desc)}</p>" if desc else "",
+        "<h2>What the numbers say</h2><ul>",
+        *[f"<li>{esc(s)}</li>" for s in lines],
+        "</ul>",
+        f"<img src='{esc(plan.study)}.png' alt='{esc(plan.study)} plot'>",
+        f"<p>{len(rows)} of {len(plan.points)} points finished, {wall:.1f} minutes of training "
+        "(epochs, validation and checkpoints, summed over points). Test top-1 of the weights each "
+        "point's report.json names (the best by validation accuracy where the preset asks for "
+        "it), mean &plusmn; sample standard deviation over seeds.</p>",
+        *[f"<p><b>Note:</b> {esc(n)}</p>" for n in notes],
+    ]
+    if missing:
+        parts.append(f"<p><b>Not finished:</b> {esc(', '.join(missing))}</p>")
+    parts += [_mean_table(plan, cs), "<h2>Every point</h2>", _rows_table(rows)]
+    parts.append("<p>The same table: <a href='results.csv'>results.csv</a>.</p></body></html>")
+    return "\n".join(p for p in parts if p)
+
+
+def _mean_table(plan: Plan, cs: list[Curve]) -> str:
+    _, xlabel = AXIS[plan.study]
+    head = (
+        "<tr><th>curve</th><th>x</th><th>"
+        + html.escape(xlabel)
+        + "</th><th>test top-1 (%)</th><th>seeds</th></tr>"
+    )
+    body = []
+    for c in cs:
+        name = " / ".join(s for s in (c.protocol, c.label, c.variant) if s)
+        for n, x, m, s, k in zip(c.names, c.xs, c.means, c.spreads, c.counts):
+            body.append(
+                f"<tr><td class='l'>{html.escape(name)}</td><td>{html.escape(n)}</td>"
+                f"<td>{x:,.4g}</td><td>{m:.2f} &plusmn; {s:.2f}</td><td>{k}</td></tr>"
+            )
+    return "<h2>Means</h2><table>" + head + "".join(body) + "</table>"
+
+
+def _rows_table(rows: list[dict[str, Any]]) -> str:
+    cols = ["point", "model", "params", "train_images", "steps", "test_top1", "best_val_acc",
+            "best_epoch", "wall_minutes"]  # fmt: skip
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    body = []
+    for r in rows:
+        cells = []
+        for c in cols:
+            align = " class='l'" if c in ("point", "model") else ""
+            cells.append(f"<td{align}>{html.escape(_cell(c, r[c]))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return "<table><tr>" + head + "</tr>" + "".join(body) + "</table>"
+
+
+def _cell(column: str, v: Any) -> str:
+    if v is None:
+        return ""
+    if column in ("test_top1", "best_val_acc"):
+        return f"{100 * v:.2f}%"
+    return f"{v:.1f}" if isinstance(v, float) else str(v)

@@ -1,0 +1,181 @@
+"""Running a study's points: in this process, as N local processes, or as commands for someone
+else's scheduler (Slurm job arrays, `xargs -P`, a cluster launcher). No scheduler of our own.
+
+A point is done when its run directory holds `report.json` (the last thing `fit` writes); a
+point with `last.state.pt` but no report resumes from that checkpoint; a point that loads
+another's weights (transfer) waits until that one is done. So a killed study, rerun, continues
+where it stopped and never retrains a finished point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vitlab.errors import VitlabError
+from vitlab.progress import progress_bar, say
+from vitlab.study.plan import POINT_FILE, Plan, Point
+from vitlab.train.state import RUN_FILES, STATE_FILE
+
+log = logging.getLogger("vitlab")
+
+LOG_FILE = "train.log"  # a point run in a process of its own writes its output here
+
+
+@dataclass
+class Outcome:
+    """What one call of `run_points` did."""
+
+    trained: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # done before this call
+    failed: dict[str, str] = field(default_factory=dict)  # id -> the reason
+    waiting: list[str] = field(default_factory=list)  # never ran: what they start from failed
+    minutes: float = 0.0
+
+
+def is_done(p: Point) -> bool:
+    return (p.run_dir / RUN_FILES["report"]).is_file()
+
+
+def command(p: Point, python: bool = False) -> list[str]:
+    """The `vitlab train` command line that runs (or resumes) a point."""
+    head = [sys.executable, "-m", "vitlab"] if python else ["vitlab"]
+    return [*head, "train", "--config", str(p.run_dir / POINT_FILE), "--resume", "auto", "-q"]
+
+
+def print_commands(plan: Plan) -> tuple[list[str], list[Point]]:
+    """One shell line per unfinished point that can start now, and the points that wait for
+    another one (a pre-training) to finish first."""
+    done = {p.id for p in plan.points if is_done(p)}
+    ready = [p for p in plan.points if p.id not in done and set(p.needs) <= done]
+    later = [p for p in plan.points if p.id not in done and not set(p.needs) <= done]
+    return [shlex.join(command(p)) for p in ready], later
+
+
+def threads_per_job(jobs: int) -> int:
+    """This machine's threads (OMP_NUM_THREADS, else its cores) shared evenly by `jobs`."""
+    total = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    return max(1, total // jobs)
+
+
+def run_points(
+    plan: Plan, jobs: int = 1, on_done: Callable[[Point], None] | None = None
+) -> Outcome:
+    """Train every unfinished point, `jobs` at a time (1: in this process), each after the
+    points it needs; a point that fails is reported and the others go on."""
+    out, t0 = Outcome(), time.perf_counter()
+    out.skipped = [p.id for p in plan.points if is_done(p)]
+    done = set(out.skipped)
+    todo = [p for p in plan.points if p.id not in done]
+    if todo:
+        say(f"{plan.study}: {len(todo)} of {len(plan.points)} points to train, {jobs} at a time")
+    bar = progress_bar(total=len(todo), desc=plan.study, unit="point", dynamic_ncols=True)
+    run_one = _in_process if jobs == 1 else _subprocess(threads_per_job(jobs))
+    with bar, ThreadPoolExecutor(max_workers=jobs) as pool:
+        running: dict[Future, Point] = {}
+        while todo or running:
+            for p in [p for p in todo if set(p.needs) <= done][: jobs - len(running)]:
+                todo.remove(p)
+                running[pool.submit(run_one, p)] = p
+            if not running:  # what is left needs a point that failed
+                out.waiting = [p.id for p in todo]
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                p = running.pop(f)
+                error = f.result()
+                if error:
+                    out.failed[p.id] = error
+                    say(f"point {p.id} failed: {error}")
+                else:
+                    say(finished_line(p))
+                    out.trained.append(p.id)
+                    done.add(p.id)
+                    if on_done is not None:
+                        on_done(p)
+                bar.update(1)
+    out.minutes = (time.perf_counter() - t0) / 60
+    return out
+
+
+def _in_process(p: Point) -> str | None:
+    """Train one point with `vitlab.train.fit`, its log in the run directory's train.log (only
+    warnings on the console); a user-facing error is returned, not raised."""
+    from vitlab.train.config import build_config
+    from vitlab.train.run import fit
+
+    with _point_log(p.run_dir / LOG_FILE):
+        try:
+            cfg = build_config(str(p.run_dir / POINT_FILE))
+            fit(cfg, resume="auto" if (p.run_dir / STATE_FILE).is_file() else None)
+        except VitlabError as e:
+            log.error("%s", e)
+            return str(e)
+    return None
+
+
+@contextlib.contextmanager
+def _point_log(path: Path) -> Iterator[None]:
+    """vitlab's log lines into `path`, and only its warnings onto the console handlers."""
+    logger = logging.getLogger("vitlab")
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    console = [h for h in logging.getLogger().handlers if not isinstance(h, logging.FileHandler)]
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    for h in console:
+        h.addFilter(_warnings_only)
+    try:
+        yield
+    finally:
+        for h in console:
+            h.removeFilter(_warnings_only)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
+
+
+def _warnings_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.name != "vitlab"
+
+
+def finished_line(p: Point) -> str:
+    """One line about a finished point, from its report.json."""
+    r = json.loads((p.run_dir / RUN_FILES["report"]).read_text())
+    best = r.get("best") or {}
+    top1 = f"test top-1 {100 * r['top1']:.2f}%" if r.get("top1") is not None else "no test split"
+    at = f", best validation {100 * best['val_acc']:.2f}% at step {best['step']}" if best else ""
+    return f"{p.id}: {top1}{at}, {r['wall_minutes']:.1f} min"
+
+
+def _subprocess(threads: int) -> Callable[[Point], str | None]:
+    """Train a point as `python -m vitlab train ...` with `threads` threads, its output in the
+    run directory's train.log; a failure returns the log's last line."""
+
+    def run(p: Point) -> str | None:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        logfile = p.run_dir / LOG_FILE
+        with open(logfile, "ab") as f:
+            cmd = command(p, python=True)
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        if rc == 0:
+            return None
+        return f"exit status {rc}: {_last_line(logfile)} (the whole log: {logfile})"
+
+    return run
+
+
+def _last_line(path: Path) -> str:
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "no output"
