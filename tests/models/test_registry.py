@@ -55,3 +55,14 @@ def test_table_rows():
     table = [variant_facts(n, 224) for n in list_models(paper_only=True)]
     assert [r["name"] for r in table] == ["vit_b16", "vit_l16", "vit_h14"]
     assert table[0]["gflops"] == pytest.approx(35.1, abs=0.1)  # REFERENCE: B/16 at 224
+
+
+@pytest.mark.parametrize(("img", "grid"), [(28, 7), (32, 8), (64, 16)])
+def test_the_small_hybrid_puts_one_token_on_each_pixel_of_its_stride_4_features(img, grid):
+    """r11_vit_micro, the data-scaling study's hybrid: a ResNet stem of stride 4 feeding
+    vit_micro's transformer, for the 28-64 px images of the other small variants."""
+    m = vitlab.create_model("r11_vit_micro", img_size=img, in_chans=1, pool="gap").eval()
+    assert m.cfg.grid_size() == (grid, grid) and m.cfg.arch == "hybrid"
+    out = m.forward_intermediates(torch.randn(2, 1, img, img))
+    assert m(torch.randn(2, 1, img, img)).shape == (2, 10)
+    assert out["attn"][0].shape[-1] == grid * grid  # gap pooling: no class token

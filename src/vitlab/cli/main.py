@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="vitlab",
         description="Vision Transformers as the paper defines them (Dosovitskiy et al., 2021): "
-        "build every variant, load every ecosystem's weights, train, inspect, benchmark.",
+        "build every variant, load every ecosystem's weights, train, inspect, benchmark, and "
+        "rerun the paper's experiments.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -71,41 +71,69 @@ def threads_per_job(jobs: int) -> int:
 def run_points(
     plan: Plan, jobs: int = 1, on_done: Callable[[Point], None] | None = None
 ) -> Outcome:
-    """Train every unfinished point, `jobs` at a time (1: in this process), each after the
-    points it needs; a point that fails is reported and the others go on."""
+    """Train every unfinished point, `jobs` at a time (1: in this process, so Ctrl-C stops it
+    at once), each after the points it needs; a point that fails is reported and the others
+    go on."""
     out, t0 = Outcome(), time.perf_counter()
     out.skipped = [p.id for p in plan.points if is_done(p)]
-    done = set(out.skipped)
-    todo = [p for p in plan.points if p.id not in done]
+    todo = [p for p in plan.points if p.id not in out.skipped]
     if todo:
         say(f"{plan.study}: {len(todo)} of {len(plan.points)} points to train, {jobs} at a time")
-    bar = progress_bar(total=len(todo), desc=plan.study, unit="point", dynamic_ncols=True)
-    run_one = _in_process if jobs == 1 else _subprocess(threads_per_job(jobs))
-    with bar, ThreadPoolExecutor(max_workers=jobs) as pool:
-        running: dict[Future, Point] = {}
-        while todo or running:
-            for p in [p for p in todo if set(p.needs) <= done][: jobs - len(running)]:
-                todo.remove(p)
-                running[pool.submit(run_one, p)] = p
-            if not running:  # what is left needs a point that failed
-                out.waiting = [p.id for p in todo]
-                break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for f in finished:
-                p = running.pop(f)
-                error = f.result()
-                if error:
-                    out.failed[p.id] = error
-                    say(f"point {p.id} failed: {error}")
-                else:
-                    say(finished_line(p))
-                    out.trained.append(p.id)
-                    done.add(p.id)
-                    if on_done is not None:
-                        on_done(p)
-                bar.update(1)
+    with progress_bar(total=len(todo), desc=plan.study, unit="point", dynamic_ncols=True) as bar:
+
+        def finished(p: Point, error: str | None) -> None:
+            if error:
+                out.failed[p.id] = error
+                say(f"point {p.id} failed: {error}")
+            else:
+                say(finished_line(p))
+                out.trained.append(p.id)
+                if on_done is not None:
+                    on_done(p)
+            bar.update(1)
+
+        if jobs == 1:
+            _one_at_a_time(todo, set(out.skipped), finished)
+        else:
+            _in_processes(todo, set(out.skipped), jobs, finished)
+    done = set(out.skipped) | set(out.trained)
+    out.waiting = [p.id for p in todo if p.id not in done and p.id not in out.failed]
     out.minutes = (time.perf_counter() - t0) / 60
     return out
+
+
+def _ready(todo: list[Point], done: set[str]) -> list[Point]:
+    return [p for p in todo if set(p.needs) <= done]
+
+
+def _one_at_a_time(todo: list[Point], done: set[str], finished: Callable) -> None:
+    todo = list(todo)
+    while ready := _ready(todo, done):
+        p = ready[0]
+        todo.remove(p)
+        error = _in_process(p)
+        if not error:
+            done.add(p.id)
+        finished(p, error)
+
+
+def _in_processes(todo: list[Point], done: set[str], jobs: int, finished: Callable) -> None:
+    run = _subprocess(threads_per_job(jobs))
+    todo = list(todo)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        running: dict[Future, Point] = {}
+        while True:
+            for p in _ready(todo, done)[: jobs - len(running)]:
+                todo.remove(p)
+                running[pool.submit(run, p)] = p
+            if not running:  # nothing left, or what is left needs a point that failed
+                return
+            for f in wait(running, return_when=FIRST_COMPLETED)[0]:
+                p = running.pop(f)
+                error = f.result()
+                if not error:
+                    done.add(p.id)
+                finished(p, error)
 
 
 def _in_process(p: Point) -> str | None:
