@@ -28,7 +28,7 @@ COLUMNS = [
     "study", "protocol", "family", "label", "variant", "x", "seed", "model", "params",
     "train_images", "per_class", "steps", "batch_size", "gflops_per_image", "train_pflops",
     "test_top1", "test_top5", "best_val_acc", "best_epoch", "best_step", "wall_minutes",
-    "train_minutes", "weights", "point",
+    "train_minutes", "weights", "point", "machine",
 ]  # fmt: skip
 AXIS = {  # the x of each study's plot: (row key, axis label)
     "data-scaling": ("train_images", "training images"),
@@ -82,6 +82,7 @@ def row_of(plan: Plan, p: Point, report: dict[str, Any]) -> dict[str, Any]:
         "train_minutes": report["train_minutes"],
         "weights": report["weights"],
         "point": p.id,
+        "machine": report.get("machine", ""),
     }
 
 
@@ -157,6 +158,8 @@ def _lead(a: Curve, b: Curve, i: int, j: int, what: str) -> str:
     spread = max(a.spreads[i], b.spreads[j])
     first, second = (a, b) if d >= 0 else (b, a)
     noise = f" (within the seed spread of {spread:.1f})" if abs(d) <= spread and spread else ""
+    if round(abs(d), 1) == 0:
+        return f"at {what} {a.label} and {b.label} are level ({_pct(a.means[i])}){noise}"
     return (
         f"at {what} {first.label} leads {second.label} by {abs(d):.1f} points "
         f"({_pct(max(a.means[i], b.means[j]))} vs {_pct(min(a.means[i], b.means[j]))}){noise}"
@@ -342,6 +345,7 @@ def _page(plan, rows, missing, cs: list[Curve], lines: list[str], notes: list[st
         "(epochs, validation and checkpoints, summed over points). Test top-1 of the weights each "
         "point's report.json names (the best by validation accuracy where the preset asks for "
         "it), mean &plusmn; sample standard deviation over seeds.</p>",
+        f"<p>Trained on: {esc(_machines(rows))}.</p>",
         *[f"<p><b>Note:</b> {esc(n)}</p>" for n in notes],
     ]
     if missing:
@@ -362,9 +366,10 @@ def _mean_table(plan: Plan, cs: list[Curve]) -> str:
     for c in cs:
         name = " / ".join(s for s in (c.protocol, c.label, c.variant) if s)
         for n, x, m, s, k in zip(c.names, c.xs, c.means, c.spreads, c.counts):
+            acc = f"{m:.2f} &plusmn; {s:.2f}" if k > 1 else f"{m:.2f}"
             body.append(
                 f"<tr><td class='l'>{html.escape(name)}</td><td>{html.escape(n)}</td>"
-                f"<td>{x:,.4g}</td><td>{m:.2f} &plusmn; {s:.2f}</td><td>{k}</td></tr>"
+                f"<td>{_n(x)}</td><td>{acc}</td><td>{k}</td></tr>"
             )
     return "<h2>Means</h2><table>" + head + "".join(body) + "</table>"
 
@@ -388,4 +393,22 @@ def _cell(column: str, v: Any) -> str:
         return ""
     if column in ("test_top1", "best_val_acc"):
         return f"{100 * v:.2f}%"
+    if column == "params":
+        return f"{v / 1e6:.2f}M"
     return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+
+def _machines(rows: list[dict[str, Any]]) -> str:
+    """The machines the points' reports name, and where this page is written when some
+    reports (written before reports named one) do not say."""
+    names = sorted({r["machine"] for r in rows if r["machine"]})
+    unnamed = sum(1 for r in rows if not r["machine"])
+    if unnamed:
+        import torch
+
+        from vitlab.runtime import cpu_info
+
+        cpu = cpu_info()
+        here = f"{cpu['model']} ({cpu['cores']} cores), torch {torch.__version__}"
+        names.append(f"{unnamed} point(s) whose report names no machine; this page: {here}")
+    return "; ".join(names) or "no point has finished"

@@ -30,7 +30,13 @@ from vitlab.evaluate import eval_augmentation, evaluate, report_dict, write_repo
 from vitlab.files import write_text
 from vitlab.models.flops import model_flops
 from vitlab.models.registry import create_model, get_config
-from vitlab.runtime import can_compile, keep_freed_memory, resolve_precision, unwrap_model
+from vitlab.runtime import (
+    can_compile,
+    device_name,
+    keep_freed_memory,
+    resolve_precision,
+    unwrap_model,
+)
 from vitlab.train import report as rep
 from vitlab.train.config import TrainConfig, accumulation_for, save_config
 from vitlab.train.distributed import DistInfo, barrier, init_distributed, wrap_model
@@ -371,6 +377,8 @@ def final_report(cfg, data: DataSplits, state: TrainState, info, run_dir: Path) 
         skipped=state.skipped,
         best=state.best,
         weights=str(weights),
+        machine=f"{device_name(info.device)}, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}",
     )
     if info.main and images is not None:
         title = f"{data.name} {split}: top-1 {100 * res.top1:.2f}%"
