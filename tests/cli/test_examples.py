@@ -207,11 +207,12 @@ def _cut(argv: list[str]) -> list[str]:
     return argv
 
 
-# Every point of a study cut to two steps of 8 images, on subsets the stand-ins can fill.
+# Every point of a study cut to two steps of 8 images and one seed, on subsets the stand-ins
+# can fill.
 STUDY_CUT = ["--set", "steps=2", "--set", "epoch_steps=1", "--set", "batch_size=8", "--set",
-             "precision=fp32"]  # fmt: skip
+             "precision=fp32", "--set", "seeds=[0]"]  # fmt: skip
 STUDY_AXIS = {
-    "data-scaling": ["--set", "sizes=[10,20]"],
+    "data-scaling": ["--set", "sizes=[20]"],
     "transfer": ["--set", "shots=[1]", "--set", "protocols.fashion-to-digits.shots=[1]"],
     "model-scaling": ["--set", "train_images=20"],
 }

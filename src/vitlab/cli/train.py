@@ -208,6 +208,8 @@ def print_result(result) -> None:
     print(f"curves:      {f['curves']} (per epoch: {f['summary']})")
     also = f" (best on validation: {f['best']})" if f["best"].is_file() else ""
     print(f"checkpoint:  {f['last']}{also}")
+    if result.report.get("weights") == str(f["best"]):
+        print(f"the report is about {f['best']} (report_best)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -291,7 +291,10 @@ def plot(plan: Plan, cs: list[Curve], path: Path) -> Path:
         ax.set_ylabel("test top-1 (%)")
         ax.set_title(proto or _title(plan))
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no point has finished yet", ha="center", transform=ax.transAxes)
     return save_figure(fig, path)
 
 
