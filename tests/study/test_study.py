@@ -174,6 +174,35 @@ def test_a_killed_study_resumes_the_half_trained_point_and_skips_the_finished(
 
 
 @pytest.mark.slow
+def test_a_study_killed_with_sigkill_continues_where_it_stopped(tmp_path):
+    """The real thing: `vitlab study` in a process of its own, killed (SIGKILL) once the first
+    point has finished, then run again."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    spec = {**DATA_SCALING, "train": {**DATA_SCALING["train"], "steps": 40, "epoch_steps": 4}}
+    argv = [sys.executable, "-m", "vitlab", "study", "data-scaling", "--preset",
+            preset(tmp_path, spec), "--out", str(out), "-q"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "points" / "vit-n100-s0" / "report.json"
+    deadline = time.monotonic() + 120
+    while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.is_file()
+    stamp = first.stat().st_mtime_ns
+    done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert first.stat().st_mtime_ns == stamp  # never retrained
+    plan = study.plan.read_plan(out)
+    assert all((p.run_dir / "report.json").is_file() for p in plan.points)
+    assert len(read_csv(out / "results.csv")) == 4
+
+
+@pytest.mark.slow
 def test_print_commands_run_by_the_shell_then_collect_gives_the_same_table(finished, tmp_path):
     _, _, rep = finished
     out = tmp_path / "elsewhere"
