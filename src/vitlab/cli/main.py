@@ -24,6 +24,7 @@ COMMANDS = [
     "bench",
     "models",
     "study",
+    "serve",
 ]
 
 EPILOG = """\
@@ -41,6 +42,7 @@ examples:
   vitlab models --paper                                the paper's Table 1
   vitlab study data-scaling                            ViT vs ResNet vs hybrid on growing subsets:
                                                        plot, table and summary in an HTML page
+  vitlab serve --checkpoint m.safetensors              a web page and an HTTP API on localhost
 
 Run `vitlab COMMAND --help` for the options of a command.
 """
@@ -50,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="vitlab",
         description="Vision Transformers as the paper defines them (Dosovitskiy et al., 2021): "
-        "build every variant, load every ecosystem's weights, train, inspect, benchmark, and "
-        "rerun the paper's experiments.",
+        "build every variant, load every ecosystem's weights, train, inspect, benchmark, rerun "
+        "the paper's experiments and serve a model.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
