@@ -42,6 +42,7 @@ def _base(cmd, s, out):
         "bench": ["bench", "--model", "vit_test", "--iters", "1", "--warmup", "0"],
         "models": ["models", "vit_test"],
         "study": ["study", "data-scaling", "--preset", _tiny_study(out), "--out", str(out / "st")],
+        "serve": ["serve", "--checkpoint", m, "--port", "0"],  # uvicorn.run is a no-op here
     }[cmd]
 
 
@@ -55,6 +56,14 @@ def _tiny_study(out):
         "sizes: [20]\n"
     )
     return str(path)
+
+
+@pytest.fixture(autouse=True)
+def _no_server(monkeypatch):
+    """`vitlab serve` builds its app and returns instead of serving forever."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
 
 
 def _all_actions(cmd):

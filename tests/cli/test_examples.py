@@ -174,6 +174,15 @@ def _synthetic(num_classes: int, name: str) -> DataSplits:
     return DataSplits(name, sets, None, sets, names, 3, 32)
 
 
+@pytest.fixture(autouse=True)
+def _no_server(monkeypatch):
+    """`vitlab serve` builds its app (the checkpoint loaded, the page's assets found) and
+    returns instead of serving forever; tests/serve runs a real server."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+
+
 @pytest.fixture
 def workspace(pristine, tmp_path, monkeypatch):
     """A fresh copy of the stand-ins as the working directory; the datasets that would be

@@ -50,7 +50,7 @@ def test_every_device_flag_defaults_to_auto():
         for a in sub.choices[name]._actions
         if "--device" in a.option_strings
     }
-    assert set(defaults) == {"predict", "inspect", "eval", "bench"}
+    assert set(defaults) == {"predict", "inspect", "eval", "bench", "serve"}
     assert set(defaults.values()) == {"auto"}  # as TrainConfig's device: the GPU when present
 
 
