@@ -136,6 +136,22 @@ def test_bad_images_get_a_status_and_a_json_reason_and_the_server_goes_on(
         assert c.post("/v1/predict", content=png(4)).status_code == 200
 
 
+@pytest.mark.parametrize("mode", ["CMYK", "I;16", "LA", "P", "RGBA", "1", "F"])
+def test_every_pil_mode_is_converted_as_predict_converts_it(client, model, mode):
+    """No mode is refused: each is converted to the model's channels exactly as `vitlab
+    predict` does (alpha on white, palettes expanded, 16-bit and float scaled)."""
+    rgb = Image.open(io.BytesIO(png(30))).convert("RGB")
+    img = rgb.convert("L").convert(mode) if mode in ("I;16", "F", "1") else rgb.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format="TIFF")
+    r = client.post("/v1/predict?topk=4", files={"file": ("x.tif", buf.getvalue(), "image/tiff")})
+    assert r.status_code == 200, r.text
+    got = torch.tensor(
+        [t["probability"] for t in sorted(r.json()["top"], key=lambda t: t["index"])]
+    )
+    assert torch.allclose(got, unbatched(model, buf.getvalue()), atol=1e-5)
+
+
 def test_a_body_over_the_limit_is_413(model):
     with client_for(model, max_bytes=3000) as c:
         r = c.post("/v1/predict", content=b"x" * 5000)

@@ -21,7 +21,7 @@ Serve a checkpoint (any file `vitlab predict` takes) on http://HOST:PORT/:
 
 Concurrent requests are batched (at most --max-batch images, waiting at most --max-wait-ms for
 more) by one inference worker. A body over --max-mb is answered 413, a file that is not an image
-415, an unusable image (truncated, a decompression bomb, an unsupported mode) 422, and more than
+415, an unusable image (truncated or corrupt, a decompression bomb) 422, and more than
 --max-queue waiting requests 503 with Retry-After; the server keeps serving after each. It
 binds to 127.0.0.1 unless --host says otherwise. Needs `pip install 'vitlab[serve]'`.
 """

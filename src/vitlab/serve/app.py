@@ -7,7 +7,7 @@
 - `/docs` and `/openapi.json`: FastAPI's own.
 
 Bad input is answered, never fatal: a body over the size limit 413, not an image 415, an image
-that cannot be used (truncated, a decompression bomb, an unsupported mode) 422, each with a JSON
+that cannot be used (truncated or corrupt, a decompression bomb) 422, each with a JSON
 `{"error": ...}` naming the problem as `vitlab predict` does; a full queue 503 with
 `Retry-After`. A request never names a file on the server: images come in the request only.
 """
