@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The three full studies of the README, one after another, under the heavy-run lock. Rerunning
 # continues where a killed run stopped (finished points are skipped, a half-trained one resumes).
-#   nohup benchmarks/studies.sh > runs/study/full.log 2>&1 &
+#   nohup benchmarks/studies.sh > /tmp/vitlab-studies.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
