@@ -59,6 +59,7 @@ class Batcher:
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self.stats = BatchStats()
         self._held: Job | None = None  # taken from the queue but wanting other outputs
+        self._stopping = False  # `stop` was asked while a batch was being gathered
         self._thread = threading.Thread(target=self._work, name="vitlab-batcher", daemon=True)
 
     def start(self) -> Batcher:
@@ -66,7 +67,11 @@ class Batcher:
         return self
 
     def stop(self) -> None:
-        self.jobs.put(None)
+        """Let the worker finish the batch it runs, then end it (queued requests are dropped
+        with the process)."""
+        if not self._thread.is_alive():
+            return
+        self.jobs.put(None)  # the worker is alive, so a full queue makes room
         self._thread.join(timeout=30)
 
     def submit(self, x: torch.Tensor, explain: bool = False) -> Future:
@@ -98,8 +103,8 @@ class Batcher:
                 job = self.jobs.get(timeout=max(left, 0)) if left > 0 else self.jobs.get_nowait()
             except queue.Empty:
                 break
-            if job is None:
-                self.jobs.put(None)  # stop after this batch
+            if job is None:  # stop after this batch (never put back: the queue may be full)
+                self._stopping = True
                 break
             if job.explain != first.explain:
                 self._held = job
@@ -108,7 +113,7 @@ class Batcher:
         return batch
 
     def _work(self) -> None:
-        while True:
+        while not self._stopping:
             first = self._next(timeout=None)
             if first is None:
                 return
