@@ -33,7 +33,7 @@ from vitlab.errors import ConfigError, VitlabError
 from vitlab.train.config import TrainConfig, build_config, configs_dir, merge, read_yaml
 
 StudyName = Literal["data-scaling", "transfer", "model-scaling"]
-STUDIES: tuple[str, ...] = ("data-scaling", "transfer", "model-scaling")
+STUDIES: tuple[StudyName, ...] = ("data-scaling", "transfer", "model-scaling")
 PRESETS = ("quick", "full")
 # Top-level keys of a study preset; any other --set key is a TrainConfig key for every point.
 STUDY_KEYS = {"study", "description", "train", "families", "seeds", "sizes", "shots"}
@@ -324,8 +324,12 @@ def _check_same_plan(old: Plan, new: Plan) -> None:
 
 
 def _canonical(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A config as comparable data (tuples and lists alike), without bookkeeping keys."""
-    return TrainConfig(**cfg).to_dict() | {"threads": None, "workers": 0}
+    """A config as comparable data (tuples and lists alike), without the keys a resumed run may
+    change (where the data lives, --download, threads, logging)."""
+    from vitlab.train.state import RESUMABLE_CHANGES
+
+    d = TrainConfig(**cfg).to_dict()
+    return {k: v for k, v in d.items() if k not in RESUMABLE_CHANGES}
 
 
 def check_data(plan: Plan) -> None:
