@@ -22,7 +22,13 @@ MAX_PIXELS = 178_956_970  # PIL's own hard limit (2 x its warning threshold)
 
 
 class ImageError(VitlabError):
-    """A file that cannot be used as an image; the message names the file and the reason."""
+    """A file that cannot be used as an image; the message names the file and the reason, and
+    `kind` says which: "missing", "not_image" (empty, or no format PIL knows), "too_large" (a
+    possible decompression bomb), "corrupt" (truncated or damaged) or "unusable"."""
+
+    def __init__(self, message: str, kind: str = "unusable") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def load_image(path: str | Path, channels: int = 3, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -49,29 +55,30 @@ def _decode(source: Path | io.BytesIO, name: str, channels: int, max_pixels: int
     try:
         size = source.stat().st_size if isinstance(source, Path) else source.getbuffer().nbytes
         if size == 0:
-            raise ImageError(f"{name}: empty file (0 bytes)")
+            raise ImageError(f"{name}: empty file (0 bytes)", "not_image")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as img:
                 if img.width * img.height > max_pixels:
                     raise ImageError(
                         f"{name}: {img.width}x{img.height} px is larger than the {max_pixels} "
-                        "pixel limit (a possible decompression bomb); downscale it first"
+                        "pixel limit (a possible decompression bomb); downscale it first",
+                        "too_large",
                     )
                 img.load()
                 img = ImageOps.exif_transpose(img)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{name}: too large to decode safely ({e})") from None
+        raise ImageError(f"{name}: too large to decode safely ({e})", "too_large") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image (format not recognised)") from None
+        raise ImageError(f"{name}: not an image (format not recognised)", "not_image") from None
     except FileNotFoundError:
-        raise ImageError(f"{name}: no such file") from None
+        raise ImageError(f"{name}: no such file", "missing") from None
     except IsADirectoryError:
-        raise ImageError(f"{name}: is a directory, not an image") from None
+        raise ImageError(f"{name}: is a directory, not an image", "missing") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
-        raise ImageError(f"{name}: truncated or corrupt image ({e})") from None
+        raise ImageError(f"{name}: truncated or corrupt image ({e})", "corrupt") from None
     return to_mode(img, channels)
 
 

@@ -66,8 +66,7 @@ class BadRequest(Exception):
 
 def error_status(e: ImageError) -> int:
     """415 for what is not an image at all, 422 for an image that cannot be used."""
-    text = str(e)
-    return 415 if ("not an image" in text or "empty file" in text) else 422
+    return 415 if e.kind == "not_image" else 422
 
 
 def create_app(engine: Engine, config: ServeConfig | None = None) -> Any:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,7 +131,3 @@ def png_base64(image: Image.Image) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def clock() -> float:
-    return time.perf_counter()

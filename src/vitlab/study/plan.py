@@ -334,23 +334,20 @@ def _canonical(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def check_data(plan: Plan) -> None:
     """Every point's data exists and holds the subset it asks for (a subset larger than the
-    data, k larger than a class), said before any point trains; each dataset is read once."""
+    data, k larger than a class), said before any point trains; each dataset is read once and
+    each point's images chosen as its run will choose them (`vitlab.train.run.choose_images`)."""
     from vitlab.data.datasets import load_data
-    from vitlab.data.subsets import balanced_subset, select_classes
+    from vitlab.train.run import choose_images
 
-    seen: dict[tuple, Any] = {}
+    loaded: dict[tuple, Any] = {}
     for p in plan.points:
         c = TrainConfig(**p.config)
-        key = (c.data, c.data_root, c.download, c.val_split, c.seed, c.classes)
+        key = (c.data, c.data_root, c.download, c.val_split, c.seed)
         try:
-            if key not in seen:
-                data = load_data(
+            if key not in loaded:
+                loaded[key] = load_data(
                     c.data, c.data_root, download=c.download, val_split=c.val_split, seed=c.seed
                 )
-                seen[key] = select_classes(data, c.classes) if c.classes else data
-            data = seen[key]
-            if c.train_images or c.train_per_class:
-                n, k = c.train_images, c.train_per_class
-                balanced_subset(data.train, c.seed, total=n, per_class=k, names=data.class_names)
+            choose_images(loaded[key], c)
         except VitlabError as e:
             raise ConfigError(f"point {p.id}: {e}") from None

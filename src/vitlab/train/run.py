@@ -219,22 +219,29 @@ def _prepare_run_dir(
 
 
 def training_data(cfg: TrainConfig) -> DataSplits:
-    """The run's data: the classes `cfg.classes` names (all by default), the validation images
-    held out of the training split, then the class-balanced subset `cfg.train_images` or
-    `cfg.train_per_class` asks for; refused when there is nothing to tell apart (one class)."""
+    """The run's data: `cfg.data` with the validation images held out of the training split,
+    then the images `cfg` chooses (`choose_images`)."""
     data = load_data(
         cfg.data, cfg.data_root, download=cfg.download, val_split=cfg.val_split, seed=cfg.seed
     )
+    return choose_images(data, cfg)
+
+
+def choose_images(data: DataSplits, cfg: TrainConfig) -> DataSplits:
+    """The classes `cfg.classes` names (all by default), then the class-balanced subset of the
+    training images `cfg.train_images` or `cfg.train_per_class` asks for (`data` itself is not
+    changed); refused when there is nothing to tell apart (one class)."""
     if cfg.classes:
         data = select_classes(data, cfg.classes)
     if cfg.train_images or cfg.train_per_class:
-        data.train = balanced_subset(
+        train = balanced_subset(
             data.train,
             cfg.seed,
             total=cfg.train_images,
             per_class=cfg.train_per_class,
             names=data.class_names,
         )
+        data = replace(data, train=train)
     if data.num_classes < 2:
         raise ConfigError(
             f"{data.name} has {data.num_classes} class ({', '.join(data.class_names)}): a "
