@@ -24,7 +24,8 @@ from vitlab.inspect.attention import InspectError, attention_rollout, collect_at
 from vitlab.inspect.plots import plot_overlay
 from vitlab.inspect.report import label_of, prepare_image
 from vitlab.progress import progress_bar
-from vitlab.runtime import PackedWeights
+from vitlab.runtime import PackedWeights, model_device
+from vitlab.weights.onnx import OnnxModel
 
 
 @dataclass
@@ -125,17 +126,14 @@ def predict_files(
     if out is not None:
         _results_format(out)
     if explain_dir is not None and not hasattr(model, "forward_intermediates"):
-        raise InspectError(
-            f"--explain draws attention rollout, and a {type(model).__name__} has no attention; "
-            "leave --explain out for this model"
-        )
+        raise InspectError(f"--explain draws attention rollout: {no_attention(model)}")
     model.eval()
     topk = min(topk, model.cfg.num_classes)
     explain = _Explainer(Path(explain_dir)) if explain_dir is not None else None
     if explain:
         explain.directory.mkdir(parents=True, exist_ok=True)
     result = PredictResult()
-    device = next(model.parameters()).device
+    device = model_device(model)
     bar = progress_bar(total=len(files), desc="predict", unit="img", disable=not progress)
     with bar, PackedWeights():
         for paths, xs, shows, failures in _batches(
@@ -172,6 +170,16 @@ def _predictions(
             pred.explanation = explain.write(path, shows[i], maps[i], title)
         out.append(pred)
     return out
+
+
+def no_attention(model: nn.Module) -> str:
+    """Why `model` cannot show its attention, and what to do."""
+    if isinstance(model, OnnxModel):
+        return (
+            f"{model.path.name} is an ONNX graph, which returns only the logits; explain with "
+            "the PyTorch checkpoint it was exported from"
+        )
+    return f"a {type(model).__name__} has no attention; leave explain out for this model"
 
 
 def _results_format(path: str | Path) -> str:

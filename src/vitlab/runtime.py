@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import logging
 import os
 import platform
@@ -102,6 +103,13 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where a model's weights live; the CPU for one that holds none (an ONNX Runtime model)."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 # ------------------------------------------------------------------------------- allocator

@@ -157,9 +157,13 @@ def load_model(args: argparse.Namespace) -> Any:
     a one-line error for a device that is not there."""
     from vitlab.runtime import pick_device
     from vitlab.weights.checkpoint import load_checkpoint
+    from vitlab.weights.onnx import is_onnx
 
-    dev = pick_device(getattr(args, "device", "auto"))
+    device = getattr(args, "device", "auto")
     overrides = parse_set(getattr(args, "model_set", []), nested=False)
+    if is_onnx(args.checkpoint) and device == "auto":
+        device = "cpu"  # ONNX Runtime's CPU provider; an explicit GPU is refused by the model
+    dev = pick_device(device)
     return load_checkpoint(args.checkpoint, source=args.source, **overrides).to(dev)
 
 

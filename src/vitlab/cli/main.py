@@ -74,11 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(e, file=sys.stderr)
         return 2
     args.quiet = getattr(args, "quiet", False)  # -q before or after the command name
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(message)s",
-        stream=sys.stderr,
-    )
+    # vitlab's own progress lines at INFO; other libraries' (the ONNX exporter's passes,
+    # the quantiser's per-node notes) only from WARNING up
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("vitlab").setLevel(logging.WARNING if args.quiet else logging.INFO)
     module = importlib.import_module(f"vitlab.cli.{args.command}")
     from tqdm.contrib.logging import logging_redirect_tqdm  # log lines above progress bars
 

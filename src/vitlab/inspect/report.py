@@ -26,6 +26,7 @@ from vitlab.inspect.attention import (
 )
 from vitlab.inspect.embeddings import patch_embedding_components, position_embedding_similarity
 from vitlab.progress import progress_bar
+from vitlab.runtime import model_device
 
 
 @dataclass
@@ -77,7 +78,7 @@ def analyse_image(
     attention distance of every head; the attention tensors are freed before returning."""
     cfg = model.cfg
     x, display = prepare_image(model, image)
-    device = next(model.parameters()).device
+    device = model_device(model)
     attn, out = collect_attention(model, x[None].to(device))
     grid, prefix = out["grid"], cfg.num_prefix_tokens
     rollout = attention_rollout(attn, grid, prefix, cfg.pool)[0]

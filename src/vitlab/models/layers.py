@@ -200,8 +200,8 @@ def resample_pos_embed(
                 f"{n_old} position embeddings do not form a square grid; give old_grid"
             )
         old_grid = (side, side)
-    if tuple(old_grid) == tuple(new_grid):
-        return posemb
+    if tuple(old_grid) == tuple(new_grid) and not torch.compiler.is_exporting():
+        return posemb  # (exporting, the grid may be symbolic: the interpolation is traced)
     prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
     dim = posemb.shape[-1]
     grid = grid.float().reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)  # (1,D,h,w)

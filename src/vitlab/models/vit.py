@@ -123,7 +123,10 @@ class VisionTransformer(nn.Module, VitlabModule):
     # -------------------------------------------------------------------------------- forward
     def _pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
         cfg = self.cfg
-        if grid == cfg.grid_size():
+        # Under torch.export with a dynamic image size the grid is symbolic: comparing it would
+        # fix the graph to the native size, so the resampling (the identity there) is traced.
+        tracing_any_size = cfg.dynamic_img_size and torch.compiler.is_exporting()
+        if grid == cfg.grid_size() and not tracing_any_size:
             return self.pos_embed
         if cfg.pos_embed == "sincos":
             return posemb_sincos_2d(grid, cfg.embed_dim, dtype=self.pos_embed.dtype).to(

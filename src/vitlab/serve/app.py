@@ -22,6 +22,7 @@ from importlib import resources
 from typing import Any
 
 from vitlab.data.images import ImageError
+from vitlab.predict import no_attention
 from vitlab.serve.batcher import Batcher, QueueFull
 from vitlab.serve.engine import Engine
 
@@ -136,7 +137,7 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> Any:
         if topk < 1:
             raise BadRequest(422, f"topk must be at least 1, got {topk}")
         if explain and not engine.can_explain:
-            raise BadRequest(422, f"{engine.name} has no attention to explain; leave explain out")
+            raise BadRequest(422, f"{engine.name}: {no_attention(engine.model)}")
         data, filename = await _read_image(request, config.max_bytes)
         try:  # decoding off the event loop, which goes on reading the other requests
             x, show = await asyncio.to_thread(engine.prepare, data, filename)

@@ -23,7 +23,7 @@ from torch import nn
 from vitlab.data.images import MAX_PIXELS, decode_image
 from vitlab.inspect.attention import attention_rollout, collect_attention, head_attention
 from vitlab.inspect.report import label_of, prepare_image
-from vitlab.runtime import PackedWeights, keep_freed_memory
+from vitlab.runtime import PackedWeights, keep_freed_memory, model_device
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Engine:
 
     def __init__(self, model: nn.Module, name: str, max_pixels: int = MAX_PIXELS) -> None:
         self.model, self.name, self.max_pixels = model.eval(), name, max_pixels
-        self.device = next(model.parameters()).device
+        self.device = model_device(model)
         self.can_explain = hasattr(model, "forward_intermediates")
         self._packed = PackedWeights()
         if self.device.type == "cpu":

@@ -28,7 +28,7 @@ from vitlab.files import write_text
 from vitlab.models.config import AnyConfig, ViTConfig, config_from_dict, config_to_json, replace
 from vitlab.models.registry import build_model, get_config
 from vitlab.runtime import unwrap_model
-from vitlab.weights import google, hf, hub, posemb, timm, torchvision
+from vitlab.weights import google, hf, hub, onnx, posemb, timm, torchvision
 from vitlab.weights.adapter import (
     FORMAT_KEY,
     FORMAT_VALUE,
@@ -143,7 +143,13 @@ def load_checkpoint(
     (`resample` picks another method of weights.posemb.METHODS). `dont_load` holds regexes of
     vitlab parameter names (matched whole, e.g. `r"head\\..*"`, `"pos_embed"`) that keep the
     model's initial values instead of the file's, as big_vision's `dont_load`.
+
+    A `.onnx` file vitlab exported comes back as a `vitlab.weights.onnx.OnnxModel`, run by
+    ONNX Runtime: it classifies like the model it was exported from, and cannot be changed.
     """
+    if onnx.is_onnx(path):
+        _onnx_as_is(path, model, source, dont_load, resample)
+        return onnx.load_onnx(path, **overrides)
     if hub.is_hub_reference(path):
         path = hub.resolve_reference(str(path))
     raw = read_raw(path)
@@ -161,6 +167,20 @@ def load_checkpoint(
     how = "detected" if source == AUTO else "as asked"
     log.info("loaded %s: %s (%s)", path, src.description.split(" (")[0], how)
     return target.eval()
+
+
+def _onnx_as_is(
+    path: Any, model: Any, source: str, dont_load: Sequence[str], resample: Any
+) -> None:
+    """Refuse loading options that an ONNX graph cannot take."""
+    asked = [name for name, given in (("model", model is not None),
+             ("source", source not in (AUTO, "onnx")), ("dont_load", bool(dont_load)),
+             ("resample", resample is not None)) if given]  # fmt: skip
+    if asked:
+        raise ConfigError(
+            f"{path} is an ONNX graph, loaded as it was exported: {', '.join(asked)} cannot "
+            "apply; load the PyTorch checkpoint it came from instead"
+        )
 
 
 def _target(
@@ -277,18 +297,22 @@ def save_checkpoint(
     model: nn.Module,
     path: str | Path,
     *,
-    format: SourceName = "vitlab",
+    format: SourceName | Literal["onnx"] = "vitlab",
     class_names: Sequence[str] | None = None,
 ) -> Path:
-    """Write `model` to `path`: a self-describing vitlab `.safetensors` by default, or the
-    layout of another ecosystem. `class_names` are written instead of the model's own (the
-    model itself is left as it is). The write is atomic (a temporary file, then a rename)."""
+    """Write `model` to `path`: a self-describing vitlab `.safetensors` by default, the layout
+    of another ecosystem, or (`format="onnx"`) an ONNX graph checked against the model
+    (`vitlab.weights.onnx.export_onnx` has the options). `class_names` are written instead of
+    the model's own (the model itself is left as it is). The write is atomic (a temporary
+    file, then a rename)."""
     model = unwrap_model(model)
     if not hasattr(model, "cfg"):
         raise ConfigError("save_checkpoint takes a vitlab model (one with a .cfg)")
     if class_names is not None:
         model = copy.copy(model)  # shares the parameters; only the copy's cfg changes
         model.cfg = replace(model.cfg, class_names=tuple(class_names))
+    if format == "onnx":
+        return onnx.export_onnx(model, path).path
     src = get_source(format)
     if src.export is None:
         raise ConfigError(f"exporting to {format!r} is not supported")

@@ -1,0 +1,380 @@
+"""ONNX: every vitlab model as one self-describing `.onnx` file, checked by ONNX Runtime, and
+`OnnxModel`, which runs such a file wherever vitlab takes a model.
+
+The file holds the graph and, in its metadata, what everything else needs: the model config
+(class names, resolution, mean and std), the resize interpolation and how it was quantised, so
+`vitlab predict`, `eval`, `serve` and `bench` work from the file alone. The export uses the
+exporter torch recommends (`torch.onnx.export(..., dynamo=True)`, through `torch.export`) with
+a dynamic batch axis; `dynamic_img_size=True` makes height and width dynamic too, with the
+position-embedding resampling (bicubic, antialiased, as `VisionTransformer` does it) in the
+graph as an ONNX `Resize`. Every export is run once by ONNX Runtime on a batch of another size
+and compared with PyTorch before the file is kept.
+
+Quantisation to int8 is `vitlab.weights.quantize`; it reads and writes these files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitlab._version import __version__
+from vitlab.errors import CheckpointError, ConfigError, MissingDependencyError
+from vitlab.files import atomic_path
+from vitlab.models.base import VitlabModule
+from vitlab.models.config import AnyConfig, ViTConfig, config_from_dict, config_to_json, replace
+from vitlab.models.registry import build_model
+from vitlab.runtime import unwrap_model
+
+log = logging.getLogger("vitlab")
+
+SUFFIX = ".onnx"
+FORMAT = "vitlab-onnx"  # metadata "format" of the files vitlab writes
+INPUT, OUTPUT = "images", "logits"
+MIN_OPSET = 17  # LayerNormalization
+TOLERANCE = 1e-4  # max |logit difference| to PyTorch that an fp32 export must stay within
+INSTALL = "pip install 'vitlab[onnx]'"
+
+
+def require_onnx() -> None:
+    """Refuse, with the install line, when onnx or onnxruntime is missing."""
+    for name in ("onnx", "onnxruntime"):
+        try:
+            __import__(name)
+        except ImportError:
+            raise MissingDependencyError(
+                f"ONNX export and inference need the {name} package: {INSTALL}"
+            ) from None
+
+
+def is_onnx(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == SUFFIX
+
+
+# ------------------------------------------------------------------------------------ export
+@dataclass
+class ExportReport:
+    """What `export_onnx` wrote and how closely ONNX Runtime reproduced PyTorch."""
+
+    path: Path
+    opset: int
+    dynamic_img_size: bool
+    max_abs_diff: float  # over a check batch of another size than the traced one
+    checked_sizes: tuple[int, ...]  # the square input sizes checked (one unless dynamic)
+    megabytes: float
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    dynamic_img_size: bool = False,
+    opset: int | None = None,
+    check: bool = True,
+) -> ExportReport:
+    """Write `model` (any vitlab ViT, hybrid or ResNetV2) to `path` as ONNX, fp32, batch axis
+    dynamic; with `dynamic_img_size`, height and width too (ViTs then resample their position
+    embeddings in the graph). `opset` asks for an older operator set than the exporter's own
+    (for older runtimes); a model that set cannot express is refused with the reason. The
+    export is compared with PyTorch in ONNX Runtime (batch 3, traced with 2) before it
+    replaces `path`; a difference over 1e-4 is refused."""
+    require_onnx()
+    path = Path(path)
+    if path.suffix.lower() != SUFFIX:
+        raise ConfigError(f"{path}: an ONNX file is named .onnx; name it {path.stem}{SUFFIX}")
+    if opset is not None and opset < MIN_OPSET:
+        raise ConfigError(f"ONNX opsets below {MIN_OPSET} lack LayerNormalization; ask for "
+                          f"{MIN_OPSET} or later")  # fmt: skip
+    model = _export_copy(model, dynamic_img_size)
+    cfg = model.cfg
+    example = torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size)
+    with atomic_path(path) as tmp:
+        _trace(model, example, tmp, dynamic_img_size, opset)
+        written = _settle_opset(tmp, opset, dynamic_img_size)
+        _write_metadata(tmp, model, dynamic_img_size)
+        report = ExportReport(path, written, dynamic_img_size, 0.0, (cfg.img_size,), 0.0)
+        if check:
+            report.max_abs_diff, report.checked_sizes = check_export(model, tmp, dynamic_img_size)
+        report.megabytes = tmp.stat().st_size / 1e6
+    return report
+
+
+def _export_copy(model: nn.Module, dynamic_img_size: bool) -> nn.Module:
+    """An fp32 CPU copy in eval mode of the bare model (DDP and torch.compile unwrapped)."""
+    model = unwrap_model(model)
+    if not isinstance(getattr(model, "cfg", None), (ViTConfig, _resnet_config())):
+        raise ConfigError(
+            f"export_onnx takes a vitlab model (ViT, hybrid or ResNetV2), not a "
+            f"{type(model).__name__}"
+        )
+    if isinstance(model, OnnxModel):
+        raise ConfigError(f"{model.path} is already ONNX; export from the PyTorch checkpoint")
+    model = copy.deepcopy(model).float().cpu().eval()
+    if dynamic_img_size and isinstance(model.cfg, ViTConfig) and not model.cfg.dynamic_img_size:
+        model.cfg = replace(model.cfg, dynamic_img_size=True)  # resample to any grid
+    return model
+
+
+def _resnet_config() -> type:
+    from vitlab.models.config import ResNetConfig
+
+    return ResNetConfig
+
+
+def _trace(
+    model: nn.Module, example: torch.Tensor, path: Path, dynamic_img_size: bool, opset: int | None
+) -> None:
+    """torch.onnx.export through torch.export. A model the exporter cannot express is refused
+    with the exporter's own reason."""
+    batch = torch.export.Dim("batch", min=1)
+    dims: dict[int, Any] = {0: batch}
+    if dynamic_img_size:
+        dims |= {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
+    try:
+        with warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript"):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_shapes={"x": dims},
+                opset_version=opset,
+                verbose=False,
+            )
+            program.save(str(path))
+    except Exception as e:  # the exporter raises many types; the reason is in the message
+        reason = _first_line(e)
+        raise ConfigError(
+            f"ONNX cannot express this {type(model).__name__}"
+            f"{' with dynamic image size' if dynamic_img_size else ''}: {reason}"
+            + (
+                "; export at a fixed size (leave out --dynamic-img-size)"
+                if dynamic_img_size
+                else ""
+            )
+        ) from None
+
+
+def opset_of(proto: Any) -> int:
+    return max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _settle_opset(path: Path, asked: int | None, dynamic_img_size: bool) -> int:
+    """The opset written. torch's exporter writes its own lowest opset (18) when asked for an
+    older one it cannot convert to; then ONNX's version converter says why, and the export is
+    refused with that reason."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    written = opset_of(proto)
+    if asked is None or written <= asked:
+        return written
+    try:
+        converted = onnx.version_converter.convert_version(proto, asked)
+    except Exception as e:  # the converter's C++ assertion says which operator and why
+        reason = str(e).split("failed: ")[-1].strip().rstrip(".")
+        hint = (
+            " (the position-embedding resampling of --dynamic-img-size needs it)"
+            if dynamic_img_size and "Resize" in reason
+            else ""
+        )
+        raise ConfigError(
+            f"ONNX opset {asked} cannot express this model: {reason}{hint}; export with opset "
+            f"{written} or later" + (", or at a fixed size" if dynamic_img_size else "")
+        ) from None
+    onnx.save(converted, str(path))
+    return asked
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """The exporter's per-pass notes and its opset warning; vitlab says what matters."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:400]
+
+
+def _write_metadata(path: Path, model: nn.Module, dynamic_img_size: bool) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    props = {
+        "format": FORMAT,
+        "vitlab_version": __version__,
+        "torch_version": torch.__version__,
+        "config": config_to_json(model.cfg),
+        "interpolation": model.data_config["interpolation"],
+        "params": str(model.num_params()),
+        "dynamic_img_size": json.dumps(dynamic_img_size),
+        "quantization": "none",
+    }
+    set_metadata(proto, props)
+    proto.doc_string = f"vitlab {type(model).__name__}: {describe_config(model.cfg)}"
+    onnx.save(proto, str(path))
+
+
+def set_metadata(proto: Any, props: Mapping[str, str]) -> None:
+    """Replace the model's metadata_props entries named in `props`."""
+    keep = [p for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for k, v in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata_props of an ONNX file (the graph's weights are not read)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise CheckpointError(f"{path} is not a readable ONNX file ({_first_line(e)})") from None
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def describe_config(cfg: AnyConfig) -> str:
+    names = f", classes {', '.join(cfg.class_names[:4])}..." if cfg.class_names else ""
+    return f"{cfg.img_size} px, {cfg.in_chans} channel(s), {cfg.num_classes} classes{names}"
+
+
+def check_export(
+    model: nn.Module, path: Path, dynamic_img_size: bool
+) -> tuple[float, tuple[int, ...]]:
+    """The largest |logit difference| between ONNX Runtime and PyTorch on random batches of 3
+    (at the native size, and with a dynamic size also at 1.5x and 0.5x); refused over 1e-4."""
+    session = new_session(path, threads=None)
+    cfg = model.cfg
+    sizes = [cfg.img_size]
+    if dynamic_img_size:
+        s = cfg.feature_stride if isinstance(cfg, ViTConfig) else cfg.reduction
+        sizes += [max(s, round(cfg.img_size * f / s) * s) for f in (1.5, 0.5)]
+    worst = 0.0
+    gen = torch.Generator().manual_seed(0)
+    for size in dict.fromkeys(sizes):
+        x = torch.randn(3, cfg.in_chans, size, size, generator=gen)
+        with torch.inference_mode():
+            want = model(x).float().numpy()
+        got = session.run(None, {INPUT: x.numpy()})[0]
+        worst = max(worst, float(np.abs(want - got).max()))
+    if worst > TOLERANCE:
+        raise CheckpointError(
+            f"the ONNX export differs from PyTorch by up to {worst:.2e} in the logits (more than "
+            f"{TOLERANCE:g}); it was not written. Please report this with the model's config"
+        )
+    return worst, tuple(dict.fromkeys(sizes))
+
+
+# ------------------------------------------------------------------------------------ running
+def new_session(path: str | Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session with every graph optimisation, `threads` intra-op threads
+    (default: torch's thread count, i.e. OMP_NUM_THREADS) and one inter-op thread."""
+    require_onnx()
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3  # errors only
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise CheckpointError(f"ONNX Runtime cannot load {path}: {_first_line(e)}") from None
+
+
+class OnnxModel(nn.Module, VitlabModule):
+    """A vitlab `.onnx` file run by ONNX Runtime's CPU provider, usable wherever vitlab takes a
+    model: `model(images)` gives (B, num_classes) logits as a torch tensor, `model.cfg` and
+    `model.data_config` are the exported model's. It holds no parameters (the weights are in
+    the session) and runs on the CPU only; attention maps need the PyTorch checkpoint."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        meta = read_metadata(self.path)
+        if meta.get("format") != FORMAT or "config" not in meta:
+            raise CheckpointError(
+                f"{self.path} is an ONNX file vitlab did not write (no vitlab config in its "
+                "metadata); export it with `vitlab convert CHECKPOINT OUT.onnx --to onnx`"
+            )
+        self.cfg = config_from_dict(json.loads(meta["config"]))
+        self.cfg.extra.update(source="onnx", loaded_from=str(self.path))
+        self.interpolation = meta.get("interpolation", "bicubic")
+        self.quantization = meta.get("quantization", "none")
+        self.dynamic_img_size = json.loads(meta.get("dynamic_img_size", "false"))
+        self._params = int(meta.get("params", 0))
+        self.metadata = meta
+        self.session = new_session(self.path, threads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) float images -> (B, num_classes) float32 logits."""
+        if x.device.type != "cpu":
+            raise ConfigError("an ONNX model runs on the CPU; give it CPU tensors")
+        size = self.cfg.img_size
+        if not self.dynamic_img_size and tuple(x.shape[-2:]) != (size, size):
+            raise ConfigError(
+                f"{self.path.name} was exported for {size}x{size} px input, got "
+                f"{x.shape[-2]}x{x.shape[-1]}; resize the input or export with --dynamic-img-size"
+            )
+        feed = x.detach().float().contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {INPUT: feed})[0])
+
+    def to(self, *args: Any, **kwargs: Any) -> OnnxModel:
+        device, dtype, *_ = torch._C._nn._parse_to(*args, **kwargs)
+        if device is not None and torch.device(device).type != "cpu":
+            raise ConfigError(
+                f"{self.path.name} runs on ONNX Runtime's CPU provider; use --device cpu (or "
+                "the PyTorch checkpoint for a GPU)"
+            )
+        if dtype is not None and dtype != torch.float32:
+            raise ConfigError(f"{self.path.name} takes float32 input; it cannot be cast")
+        return self
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        """The parameter count of the model it was exported from."""
+        return self._params
+
+    def extra_repr(self) -> str:
+        return f"{self.path.name}, {describe_config(self.cfg)}, quantization {self.quantization}"
+
+
+def load_onnx(path: str | Path, threads: int | None = None, **overrides: Any) -> OnnxModel:
+    """`OnnxModel(path)`; config overrides cannot apply to a graph, so they are refused."""
+    if overrides:
+        raise ConfigError(
+            f"{path} is ONNX, whose graph is fixed: {', '.join(sorted(overrides))} cannot be "
+            "changed; change them on the PyTorch checkpoint and export again"
+        )
+    return OnnxModel(path, threads)
+
+
+def rebuild_torch_model(model: OnnxModel) -> nn.Module:
+    """A PyTorch model of the ONNX model's architecture, with fresh weights (for timing)."""
+    return build_model(model.cfg)
