@@ -51,12 +51,38 @@ def test_bench_text_output(capsys):
         (["--model", "vit_tset"], "did you mean"),
         (["--compile", "--warmup", "0"], "--warmup"),
         (["--img-size", "30"], "patch size"),
+        (["--backend", "onnx", "--precision", "bf16"], "leave out"),
+        (["--backend", "onnx-int8", "--device", "cuda"], "CPU provider"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(capsys, args, needle):
     assert main(["bench", "--model", "vit_test", "--iters", "1", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("vitlab bench: error:") and needle in err[-1]
+
+
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
+def test_onnx_backends_run_beside_timm(capsys, backend):
+    pytest.importorskip("onnxruntime")
+    r = _bench_json(capsys, "--warmup", "1", "--backend", backend, "--vs", "timm", "--json")
+    assert r["backend"] == "onnx" and r["timm_img_s"] > 0 and r["ratio"] > 0
+    assert (r["quantization"] == "none") == (backend == "onnx")
+    assert "static" in r["quantization"] or backend == "onnx"
+
+
+def test_an_onnx_checkpoint_is_timed_as_it_is(capsys, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from vitlab.weights.onnx import export_onnx
+
+    export_onnx(vitlab.create_model("vit_test", num_classes=3), tmp_path / "m.onnx")
+    args = ["--checkpoint", str(tmp_path / "m.onnx"), "--vs", "timm", "--json"]
+    r = _bench_json(capsys, *args)
+    assert r["model"] == str(tmp_path / "m.onnx") and r["backend"] == "onnx"
+    assert r["timm_img_s"] > 0
+    assert main(["bench", "--checkpoint", str(tmp_path / "m.onnx"), "--mode", "train"]) == 2
+    assert "leave out" in capsys.readouterr().err
+    assert main(["bench", "--checkpoint", str(tmp_path / "m.onnx"), "--backend", "onnx"]) == 2
+    assert "as it is" in capsys.readouterr().err
 
 
 def test_missing_timm_says_how_to_install(capsys, monkeypatch):

@@ -18,12 +18,14 @@ import math
 import platform
 import resource
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,7 +33,7 @@ from torch import nn
 from vitlab.errors import ConfigError
 from vitlab.models.config import ViTConfig
 from vitlab.models.flops import Mode, flops_per_image
-from vitlab.models.registry import create_model
+from vitlab.models.registry import build_model, create_model
 from vitlab.runtime import (
     DTYPES,
     PackedWeights,
@@ -43,6 +45,9 @@ from vitlab.runtime import (
     pick_device,
     synchronize,
 )
+from vitlab.weights.checkpoint import load_checkpoint
+from vitlab.weights.onnx import OnnxModel, export_onnx
+from vitlab.weights.quantize import quantize_onnx
 from vitlab.weights.timm import timm_twin
 
 # Published dense peaks (no sparsity) in TFLOP/s, from NVIDIA's data sheets. fp32 is the
@@ -58,11 +63,19 @@ GPU_PEAK_TFLOPS: list[tuple[tuple[str, ...], dict[str, float]]] = [
 ]
 
 
+Backend = Literal["torch", "onnx", "onnx-int8"]
+BACKENDS: tuple[Backend, ...] = ("torch", "onnx", "onnx-int8")
+
+
 @dataclass
 class BenchSpec:
-    """What to measure: one model, one batch shape, one mode and precision."""
+    """What to measure: one model, one batch shape, one mode and precision, one backend
+    (PyTorch, or the model exported to ONNX and run by ONNX Runtime, fp32 or int8)."""
 
     model: str = "vit_s16"
+    checkpoint: str | None = None  # time this file (.onnx too) instead of a fresh variant
+    backend: Backend = "torch"
+    int8: str = "static"  # onnx-int8: "static" (calibrated on random images) or "dynamic"
     batch: int = 16
     img_size: int | None = None  # None: the variant's own resolution
     in_chans: int | None = None  # None: the variant's own channel count
@@ -90,6 +103,25 @@ class BenchSpec:
             raise ConfigError(f"--precision must be one of {', '.join(DTYPES)}")
         if self.compile and self.warmup < 1:
             raise ConfigError("--compile needs --warmup 1 or more: the first call compiles")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}")
+        onnx_file = self.checkpoint is not None and self.checkpoint.lower().endswith(".onnx")
+        if self.backend != "torch" or onnx_file:
+            self._check_onnx(onnx_file)
+
+    def _check_onnx(self, onnx_file: bool) -> None:
+        what = "an .onnx checkpoint" if onnx_file else f"--backend {self.backend}"
+        if self.mode != "infer" or self.precision != "fp32" or self.compile:
+            raise ConfigError(
+                f"{what} times inference of float32 input with ONNX Runtime: leave out "
+                "--mode train, --precision and --compile"
+            )
+        if self.device not in (None, "auto", "cpu"):
+            raise ConfigError(f"{what} runs on ONNX Runtime's CPU provider: use --device cpu")
+        if onnx_file and self.backend != "torch":
+            raise ConfigError("an .onnx checkpoint is timed as it is: leave out --backend")
+        if self.int8 not in ("static", "dynamic"):
+            raise ConfigError(f"--int8 must be static or dynamic, got {self.int8!r}")
 
 
 @dataclass
@@ -99,6 +131,8 @@ class BenchResult:
     model: str
     mode: str
     precision: str
+    backend: str
+    quantization: str
     batch: int
     img_size: int
     compile: bool
@@ -141,20 +175,46 @@ def published_peak_gflops(device: torch.device, precision: str) -> float | None:
 
 # ---------------------------------------------------------------------------------- models
 def build_models(spec: BenchSpec, device: torch.device) -> dict[str, nn.Module]:
-    """vitlab's model (and timm's twin with the same weights) on `device`."""
+    """vitlab's model (and timm's twin with the same weights) on `device`; for an ONNX backend
+    the model is exported (and quantised) first and run by ONNX Runtime."""
     overrides: dict[str, Any] = {}
     if spec.img_size is not None:
         overrides["img_size"] = spec.img_size
     if spec.in_chans is not None:
         overrides["in_chans"] = spec.in_chans
     torch.manual_seed(spec.seed)
-    model = create_model(spec.model, **overrides)
-    if not isinstance(model, nn.Module) or not isinstance(getattr(model, "cfg", None), ViTConfig):
-        raise ConfigError(f"{spec.model!r} is not a Vision Transformer; bench a ViT variant")
+    if spec.checkpoint is not None:
+        model = load_checkpoint(spec.checkpoint, **overrides)
+    else:
+        model = create_model(spec.model, **overrides)
+    if not isinstance(getattr(model, "cfg", None), ViTConfig):
+        name = spec.checkpoint or repr(spec.model)
+        raise ConfigError(f"{name} is not a Vision Transformer; bench a ViT")
+    # an ONNX file's twin gets fresh weights: the same architecture computes as fast
+    torch_model = build_model(model.cfg) if isinstance(model, OnnxModel) else model
     models = {"vitlab": model}
     if spec.vs_timm:
-        models["timm"] = timm_twin(model)
+        models["timm"] = timm_twin(torch_model)
+    if spec.backend != "torch":
+        models["vitlab"] = onnx_runner(torch_model, spec)
     return {k: m.to(device) for k, m in models.items()}
+
+
+def onnx_runner(model: nn.Module, spec: BenchSpec) -> OnnxModel:
+    """`model` exported to ONNX (and for onnx-int8 quantised: statically with 64 random
+    calibration images, or dynamically) and loaded into ONNX Runtime."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(model, path)
+        if spec.backend == "onnx-int8":
+            cfg = model.cfg
+            gen = np.random.default_rng(spec.seed)
+            shape = (16, cfg.in_chans, cfg.img_size, cfg.img_size)
+            batches = [gen.standard_normal(shape, dtype=np.float32) for _ in range(4)]
+            int8 = Path(tmp) / "int8.onnx"
+            quantize_onnx(path, int8, method=spec.int8, calibration=batches)  # type: ignore[arg-type]
+            path = int8
+        return OnnxModel(path)  # the session holds the graph; the file can go
 
 
 # ----------------------------------------------------------------------------------- steps
@@ -170,6 +230,12 @@ def make_step(
     x = torch.randn(spec.batch, cfg.in_chans, size, size, generator=gen).to(device)
     y = torch.randint(0, max(cfg.num_classes, 1), (spec.batch,), generator=gen).to(device)
     fn: Callable[[torch.Tensor], torch.Tensor] = model
+    if isinstance(model, OnnxModel):
+
+        def run_onnx() -> torch.Tensor:
+            return model(x)
+
+        return run_onnx
     if spec.mode == "infer":
         dtype = DTYPES[spec.precision]
         model.eval().to(dtype)
@@ -292,10 +358,13 @@ def run_bench(
     img_s = spec.batch / statistics.median(times["vitlab"])
     achieved = img_s * flops / 1e9
     published = published_peak_gflops(device, spec.precision)
+    model = models["vitlab"]
     result = BenchResult(
-        model=spec.model,
+        model=spec.checkpoint or spec.model,
         mode=spec.mode,
         precision=spec.precision,
+        backend="onnx" if isinstance(model, OnnxModel) else "torch",
+        quantization=getattr(model, "quantization", "none"),
         batch=spec.batch,
         img_size=cfg.img_size,
         compile=spec.compile,
@@ -327,8 +396,13 @@ def run_bench(
 
 def format_result(r: BenchResult) -> str:
     """A short human-readable summary of one measurement."""
+    how = (
+        f"{r.precision}"
+        if r.backend == "torch"
+        else "ONNX Runtime " + ("fp32" if r.quantization == "none" else r.quantization)
+    )
     lines = [
-        f"{r.model} {r.mode} {r.precision} batch {r.batch} at {r.img_size} px"
+        f"{r.model} {r.mode} {how} batch {r.batch} at {r.img_size} px"
         f"{' (compiled)' if r.compile else ''} on {r.device_name} ({r.threads} threads)",
         f"  vitlab     {r.img_s:9.2f} img/s   {r.achieved_gflops:8.1f} GFLOP/s   "
         f"{r.utilization:6.1%} of the measured {r.peak_gflops:.0f} GFLOP/s {r.precision} "

@@ -136,3 +136,52 @@ def test_an_unknown_head_count_is_refused_until_given(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "does not store num_heads" in err and "--set num_heads=N" in err
     assert main(["predict", "--checkpoint", str(pth), str(img), "--set", "num_heads=4"]) == 0
+
+
+def test_convert_to_onnx_and_int8(tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    model = perturb_(vitlab.create_model("vit_test", num_classes=3)).eval()
+    src = vitlab.save_checkpoint(model, tmp_path / "w.safetensors", format="timm")
+    dst = tmp_path / "m.onnx"
+    args = ["convert", str(src), str(dst), "--to", "onnx", "--set", "num_heads=2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "timm layout" in out and "max |logit difference|" in out and "fp32" in out
+    session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert abs(session.run(None, {"images": x.numpy()})[0] - model(x).numpy()).max() < 1e-4
+    q = tmp_path / "q.onnx"
+    int8 = ["--quantize", "int8", "--calibrate", "synthetic", "--calibrate-images", "32"]
+    rc = main(["convert", str(src), str(q), "--to", "onnx", "--set", "num_heads=2", *int8])
+    out = capsys.readouterr().out
+    assert rc == 0 and "int8 static" in out and "32 calibration images" in out
+    assert vitlab.load_checkpoint(q).quantization.startswith("int8 static")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--to", "vitlab", "--quantize", "int8"], "are for --to onnx"),
+        (["--to", "onnx", "--calibrate", "digits"], "add --quantize int8"),
+        (["--to", "onnx", "--quantize", "int8", "--calibrate", "nosuchdata"], "unknown dataset"),
+        (["--to", "onnx", "--opset", "17", "--dynamic-img-size"], "opset 17 cannot express"),
+        (["--to", "onnx", "--opset", "12"], "--opset"),
+    ],
+)
+def test_onnx_mistakes_are_one_line_errors(tmp_path, capsys, extra, message):
+    pytest.importorskip("onnxruntime")
+    src = vitlab.save_checkpoint(vitlab.create_model("vit_test"), tmp_path / "w.safetensors")
+    dst = tmp_path / ("m.onnx" if "onnx" in extra else "m.safetensors")
+    assert main(["convert", str(src), str(dst), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("vitlab convert: error:") and message in err[-1], err[-1]
+    assert not dst.exists()
+
+
+def test_an_onnx_file_is_not_converted_back(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    vitlab.save_checkpoint(vitlab.create_model("vit_test"), tmp_path / "m.onnx", format="onnx")
+    assert main(["convert", str(tmp_path / "m.onnx"), str(tmp_path / "w.safetensors"),
+                 "--to", "vitlab"]) == 2  # fmt: skip
+    assert "convert from the checkpoint it was exported from" in capsys.readouterr().err

@@ -7,7 +7,9 @@ import json
 
 from vitlab.cli.common import number
 
-HELP = "measure img/s, GFLOP/s and hardware utilisation (optionally side by side with timm)"
+HELP = (
+    "measure img/s, GFLOP/s and utilisation, in PyTorch or ONNX Runtime (fp32, int8), beside timm"
+)
 
 DESCRIPTION = """\
 Time a model on random data: after a few warm-up steps, the median of repeated timed steps
@@ -20,6 +22,12 @@ Inference runs the weights in the chosen precision under torch.inference_mode; t
 full step (forward, cross-entropy, backward, AdamW) with fp32 weights and bf16/fp16 autocast.
 With --vs timm, timm's VisionTransformer is built with the same architecture and the same
 weights, and the two models take turns in the same process so that both see the same machine.
+
+--backend onnx exports the model to ONNX first and times it in ONNX Runtime (CPU provider,
+fp32); onnx-int8 quantises that export to int8 (--int8 static, calibrated on random images,
+or dynamic), as `vitlab convert --to onnx --quantize int8` does. --checkpoint times a file
+instead of a fresh variant: a .onnx file runs as it is, and timm's twin then gets random
+weights of the same architecture (the speed is the same).
 """
 
 EPILOG = """\
@@ -28,6 +36,8 @@ examples:
   vitlab bench --model vit_b16 --precision bf16 --vs timm
   vitlab bench --model vit_micro_p4 --img-size 28 --in-chans 1 --batch 128 --mode train
   vitlab bench --model vit_test --iters 2 --json        one JSON object on stdout
+  vitlab bench --model vit_b16 --backend onnx-int8 --vs timm
+  vitlab bench --checkpoint demo-int8.onnx --batch 1 --vs timm
 
 Hold the machine still while measuring: other busy processes lower every figure.
 """
@@ -42,6 +52,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default="vit_s16", help="variant name (default vit_s16)")
+    p.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="time this model file instead (any checkpoint vitlab reads, .onnx included)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnx", "onnx-int8"],
+        default="torch",
+        help="PyTorch, or the model exported and run by ONNX Runtime, fp32 or int8 (default torch)",
+    )
+    p.add_argument(
+        "--int8",
+        choices=["static", "dynamic"],
+        default="static",
+        help="how onnx-int8 quantises: static (activation ranges calibrated on random "
+        "images) or dynamic (default static)",
+    )
     p.add_argument("--batch", type=number(int, 1), default=16, help="images per step (default 16)")
     p.add_argument(
         "--img-size", type=number(int, 1), help="input resolution (default: the variant's)"
@@ -93,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
 
     spec = BenchSpec(
         model=args.model,
+        checkpoint=args.checkpoint,
+        backend=args.backend,
+        int8=args.int8,
         batch=args.batch,
         img_size=args.img_size,
         in_chans=args.in_chans,

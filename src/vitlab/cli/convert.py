@@ -6,10 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from vitlab.cli.common import SOURCE_CHOICES, params_text, parse_set
+from vitlab.cli.common import SOURCE_CHOICES, number, params_text, parse_set
+from vitlab.errors import ConfigError
 from vitlab.weights.formats import SOURCE_NAMES
 
-HELP = "convert weights between vitlab, timm, Hugging Face, Google .npz and torchvision"
+HELP = "convert weights between vitlab, timm, Hugging Face, Google .npz, torchvision and ONNX"
 
 DESCRIPTION = """\
 Read a checkpoint in any layout vitlab understands and write it in another, so weights trained
@@ -23,6 +24,9 @@ or published in one ecosystem run in the others:
   google       a vit_jax/big_vision-layout .npz (timm's npz loader reads it too)
   torchvision  a state dict torchvision.models.VisionTransformer.load_state_dict takes (.pth;
                .safetensors keeps the head count, class names and normalisation too)
+  onnx         an ONNX graph (.onnx) for ONNX Runtime, fp32 or with --quantize int8, batch axis
+               dynamic; its metadata holds the config, class names and preprocessing, so
+               vitlab predict, eval, serve and bench run the file alone (extra vitlab[onnx])
 
 DST must be named as the layout is written (.safetensors, .npz, .pth), so that the file says
 what it holds. SRC may be a file, a Hugging Face directory, or a hub reference
@@ -33,6 +37,12 @@ be given with --set num_heads=N.
 Each ecosystem computes slightly differently (LayerNorm eps, exact or tanh GELU): the numbers a
 model was loaded with travel with it, and a target that cannot express them is refused with the
 reason before anything is written; every file is written atomically.
+
+An ONNX export is run once by ONNX Runtime and compared with PyTorch (max logit difference
+1e-4) before it is kept. --quantize int8 quantises the matrix multiplications to int8:
+dynamically, or, with --calibrate DATA, statically with activation ranges measured on
+--calibrate-images images of DATA's training split (then the int8 model's top-1 agreement with
+fp32 on those images is printed). LayerNorm, softmax and GELU stay float (see the README).
 """
 
 EPILOG = """\
@@ -41,6 +51,9 @@ examples:
   vitlab convert hf-hub:google/vit-base-patch16-224 vit_b16.safetensors --to vitlab
   vitlab convert vit_b_16.pth vit_b16.npz --to google --from torchvision --set num_heads=12
   vitlab convert ViT-B_16.npz vit_b16_384.safetensors --to timm --set img_size=384
+  vitlab convert runs/demo/last.safetensors demo.onnx --to onnx   (fp32)
+  vitlab convert m.safetensors m-int8.onnx --to onnx --quantize int8 --calibrate fashion-mnist
+  vitlab convert ViT-B_16.npz vit_b16.onnx --to onnx --dynamic-img-size
 """
 
 
@@ -54,7 +67,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", metavar="SRC", help="weights to read: file, directory or hub reference")
     p.add_argument("dst", metavar="DST", help="where to write (a directory for --to hf)")
-    p.add_argument("--to", required=True, choices=SOURCE_NAMES, help="the layout to write")
+    p.add_argument(
+        "--to", required=True, choices=[*SOURCE_NAMES, "onnx"], help="the layout to write"
+    )
     p.add_argument(
         "--from",
         dest="source",
@@ -82,22 +97,124 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="position-embedding resampling when img_size changes: google, timm_npz, timm, hf, "
         "torchvision, bicubic, bilinear (default: the source library's own)",
     )
+    onnx = p.add_argument_group("ONNX (--to onnx)")
+    onnx.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="write an int8 model (dynamic, or static with --calibrate)",
+    )
+    onnx.add_argument(
+        "--calibrate",
+        metavar="DATA",
+        help="static int8: calibrate activation ranges on this dataset's training images "
+        "(any --data spec, e.g. fashion-mnist, imagefolder:DIR)",
+    )
+    onnx.add_argument(
+        "--calibrate-images",
+        type=number(int, 1),
+        default=256,
+        metavar="N",
+        help="how many calibration images, class-balanced (default 256)",
+    )
+    onnx.add_argument("--data-root", metavar="DIR", help="where --calibrate's dataset lives")
+    onnx.add_argument(
+        "--download", action="store_true", help="download --calibrate's dataset if missing"
+    )
+    onnx.add_argument(
+        "--opset",
+        type=number(int, 17),
+        metavar="N",
+        help="an older ONNX operator set for older runtimes (default: the exporter's, 18+); "
+        "refused with the reason when it cannot express the model",
+    )
+    onnx.add_argument(
+        "--dynamic-img-size",
+        action="store_true",
+        help="height and width dynamic too (ViTs resample position embeddings in the graph)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from vitlab.weights import checkpoint as ckpt
 
+    if args.to == "onnx":
+        return _to_onnx(args)
+    _no_onnx_options(args)
     target = ckpt.get_source(args.to)
     ckpt.check_target(target, Path(args.dst))  # before the (maybe long) read
+    model = _read(args)
+    out = Path(ckpt.save_checkpoint(model, args.dst, format=args.to))
+    files = [out / name for name in target.folder] if target.folder else [out]
+    size = sum(f.stat().st_size for f in files)
+    print(f"wrote  {out} ({args.to} layout): {len(files)} file(s), {size / 1e6:.1f} MB")
+    return 0
+
+
+def _read(args: argparse.Namespace) -> Any:
+    from vitlab.weights import checkpoint as ckpt
+    from vitlab.weights.onnx import is_onnx
+
+    if is_onnx(args.src):
+        raise ConfigError(
+            f"{args.src} is ONNX, a graph to run, whose weights vitlab does not read back; "
+            "convert from the checkpoint it was exported from"
+        )
     overrides = parse_set(args.overrides, nested=False)
     model = ckpt.load_checkpoint(
         args.src, args.model, source=args.source, resample=args.resample, **overrides
     )
     print(f"read   {args.src} ({model.cfg.extra.get('source')} layout): {describe(model)}")
-    out = Path(ckpt.save_checkpoint(model, args.dst, format=args.to))
-    files = [out / name for name in target.folder] if target.folder else [out]
-    size = sum(f.stat().st_size for f in files)
-    print(f"wrote  {out} ({args.to} layout): {len(files)} file(s), {size / 1e6:.1f} MB")
+    return model
+
+
+def _no_onnx_options(args: argparse.Namespace) -> None:
+    given = [
+        flag
+        for flag, on in (
+            ("--quantize", args.quantize),
+            ("--calibrate", args.calibrate),
+            ("--dynamic-img-size", args.dynamic_img_size),
+            ("--opset", args.opset),
+        )
+        if on
+    ]
+    if given:
+        raise ConfigError(f"{', '.join(given)} are for --to onnx, not --to {args.to}")
+
+
+def _to_onnx(args: argparse.Namespace) -> int:
+    from vitlab.deploy import export_for_deployment
+    from vitlab.weights.onnx import SUFFIX, require_onnx
+
+    require_onnx()
+    dst = Path(args.dst)
+    if dst.suffix.lower() != SUFFIX or dst.is_dir():
+        raise ConfigError(f"{dst}: the onnx layout is one file: name it {dst.stem}{SUFFIX}")
+    model = _read(args)
+    r = export_for_deployment(
+        model,
+        dst,
+        quantize=args.quantize,
+        calibrate=args.calibrate,
+        calibration_images=args.calibrate_images,
+        data_root=args.data_root,
+        download=args.download,
+        dynamic_img_size=args.dynamic_img_size,
+        opset=args.opset,
+    )
+    e = r.export
+    sizes = ", ".join(f"{s} px" for s in e.checked_sizes)
+    print(f"export ONNX opset {e.opset}, batch axis dynamic"
+          f"{', height and width dynamic' if e.dynamic_img_size else ''}; ONNX Runtime vs "
+          f"PyTorch: max |logit difference| {e.max_abs_diff:.1e} ({sizes})")  # fmt: skip
+    if r.quantize is not None:
+        q = r.quantize
+        print(f"int8   {q.description}")
+        if r.agreement is not None:
+            print(f"check  int8 and fp32 agree on the top-1 class of {r.agreement:.1%} of the "
+                  f"{q.calibration_images} calibration images")  # fmt: skip
+    size = dst.stat().st_size / 1e6
+    print(f"wrote  {dst} (onnx{', int8' if args.quantize else ', fp32'}): {size:.1f} MB")
     return 0
 
 

@@ -1,0 +1,116 @@
+"""Deployment: a model as an ONNX file, fp32 or int8, in one call (`vitlab convert --to onnx`).
+
+`export_for_deployment` exports the model (checked against PyTorch in ONNX Runtime), and with
+`quantize="int8"` quantises it: dynamically, or statically with activation ranges calibrated on
+`calibrate` images of a dataset (the training split, in the model's own evaluation
+preprocessing). The int8 file is then checked too: its top-1 agreement with the fp32 export on
+the calibration images. `vitlab.weights.onnx` and `vitlab.weights.quantize` hold the mechanics.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitlab.data.datasets import load_data
+from vitlab.data.loader import build_loader
+from vitlab.data.subsets import balanced_subset
+from vitlab.data.transforms import normalize
+from vitlab.errors import ConfigError
+from vitlab.evaluate import eval_augmentation
+from vitlab.weights.onnx import ExportReport, OnnxModel, export_onnx
+from vitlab.weights.quantize import QuantizeReport, quantize_onnx
+
+log = logging.getLogger("vitlab")
+
+CALIBRATION_IMAGES = 256
+
+
+@dataclass
+class DeployReport:
+    export: ExportReport
+    quantize: QuantizeReport | None = None
+    agreement: float | None = None  # int8 vs fp32 top-1 agreement on the calibration images
+
+
+def calibration_batches(
+    model: nn.Module,
+    data_spec: str,
+    images: int = CALIBRATION_IMAGES,
+    *,
+    root: str | None = None,
+    download: bool = False,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> list[np.ndarray]:
+    """`images` class-balanced training images of `data_spec`, preprocessed as the model's
+    evaluation does (resize, crop, channels, mean/std): batches (B, C, H, W) float32."""
+    if images < 1:
+        raise ConfigError(f"calibration needs at least one image, got {images}")
+    data = load_data(data_spec, root, download=download)
+    if data.train is None:
+        raise ConfigError(f"{data.name} has no training split to calibrate on")
+    subset = balanced_subset(data.train, seed, total=min(images, len(data.train)))
+    loader, _ = build_loader(subset, eval_augmentation(model), batch_size)
+    cfg = model.cfg
+    return [normalize(x, tuple(cfg.mean), tuple(cfg.std)).numpy() for x, _, _ in loader]
+
+
+def export_for_deployment(
+    model: nn.Module,
+    dst: str | Path,
+    *,
+    quantize: Literal["int8"] | None = None,
+    calibrate: str | None = None,
+    calibration_images: int = CALIBRATION_IMAGES,
+    data_root: str | None = None,
+    download: bool = False,
+    dynamic_img_size: bool = False,
+    opset: int | None = None,
+) -> DeployReport:
+    """Export `model` to the ONNX file `dst`; with `quantize="int8"` write int8 there instead
+    (static when `calibrate` names a dataset, dynamic otherwise)."""
+    if calibrate and not quantize:
+        raise ConfigError("--calibrate is for int8: add --quantize int8")
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"--quantize takes int8, got {quantize!r}")
+    if not quantize:
+        return DeployReport(export_onnx(model, dst, dynamic_img_size=dynamic_img_size, opset=opset))
+    batches = None
+    if calibrate:  # read the data first: a wrong name fails before the (slower) export
+        batches = calibration_batches(
+            model, calibrate, calibration_images, root=data_root, download=download
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        exported = export_onnx(model, fp32, dynamic_img_size=dynamic_img_size, opset=opset)
+        method = "static" if batches is not None else "dynamic"
+        q = quantize_onnx(
+            fp32, dst, method=method, calibration=batches, calibration_note=calibrate or ""
+        )
+        agreement = _agreement(fp32, Path(dst), batches) if batches else None
+    exported.path = Path(dst)
+    return DeployReport(exported, q, agreement)
+
+
+def _agreement(fp32: Path, int8: Path, batches: list[np.ndarray]) -> float:
+    """The fraction of the calibration images whose top-1 class int8 and fp32 agree on."""
+    a, b = OnnxModel(fp32), OnnxModel(int8)
+    same = n = 0
+    for x in _tensors(batches):
+        same += int((a(x).argmax(1) == b(x).argmax(1)).sum())
+        n += len(x)
+    return same / max(n, 1)
+
+
+def _tensors(batches: list[np.ndarray]) -> Iterator[torch.Tensor]:
+    for x in batches:
+        yield torch.from_numpy(x)
