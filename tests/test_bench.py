@@ -67,7 +67,7 @@ def test_onnx_backends_run_beside_timm(capsys, backend):
     r = _bench_json(capsys, "--warmup", "1", "--backend", backend, "--vs", "timm", "--json")
     assert r["backend"] == "onnx" and r["timm_img_s"] > 0 and r["ratio"] > 0
     assert (r["quantization"] == "none") == (backend == "onnx")
-    assert "static" in r["quantization"] or backend == "onnx"
+    assert "dynamic" in r["quantization"] or backend == "onnx"
 
 
 def test_an_onnx_checkpoint_is_timed_as_it_is(capsys, tmp_path):

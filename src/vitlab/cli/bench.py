@@ -24,10 +24,10 @@ With --vs timm, timm's VisionTransformer is built with the same architecture and
 weights, and the two models take turns in the same process so that both see the same machine.
 
 --backend onnx exports the model to ONNX first and times it in ONNX Runtime (CPU provider,
-fp32); onnx-int8 quantises that export to int8 (--int8 static, calibrated on random images,
-or dynamic), as `vitlab convert --to onnx --quantize int8` does. --checkpoint times a file
-instead of a fresh variant: a .onnx file runs as it is, and timm's twin then gets random
-weights of the same architecture (the speed is the same).
+fp32); onnx-int8 quantises that export to int8 as `vitlab convert --to onnx --quantize int8`
+does (dynamic; --int8 static calibrates on random images, which sets the same kernels).
+--checkpoint times a file instead of a fresh variant: a .onnx file runs as it is, and timm's
+twin then gets random weights of the same architecture (the speed is the same).
 """
 
 EPILOG = """\
@@ -36,7 +36,7 @@ examples:
   vitlab bench --model vit_b16 --precision bf16 --vs timm
   vitlab bench --model vit_micro_p4 --img-size 28 --in-chans 1 --batch 128 --mode train
   vitlab bench --model vit_test --iters 2 --json        one JSON object on stdout
-  vitlab bench --model vit_b16 --backend onnx-int8 --vs timm
+  vitlab bench --model vit_ti16 --backend onnx-int8 --vs timm
   vitlab bench --checkpoint demo-int8.onnx --batch 1 --vs timm
 
 Hold the machine still while measuring: other busy processes lower every figure.
@@ -65,10 +65,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--int8",
-        choices=["static", "dynamic"],
-        default="static",
-        help="how onnx-int8 quantises: static (activation ranges calibrated on random "
-        "images) or dynamic (default static)",
+        choices=["dynamic", "static"],
+        default="dynamic",
+        help="how onnx-int8 quantises: dynamic, as `vitlab convert --quantize int8` does, or "
+        "static (activation ranges calibrated on random images) (default dynamic)",
     )
     p.add_argument("--batch", type=number(int, 1), default=16, help="images per step (default 16)")
     p.add_argument(

@@ -1,21 +1,20 @@
 """int8 ONNX models: post-training quantisation of a vitlab `.onnx` file with ONNX Runtime's
-quantisation tools, `dynamic` (weights int8 ahead of time, activations quantised per batch at
-run time) or `static` (activation ranges calibrated on a few hundred real images).
+quantisation tools, `dynamic` (weights int8 per output channel ahead of time, activations
+quantised per batch at run time) or `static` (activation ranges calibrated on a few hundred
+real images, QDQ format, u8 activations and s8 weights: the pairing of the VNNI instruction).
 
-What is quantised is the matrix multiplications: every Linear (qkv, attention projection, MLP,
-head) and the two attention products, plus the convolutions of a ResNet or hybrid stem in
-static mode. LayerNorm, Softmax, GELU, the residual additions and the position embeddings stay
-float32: they are a few per cent of the FLOPs, ONNX Runtime has no int8 kernels for most of
-them, and the values they see (softmax probabilities, pre-norm residual streams) have ranges
-that a single int8 scale represents badly. `benchmarks/deploy.py` measures what each choice
-costs and gains (benchmarks/README.md, "Deploy").
+Dynamic int8 quantises the linear layers (qkv, attention projection, MLP, head); static also
+the convolutions (a ResNet's, a hybrid's stem, the patch embedding). LayerNorm, softmax, GELU,
+the attention products (two activations, nothing to quantise ahead of time) and the residual
+additions stay float32. On the project's 2-core CPU the float part was about 30% of an int8
+ViT-S/16's time, the int8 matmuls 50%; the demo model lost 0.09 points of test top-1 and the
+fashion_mnist_bit ResNet 0.05 (benchmarks/deploy.py; README, "Deploy").
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import tempfile
 from collections import Counter
@@ -78,6 +77,12 @@ def quantize_onnx(
         raise ConfigError(f"{src} is already quantised ({meta['quantization']}); start from fp32")
     if method == "static" and calibration is None:
         raise ConfigError("static int8 needs calibration images (--calibrate DATA)")
+    if method == "dynamic" and not _has_linear_weights(src):
+        raise ConfigError(
+            f"{src.name} has no linear layers for dynamic int8 to quantise (a ResNet is all "
+            "convolutions, and ONNX Runtime's dynamic int8 convolutions ran at under half the "
+            "fp32 speed here): quantise it statically, with --calibrate DATA"
+        )
     with tempfile.TemporaryDirectory() as tmpdir, atomic_path(dst) as tmp:
         prepared = Path(tmpdir) / "prepared.onnx"
         _prepare(src, prepared)
@@ -90,6 +95,17 @@ def quantize_onnx(
         report.int8_ops, report.float_ops = op_counts(tmp)
         report.megabytes = tmp.stat().st_size / 1e6
     return report
+
+
+def _has_linear_weights(path: Path) -> bool:
+    """Whether some MatMul or Gemm of the graph multiplies by a stored weight."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    weights = {t.name for t in graph.initializer}
+    return any(
+        n.op_type in DYNAMIC_OPS and any(i in weights for i in n.input[1:2]) for n in graph.node
+    )
 
 
 def _prepare(src: Path, out: Path) -> None:
@@ -123,6 +139,8 @@ def _quantize(src: Path, out: Path, method: Method, reader: Any, per_channel: bo
             per_channel=per_channel,
             activation_type=QuantType.QUInt8,  # u8 x s8: the VNNI instruction's pairing
             weight_type=QuantType.QInt8,
+            # (not CalibMaxIntermediateOutputs: onnxruntime 1.32 drops the batches it flushes,
+            # and MinMax keeps only each batch's minima and maxima anyway)
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
     if reader.images == 0:
@@ -195,10 +213,3 @@ def _quiet() -> Iterator[None]:
             yield
     finally:
         root.setLevel(level)
-
-
-def quantization_of(path: str | Path) -> dict[str, Any]:
-    """How a vitlab ONNX file was quantised ("none" for fp32), from its metadata."""
-    meta = read_metadata(path)
-    return {"quantization": meta.get("quantization", "none"),
-            "dynamic_img_size": json.loads(meta.get("dynamic_img_size", "false"))}  # fmt: skip
