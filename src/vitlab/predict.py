@@ -20,12 +20,16 @@ from torch import nn
 from vitlab.data.images import ImageError, load_image
 from vitlab.errors import ConfigError
 from vitlab.files import atomic_path
-from vitlab.inspect.attention import InspectError, attention_rollout, collect_attention
+from vitlab.inspect.attention import (
+    InspectError,
+    attention_rollout,
+    collect_attention,
+    no_attention,
+)
 from vitlab.inspect.plots import plot_overlay
 from vitlab.inspect.report import label_of, prepare_image
 from vitlab.progress import progress_bar
 from vitlab.runtime import PackedWeights, model_device
-from vitlab.weights.onnx import OnnxModel
 
 
 @dataclass
@@ -170,16 +174,6 @@ def _predictions(
             pred.explanation = explain.write(path, shows[i], maps[i], title)
         out.append(pred)
     return out
-
-
-def no_attention(model: nn.Module) -> str:
-    """Why `model` cannot show its attention, and what to do."""
-    if isinstance(model, OnnxModel):
-        return (
-            f"{model.path.name} is an ONNX graph, which returns only the logits; explain with "
-            "the PyTorch checkpoint it was exported from"
-        )
-    return f"a {type(model).__name__} has no attention; leave explain out for this model"
 
 
 def _results_format(path: str | Path) -> str:

@@ -42,3 +42,12 @@ def test_a_smaller_batch_keeps_the_presets_micro_batches(tmp_path, caplog):
             "--set", "precision=fp32"]  # fmt: skip
     assert main(argv) == 0
     assert any("accum_steps 16" in r.getMessage() for r in caplog.records)
+
+
+def test_an_onnx_file_cannot_be_fine_tuned(tmp_path, capsys):
+    (tmp_path / "m.onnx").write_bytes(b"a graph")  # refused by its name, before it is read
+    args = ["finetune", "--from", str(tmp_path / "m.onnx"), "--data", "digits", "--out",
+            str(tmp_path / "run")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "ONNX graph, which cannot be trained" in err

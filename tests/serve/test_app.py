@@ -259,3 +259,20 @@ def test_the_command_line_builds_the_app_from_a_checkpoint(checkpoint):
     assert app.state.config.max_bytes == 1 << 20 and app.state.engine.name == "m.safetensors"
     with TestClient(app) as c:
         assert c.get("/v1/model").json()["class_names"] == list(NAMES)
+
+
+def test_an_onnx_file_is_served_with_the_checkpoints_answers(checkpoint, model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    onnx_path = vitlab.save_checkpoint(model, tmp_path / "m.onnx", format="onnx")
+    app = build(build_parser().parse_args(["serve", "--checkpoint", str(onnx_path)]))
+    data = png(3)
+    with TestClient(app) as c:
+        got = c.post("/v1/predict", files={"file": ("a.png", data, "image/png")}).json()
+        want = unbatched(model, data)
+        assert [t["index"] for t in got["top"]] == want.argsort(descending=True).tolist()
+        assert abs(got["top"][0]["probability"] - float(want.max())) < 1e-5
+        described = c.get("/v1/model").json()
+        assert described["class_names"] == list(NAMES) and not described["can_explain"]
+        assert described["params"] == model.num_params()
+        r = c.post("/v1/predict?explain=true", files={"file": ("a.png", data, "image/png")})
+        assert r.status_code == 422 and "ONNX graph" in r.json()["error"]

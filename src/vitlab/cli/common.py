@@ -125,7 +125,8 @@ def add_checkpoint_args(p: argparse.ArgumentParser, help: str | None = None) -> 
         metavar="PATH",
         help=help
         or "any file `vitlab.load_checkpoint` reads: vitlab .safetensors, timm state "
-        "dicts, Google .npz, Hugging Face directories, torchvision state dicts, hub references",
+        "dicts, Google .npz, Hugging Face directories, torchvision state dicts, hub references, "
+        "and .onnx files vitlab exported (run by ONNX Runtime on the CPU)",
     )
     p.add_argument(
         "--source",

@@ -71,16 +71,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vitlab.evaluate import evaluate_checkpoint, format_report
+    from vitlab.runtime import model_device
 
+    model = load_model(args)  # on --device (an .onnx file: on the CPU)
     report = evaluate_checkpoint(
-        load_model(args),
+        model,
         args.data,
         args.data_root,
         args.split,
         args.batch_size,
         args.out,
         download=args.download,
-        device=args.device,
+        device=str(model_device(model)),
         name=str(args.checkpoint),
         val_split=args.val_split,
         seed=args.seed,

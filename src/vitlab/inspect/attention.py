@@ -17,6 +17,7 @@ from torch import nn
 
 from vitlab.errors import VitlabError
 from vitlab.models.config import Pool
+from vitlab.weights.onnx import OnnxModel
 
 HeadFusion = Literal["mean", "max", "min"]
 
@@ -31,14 +32,25 @@ def collect_attention(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Ten
     probabilities (a list of (B, heads, N, N) float32 CPU tensors) and the rest of its outputs
     (`grid`, `logits`, ...). The per-block token tensors are dropped to save memory."""
     if not hasattr(model, "forward_intermediates"):
-        raise InspectError(
-            f"{type(model).__name__} has no attention to inspect; pass a Vision Transformer"
-        )
+        raise InspectError(no_attention(model))
     out = model.forward_intermediates(x)
     attn = [a.float().cpu() for a in out.pop("attn")]  # the maps are small; NumPy wants the CPU
     for key in ("blocks", "embed", "norm"):
         out.pop(key, None)
     return attn, out
+
+
+def no_attention(model: nn.Module) -> str:
+    """Why `model` cannot show its attention, and what to do."""
+    if isinstance(model, OnnxModel):
+        return (
+            f"{model.path.name} is an ONNX graph, which returns only the logits; explain with "
+            "the PyTorch checkpoint it was exported from"
+        )
+    return (
+        f"a {type(model).__name__} has no attention (it is not a Vision Transformer); leave "
+        "the explanation out, or give a ViT checkpoint"
+    )
 
 
 def _fuse_heads(a: torch.Tensor, head_fusion: HeadFusion) -> torch.Tensor:

@@ -23,6 +23,7 @@ from vitlab.inspect.attention import (
     collect_attention,
     head_attention,
     mean_attention_distance,
+    no_attention,
 )
 from vitlab.inspect.embeddings import patch_embedding_components, position_embedding_similarity
 from vitlab.progress import progress_bar
@@ -218,10 +219,7 @@ def inspect_model(
     if not images:
         raise InspectError("no images to inspect; pass --images or leave it out for the samples")
     if not hasattr(model, "forward_intermediates"):
-        raise InspectError(
-            f"{type(model).__name__} is not a Vision Transformer: it has no attention or "
-            "position embeddings to inspect"
-        )
+        raise InspectError(no_attention(model))
     model.eval()
     report = Report(Path(out_dir))
     report.out_dir.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from importlib import resources
 from typing import Any
 
 from vitlab.data.images import ImageError
-from vitlab.predict import no_attention
+from vitlab.inspect.attention import no_attention
 from vitlab.serve.batcher import Batcher, QueueFull
 from vitlab.serve.engine import Engine
 

@@ -139,6 +139,11 @@ class TrainConfig:
             (self.ckpt_every >= 0, "ckpt_every must be >= 0 (0: at epoch ends only)"),
             (self.eval_every >= 1, "eval_every must be >= 1 (the last epoch is always evaluated)"),
             (self.log_every >= 1, "log_every must be >= 1"),
+            (
+                not str(self.init_from or "").lower().endswith(".onnx"),
+                f"init_from {self.init_from} is an ONNX graph, which cannot be trained: "
+                "fine-tune from the PyTorch checkpoint it was exported from",
+            ),
         ]
         for ok, message in checks:
             if not ok:
