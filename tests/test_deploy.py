@@ -88,7 +88,7 @@ def test_int8_keeps_the_top1_of_fp32(trained, method):
 def test_calibration_images_are_balanced_training_images_preprocessed():
     model = MODELS["vit"]()
     batches = calibration_batches(model, "digits", 100, batch_size=32)
-    assert [len(b) for b in batches] == [32, 32, 32, 4]
+    assert [len(b) for b in batches] == [32, 32, 32, 4]  # batch_size as asked
     x = np.concatenate(batches)
     assert x.shape == (100, 1, 8, 8) and x.dtype == np.float32
     assert x.min() >= -1.0 and x.max() <= 1.0  # mean 0.5, std 0.5 on [0, 1]

@@ -49,7 +49,7 @@ def calibration_batches(
     root: str | None = None,
     download: bool = False,
     seed: int = 0,
-    batch_size: int = 32,
+    batch_size: int = 16,
 ) -> list[np.ndarray]:
     """`images` class-balanced training images of `data_spec`, preprocessed as the model's
     evaluation does (resize, crop, channels, mean/std): batches (B, C, H, W) float32."""

@@ -21,6 +21,7 @@ from vitlab.cli.main import COMMANDS, build_parser, main
 from vitlab.data import datasets
 from vitlab.data.sets import ArraySet, DataSplits
 from vitlab.models.config import replace
+from vitlab.weights.quantize import quantize_onnx
 
 pytestmark = pytest.mark.slow
 README = Path(__file__).parents[2] / "README.md"
@@ -87,6 +88,12 @@ def _write_models(ws: Path) -> None:
                                         mlp_dim=64, in_chans=1, class_names=FASHION))  # fmt: skip
     for name in ("last", "best"):
         vitlab.save_checkpoint(demo, ws / "runs" / "demo" / f"{name}.safetensors")
+    bit = perturb_(vitlab.create_model("bit_r50x1", in_chans=1, img_size=28, layers=(1, 1, 1, 1),
+                                       stem_type="small", stem_width=8, gn_groups=8,
+                                       class_names=FASHION))  # fmt: skip
+    vitlab.save_checkpoint(bit, ws / "runs" / "bit" / "last.safetensors")
+    vitlab.save_checkpoint(demo, ws / "demo.onnx", format="onnx")
+    quantize_onnx(ws / "demo.onnx", ws / "demo-int8.onnx", method="dynamic")
     rgb = _rgb_vit()
     for name in ("m", "b16", "vit_b16", "model"):
         vitlab.save_checkpoint(rgb, ws / f"{name}.safetensors")

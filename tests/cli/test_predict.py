@@ -158,5 +158,5 @@ def test_skipped_files_are_reported_on_their_own_line(tmp_path, checkpoint, caps
     bad.write_bytes(b"junk")
     assert main(["predict", "--checkpoint", str(checkpoint), str(good), str(bad)]) == 1
     err = capsys.readouterr().err
-    line = next(x for x in err.replace("\r", "\n").splitlines() if "skipped" in x)
+    line = next(x for x in err.replace("\r", "\n").splitlines() if "predict: skipped" in x)
     assert line.startswith("vitlab predict: skipped")  # not glued to the progress bar
