@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vitlab",
         description="Vision Transformers as the paper defines them (Dosovitskiy et al., 2021): "
         "build every variant, load every ecosystem's weights, train, inspect, benchmark, rerun "
-        "the paper's experiments and serve a model.",
+        "the paper's experiments, serve a model and deploy it (ONNX, int8).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
