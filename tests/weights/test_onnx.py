@@ -164,3 +164,10 @@ def test_runner_inputs(tmp_path):
     with torch.inference_mode():
         assert model(x).shape == (2, 10)
     assert model.session.get_inputs()[0].name == INPUT
+
+
+def test_a_model_over_the_2gb_file_limit_is_refused_before_tracing(tmp_path):
+    with torch.device("meta"):  # ViT-H/14's 632M parameters, never allocated
+        huge = vitlab.create_model("vit_h14")
+    with pytest.raises(ConfigError, match="over the 2 GiB that one ONNX file can hold"):
+        export_onnx(huge, tmp_path / "h.onnx")

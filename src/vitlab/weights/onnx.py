@@ -49,6 +49,7 @@ SUFFIX = ".onnx"
 FORMAT = "vitlab-onnx"  # metadata "format" of the files vitlab writes
 INPUT, OUTPUT = "images", "logits"
 MIN_OPSET = 17  # LayerNormalization
+MAX_BYTES = 2**31 - 2**26  # protobuf's 2 GiB, less room for the graph and the metadata
 TOLERANCE = 1e-4  # max |logit difference| to PyTorch that an fp32 export must stay within
 INSTALL = "pip install 'vitlab[onnx]'"
 
@@ -103,6 +104,13 @@ def export_onnx(
     if opset is not None and opset < MIN_OPSET:
         raise ConfigError(f"ONNX opsets below {MIN_OPSET} lack LayerNormalization; ask for "
                           f"{MIN_OPSET} or later")  # fmt: skip
+    params = sum(p.numel() for p in model.parameters())
+    if 4 * params > MAX_BYTES:
+        raise ConfigError(
+            f"{params / 1e6:.0f}M parameters are {4 * params / 2**30:.1f} GiB in fp32, over the "
+            "2 GiB that one ONNX file can hold (protobuf's limit); vitlab writes self-contained "
+            "files, so export a smaller variant (ViT-L/16 fits)"
+        )
     model = _export_copy(model, dynamic_img_size)
     cfg = model.cfg
     example = torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size)
