@@ -345,7 +345,8 @@ def run_bench(
     """Build the model(s), measure the matmul peak (before and after the steps, the higher
     counts), time the steps and put the figures together (see the module docstring)."""
     spec.check()
-    device = pick_device(spec.device)
+    on_onnx = spec.backend != "torch" or str(spec.checkpoint or "").lower().endswith(".onnx")
+    device = torch.device("cpu") if on_onnx else pick_device(spec.device)  # ONNX: CPU provider
     tuned = device.type == "cpu" and spec.keep_freed_memory and keep_freed_memory()
     models = build_models(spec, device)
     cfg: ViTConfig = models["vitlab"].cfg
