@@ -105,9 +105,13 @@ class BenchSpec:
             raise ConfigError("--compile needs --warmup 1 or more: the first call compiles")
         if self.backend not in BACKENDS:
             raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}")
-        onnx_file = self.checkpoint is not None and self.checkpoint.lower().endswith(".onnx")
-        if self.backend != "torch" or onnx_file:
-            self._check_onnx(onnx_file)
+        if self.on_onnx:
+            self._check_onnx(str(self.checkpoint or "").lower().endswith(".onnx"))
+
+    @property
+    def on_onnx(self) -> bool:
+        """Whether ONNX Runtime runs the model (an ONNX backend, or an .onnx checkpoint)."""
+        return self.backend != "torch" or str(self.checkpoint or "").lower().endswith(".onnx")
 
     def _check_onnx(self, onnx_file: bool) -> None:
         what = "an .onnx checkpoint" if onnx_file else f"--backend {self.backend}"
@@ -345,8 +349,7 @@ def run_bench(
     """Build the model(s), measure the matmul peak (before and after the steps, the higher
     counts), time the steps and put the figures together (see the module docstring)."""
     spec.check()
-    on_onnx = spec.backend != "torch" or str(spec.checkpoint or "").lower().endswith(".onnx")
-    device = torch.device("cpu") if on_onnx else pick_device(spec.device)  # ONNX: CPU provider
+    device = torch.device("cpu") if spec.on_onnx else pick_device(spec.device)  # CPU provider
     tuned = device.type == "cpu" and spec.keep_freed_memory and keep_freed_memory()
     models = build_models(spec, device)
     cfg: ViTConfig = models["vitlab"].cfg
