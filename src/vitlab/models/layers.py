@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab.errors import ConfigError
-from vitlab.runtime import explicit_attention_is_faster, linear
+from vitlab.runtime.kernels import explicit_attention_is_faster, linear
 
 
 class PatchEmbed(nn.Module):
