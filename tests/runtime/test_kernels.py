@@ -1,5 +1,6 @@
 """The kernels the paper's blocks call (vitlab.runtime.kernels): oneDNN linears with weight
-packing, each checked against the plain PyTorch computation, and the attention path."""
+packing, each checked against the plain PyTorch computation, and the attention path, chosen once
+per (device, dtype, gradients) an attention module meets."""
 
 import subprocess
 import sys
@@ -79,14 +80,12 @@ def test_packed_inference_weights_follow_every_weight_change():
 
 
 def test_attention_path_choice_on_cpu():
-    def q(n, dtype=torch.float32, grad=True):
-        return torch.randn(1, 2, n, 16, dtype=dtype).requires_grad_(grad)
-
-    assert not kernels.explicit_attention_is_faster(q(50))  # fp32: the fused kernel
-    assert kernels.explicit_attention_is_faster(q(197, torch.bfloat16))
-    assert not kernels.explicit_attention_is_faster(
-        q(50, grad=False)
-    )  # inference: always the fused kernel
+    cpu, gpu, bf16 = torch.device("cpu"), torch.device("cuda"), torch.bfloat16
+    assert kernels.attention_path(cpu, torch.float32, True) == "fused"  # fp32: the fused kernel
+    assert kernels.attention_path(cpu, bf16, True) == "explicit"
+    assert kernels.attention_path(cpu, torch.float16, True) == "explicit"
+    assert kernels.attention_path(cpu, bf16, False) == "fused"  # inference: the fused kernel
+    assert kernels.attention_path(gpu, bf16, True) == "fused"
 
 
 def test_the_models_load_only_the_kernels():

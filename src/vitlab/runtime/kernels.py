@@ -1,16 +1,20 @@
 """The kernels the paper's blocks in `vitlab.models.layers` call: oneDNN's CPU linear with the
 bias and GELU fused (`linear`), its packed weights (`PackedWeights`), and the rule that picks
-the attention path (`explicit_attention_is_faster`). This is the only part of `vitlab.runtime`
-the models import; nothing here changes what a model computes, only how fast.
+the attention path (`attention_path`). This is the only part of `vitlab.runtime` the models
+import; nothing here changes what a model computes, only how fast.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 from torch.utils.weak import WeakIdKeyDictionary
+
+AttentionPath = Literal["fused", "explicit"]
 
 
 # ------------------------------------------------------------------------- oneDNN linears
@@ -116,8 +120,10 @@ def packed_weight(w: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------- attention path
-def explicit_attention_is_faster(q: torch.Tensor) -> bool:
-    """Whether plain matmul-softmax-matmul beats `scaled_dot_product_attention` for `q`.
+def attention_path(device: torch.device, dtype: torch.dtype, requires_grad: bool) -> AttentionPath:
+    """The faster attention kernel for queries on `device` in `dtype` (with gradients to
+    compute or not): "fused" (`scaled_dot_product_attention`) or "explicit" (matmul, softmax,
+    matmul). `Attention` asks once per (device, dtype, gradients) it meets and keeps the answer.
 
     On the CPU the fused kernel's backward pass in bf16/fp16 is slower than two batched matmuls
     and a softmax: whole training steps ran 1.1-2.1x faster with the explicit path on
@@ -125,6 +131,5 @@ def explicit_attention_is_faster(q: torch.Tensor) -> bool:
     reduced-precision CPU training step takes it; fp32 and inference keep the fused kernel,
     which was as fast or faster there.
     """
-    if q.device.type != "cpu" or not q.requires_grad:
-        return False
-    return q.dtype in (torch.bfloat16, torch.float16)
+    reduced = dtype in (torch.bfloat16, torch.float16)
+    return "explicit" if device.type == "cpu" and requires_grad and reduced else "fused"
