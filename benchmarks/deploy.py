@@ -52,7 +52,8 @@ from vitlab.data.transforms import normalize
 from vitlab.deploy import calibration_batches
 from vitlab.errors import ConfigError
 from vitlab.evaluate import eval_augmentation
-from vitlab.runtime import PackedWeights, cpu_info, keep_freed_memory
+from vitlab.runtime.device import cpu_info, keep_freed_memory
+from vitlab.runtime.kernels import PackedWeights
 from vitlab.weights.onnx import OnnxModel, export_onnx
 from vitlab.weights.quantize import quantize_onnx
 from vitlab.weights.timm import timm_twin

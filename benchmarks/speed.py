@@ -26,7 +26,7 @@ import torch
 
 from vitlab.bench import BenchSpec, round_floats, run_bench
 from vitlab.progress import progress_bar
-from vitlab.runtime import cpu_info, pick_device
+from vitlab.runtime.device import cpu_info, pick_device
 
 IMAGENET_MODELS = ["vit_ti16", "vit_s16", "vit_b16"]
 FMNIST = ("vit_micro_p7", {"img_size": 28, "in_chans": 1, "batch": 256})  # the demo's shape

@@ -34,17 +34,9 @@ from vitlab.errors import ConfigError
 from vitlab.models.config import ViTConfig
 from vitlab.models.flops import Mode, flops_per_image
 from vitlab.models.registry import build_model, create_model
-from vitlab.runtime import (
-    DTYPES,
-    PackedWeights,
-    Precision,
-    autocast,
-    device_name,
-    keep_freed_memory,
-    matmul_peak_gflops,
-    pick_device,
-    synchronize,
-)
+from vitlab.runtime.device import device_name, keep_freed_memory, pick_device, synchronize
+from vitlab.runtime.kernels import PackedWeights
+from vitlab.runtime.precision import DTYPES, Precision, autocast, matmul_peak_gflops
 from vitlab.weights.checkpoint import load_checkpoint
 from vitlab.weights.onnx import OnnxModel, export_onnx
 from vitlab.weights.quantize import quantize_onnx

@@ -31,7 +31,9 @@ from vitlab.errors import ConfigError
 from vitlab.figures import new_figure, save_figure
 from vitlab.files import write_text
 from vitlab.progress import progress_bar
-from vitlab.runtime import PackedWeights, autocast, pick_device
+from vitlab.runtime.device import pick_device
+from vitlab.runtime.kernels import PackedWeights
+from vitlab.runtime.precision import autocast
 
 log = logging.getLogger("vitlab")
 

@@ -29,7 +29,8 @@ from vitlab.inspect.attention import (
 from vitlab.inspect.plots import plot_overlay
 from vitlab.inspect.report import label_of, prepare_image
 from vitlab.progress import progress_bar
-from vitlab.runtime import PackedWeights, model_device
+from vitlab.runtime.device import model_device
+from vitlab.runtime.kernels import PackedWeights
 
 
 @dataclass

@@ -108,7 +108,7 @@ def test_bf16_training_on_cpu_takes_the_explicit_path_with_sdpa_gradients(monkey
     )
     loss_fast, grads_fast = _bf16_step(fast.train(), x, y)
     assert calls == []  # the explicit path
-    monkeypatch.setattr(layers, "explicit_attention_is_faster", lambda q: False)
+    monkeypatch.setattr(layers, "attention_path", lambda *a: "fused")
     loss_ref, grads_ref = _bf16_step(ref.train(), x, y)
     assert len(calls) == len(ref.blocks)  # the fused kernel, for reference
     torch.testing.assert_close(loss_fast, loss_ref, rtol=2e-2, atol=2e-2)
@@ -119,6 +119,47 @@ def test_bf16_training_on_cpu_takes_the_explicit_path_with_sdpa_gradients(monkey
     with torch.inference_mode():
         fast.eval().to(torch.bfloat16)(x.bfloat16())
     assert len(calls) == len(fast.blocks)  # inference keeps the fused kernel
+
+
+def test_the_attention_path_is_chosen_once_per_device_dtype_and_gradients(monkeypatch):
+    """Each attention module asks the runtime's rule once for every (device, dtype, gradients)
+    it meets and reads its answer back afterwards, not on every forward call: three bf16
+    training steps and three inference passes ask it twice per block."""
+    asked = []
+    rule = layers.attention_path
+    monkeypatch.setattr(layers, "attention_path", lambda *a: asked.append(a[1:]) or rule(*a))
+    m = _tiny().train()
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+    for _ in range(3):
+        _bf16_step(m, x, y)
+    assert asked == [(torch.bfloat16, True)] * m.cfg.depth
+    m.eval()
+    for _ in range(3):
+        with torch.inference_mode():
+            m(x)
+    assert asked[m.cfg.depth :] == [(torch.float32, False)] * m.cfg.depth
+    assert m.blocks[0].attn.path_for(torch.randn(1, 2, 5, 16, dtype=torch.bfloat16)) == "fused"
+    assert asked[2 * m.cfg.depth :] == [(torch.bfloat16, False)]  # a new one is asked once
+
+
+def test_compiled_bf16_training_chooses_the_path_in_its_graph():
+    """Under torch.compile (fullgraph, with activation checkpointing, which refuses side
+    effects) the explicit path is traced into the graph and the module's memory is left alone;
+    an eager step in between fills it without making the compiled model trace again."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    m = _tiny().train()
+    m.set_grad_checkpointing(True)
+    backend = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(m, fullgraph=True, backend=backend)
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+    _bf16_step(compiled, x, y)
+    assert all(blk.attn._paths == {} for blk in m.blocks)
+    _bf16_step(m, x, y)
+    assert m.blocks[0].attn._paths == {("cpu", torch.bfloat16, True): "explicit"}
+    _bf16_step(compiled, x, y)
+    assert backend.frame_count == 1
 
 
 def test_drop_path_is_torchvisions_stochastic_depth():

@@ -72,7 +72,7 @@ def test_compiled_training_matches_eager_and_writes_plain_checkpoints(tmp_path):
 def test_precision_auto_is_resolved_before_the_run_starts(tmp_path, monkeypatch):
     """The run's saved config records the precision it actually trained in, and a resume
     keeps it without measuring again."""
-    from vitlab import runtime
+    from vitlab.runtime.precision import MatmulProbe
 
     cfg = build_config(None, {"model": "vit_test", "data": "synthetic", "steps": 1,
                               "batch_size": 4, "img_size": 32, "precision": "auto",
@@ -85,6 +85,6 @@ def test_precision_auto_is_resolved_before_the_run_starts(tmp_path, monkeypatch)
     def no_timing(*a, **k):
         raise AssertionError("a resumed run must not measure again")
 
-    monkeypatch.setattr(runtime.MatmulProbe, "gflops", no_timing)
+    monkeypatch.setattr(MatmulProbe, "gflops", no_timing)
     fit(cfg, resume="auto")
     assert (tmp_path / "run" / "config.yaml").read_text() == saved

@@ -156,7 +156,7 @@ def add_device_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
 def load_model(args: argparse.Namespace) -> Any:
     """The checkpoint of `args` (--checkpoint, --source, --set) on `args.device`, checked first:
     a one-line error for a device that is not there."""
-    from vitlab.runtime import pick_device
+    from vitlab.runtime.device import pick_device
     from vitlab.weights.checkpoint import load_checkpoint
     from vitlab.weights.onnx import is_onnx
 

@@ -71,7 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vitlab.evaluate import evaluate_checkpoint, format_report
-    from vitlab.runtime import model_device
+    from vitlab.runtime.device import model_device
 
     model = load_model(args)  # on --device (an .onnx file: on the CPU)
     report = evaluate_checkpoint(

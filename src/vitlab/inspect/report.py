@@ -27,7 +27,7 @@ from vitlab.inspect.attention import (
 )
 from vitlab.inspect.embeddings import patch_embedding_components, position_embedding_similarity
 from vitlab.progress import progress_bar
-from vitlab.runtime import model_device
+from vitlab.runtime.device import model_device
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab.errors import ConfigError
-from vitlab.runtime import explicit_attention_is_faster, linear
+from vitlab.runtime.kernels import AttentionPath, attention_path, linear
 
 
 class PatchEmbed(nn.Module):
@@ -38,7 +38,11 @@ class Attention(nn.Module):
     """Multi-head self-attention (Appendix A, equations 5-8) with one fused qkv projection.
 
     The default path is `scaled_dot_product_attention`; `forward(x, return_attn=True)` takes an
-    explicit path that materialises the softmax so it can be inspected.
+    explicit path that materialises the softmax so it can be inspected. Where matmul, softmax,
+    matmul is faster than the fused kernel (a bf16 training step on the CPU), that path runs
+    too: which one depends on the device, the dtype (autocast's, known only in the forward) and
+    whether gradients flow, so `path_for` picks it (`runtime.kernels.attention_path`) the first
+    time the module meets each such combination and keeps the answer (`self._paths`).
     """
 
     def __init__(
@@ -57,6 +61,22 @@ class Attention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        # (device type, dtype, gradients) -> the path chosen for them
+        self._paths: dict[tuple[str, torch.dtype, bool], AttentionPath] = {}
+
+    def path_for(self, q: torch.Tensor) -> AttentionPath:
+        """The attention kernel for queries like `q`, chosen once per (device type, dtype,
+        gradients) this module meets and then read back. `torch.compile` and `torch.export`
+        choose once while tracing and keep the choice in their graph; they leave `_paths`
+        alone (a write there would be a side effect in the graph, which activation
+        checkpointing refuses)."""
+        if torch.compiler.is_compiling():
+            return attention_path(q.device, q.dtype, q.requires_grad)
+        key = (q.device.type, q.dtype, q.requires_grad)
+        path = self._paths.get(key)
+        if path is None:
+            path = self._paths[key] = attention_path(q.device, q.dtype, q.requires_grad)
+        return path
 
     def forward(
         self, x: torch.Tensor, return_attn: bool = False
@@ -68,7 +88,7 @@ class Attention(nn.Module):
         # backward reads: one copy instead of two, 1-2% of an fp32 training step.
         q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # 3 x (B, h, N, hd)
         drop = self.attn_drop if self.training else 0.0
-        if return_attn or explicit_attention_is_faster(q):
+        if return_attn or self.path_for(q) == "explicit":
             attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, N, N)
             attn = attn.softmax(dim=-1)
             x = F.dropout(attn, drop, self.training) @ v  # (B, h, N, hd)

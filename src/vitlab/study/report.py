@@ -409,7 +409,7 @@ def _machines(rows: list[dict[str, Any]]) -> str:
     if unnamed:
         import torch
 
-        from vitlab.runtime import cpu_info
+        from vitlab.runtime.device import cpu_info
 
         cpu = cpu_info()
         here = f"{cpu['model']} ({cpu['cores']} cores), torch {torch.__version__}"

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from vitlab.runtime import pick_device
+from vitlab.runtime.device import pick_device
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from vitlab.data.transforms import mix_transform, normalize
 from vitlab.errors import VitlabError
 from vitlab.evaluate import EvalContext
 from vitlab.progress import progress_bar
-from vitlab.runtime import autocast, unwrap_model
+from vitlab.runtime.device import unwrap_model
+from vitlab.runtime.precision import autocast
 from vitlab.train.config import TrainConfig
 from vitlab.train.distributed import DistInfo, all_reduce_sum
 from vitlab.train.state import TrainState

@@ -30,13 +30,8 @@ from vitlab.evaluate import eval_augmentation, evaluate, report_dict, write_repo
 from vitlab.files import write_text
 from vitlab.models.flops import model_flops
 from vitlab.models.registry import create_model, get_config
-from vitlab.runtime import (
-    can_compile,
-    device_name,
-    keep_freed_memory,
-    resolve_precision,
-    unwrap_model,
-)
+from vitlab.runtime.device import can_compile, device_name, keep_freed_memory, unwrap_model
+from vitlab.runtime.precision import resolve_precision
 from vitlab.train import report as rep
 from vitlab.train.config import TrainConfig, accumulation_for, save_config
 from vitlab.train.distributed import DistInfo, barrier, init_distributed, wrap_model

@@ -25,7 +25,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from vitlab.errors import CheckpointError, ConfigError
 from vitlab.files import atomic_path
-from vitlab.runtime import unwrap_model
+from vitlab.runtime.device import unwrap_model
 from vitlab.train.config import TrainConfig
 from vitlab.weights.checkpoint import save_checkpoint
 

@@ -27,7 +27,7 @@ from vitlab.errors import CheckpointError, ConfigError
 from vitlab.files import write_text
 from vitlab.models.config import AnyConfig, ViTConfig, config_from_dict, config_to_json, replace
 from vitlab.models.registry import build_model, get_config
-from vitlab.runtime import unwrap_model
+from vitlab.runtime.device import unwrap_model
 from vitlab.weights import google, hf, hub, onnx, posemb, timm, torchvision
 from vitlab.weights.adapter import (
     FORMAT_KEY,

@@ -34,7 +34,7 @@ from torch import nn
 from vitlab.errors import CheckpointError
 from vitlab.files import atomic_write
 from vitlab.models.config import AnyConfig, ResNetConfig, ViTConfig, config_from_dict
-from vitlab.runtime import unwrap_model
+from vitlab.runtime.device import unwrap_model
 from vitlab.weights.adapter import (
     Rule,
     Source,

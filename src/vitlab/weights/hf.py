@@ -19,7 +19,7 @@ from torch import nn
 from vitlab.errors import CheckpointError
 from vitlab.files import atomic_write
 from vitlab.models.config import AnyConfig, ViTConfig
-from vitlab.runtime import unwrap_model
+from vitlab.runtime.device import unwrap_model
 from vitlab.weights.adapter import Rule, Source, apply_rules, invert_rules, rule
 from vitlab.weights.io import RawCheckpoint, save_safetensors
 

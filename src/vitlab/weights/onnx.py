@@ -41,7 +41,7 @@ from vitlab.models.config import (
     config_to_json,
     replace,
 )
-from vitlab.runtime import unwrap_model
+from vitlab.runtime.device import unwrap_model
 
 log = logging.getLogger("vitlab")
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from vitlab.errors import CheckpointError, ConfigError, MissingDependencyError
 from vitlab.models.config import AnyConfig, ResNetConfig, ViTConfig
-from vitlab.runtime import unwrap_model
+from vitlab.runtime.device import unwrap_model
 from vitlab.weights.adapter import (
     GUESSED,
     Source,

@@ -17,7 +17,7 @@ from torch import nn
 from vitlab.errors import CheckpointError
 from vitlab.files import atomic_write
 from vitlab.models.config import IMAGENET_MEAN, IMAGENET_STD, AnyConfig, ViTConfig
-from vitlab.runtime import unwrap_model
+from vitlab.runtime.device import unwrap_model
 from vitlab.weights.adapter import (
     GUESSED,
     Rule,
