@@ -9,8 +9,8 @@ from PIL import Image
 
 import vitlab
 from tests.conftest import perturb_
-from vitlab.data.transforms import eval_transform
 from vitlab.errors import CheckpointError
+from vitlab.preprocess import eval_transform
 
 transformers = pytest.importorskip("transformers")
 
