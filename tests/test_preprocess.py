@@ -107,3 +107,18 @@ def test_prepare_image_undoes_normalisation():
     assert x.shape == (3, 32, 32) and display.shape == (32, 32, 3)
     np.testing.assert_allclose(x.numpy(), (200 / 255 - 0.5) / 0.5, atol=1e-6)
     np.testing.assert_allclose(display, 200 / 255, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["vit_test", "bit_r50x1"])
+def test_eval_on_image_files_preprocesses_as_predict_does(variant):
+    """`vitlab eval` on image files (the dataset's per-file transform, then the batch's
+    normalisation) gives the inputs `vitlab predict` gives, BiT's bilinear filter included."""
+    from vitlab.data.transforms import normalize, sample_transform
+    from vitlab.evaluate import eval_augmentation
+
+    kw = {"layers": (1, 1, 1, 1), "stem_width": 8, "gn_groups": 8} if variant != "vit_test" else {}
+    model = vitlab.create_model(variant, img_size=32, crop_pct=0.875, **kw)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 61, 3), np.uint8))
+    files = sample_transform(eval_augmentation(model))(img)[None]  # (1, C, S, S) uint8
+    got = normalize(files, model.cfg.mean, model.cfg.std)[0]
+    torch.testing.assert_close(got, prepare_image(model, img)[0], atol=1e-6, rtol=0)

@@ -228,9 +228,11 @@ def _check_fit(model: nn.Module, data: DataSplits, name: str) -> None:
 
 def eval_augmentation(model: nn.Module) -> AugConfig:
     """The model's own evaluation preprocessing (`vitlab.preprocess`) as a dataset applies it:
-    its resolution, channels and crop."""
+    its resolution, channels, crop and resize filter."""
     p = preprocess_of(model)
-    return AugConfig(img_size=p.img_size, channels=p.in_chans, crop_pct=p.crop_pct)
+    return AugConfig(
+        img_size=p.img_size, channels=p.in_chans, crop_pct=p.crop_pct, interpolation=p.interpolation
+    )
 
 
 def evaluate_checkpoint(
