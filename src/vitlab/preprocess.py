@@ -7,7 +7,9 @@ the README's deployment example, which follows that recipe with PIL and numpy al
 
 The rule, for a model of resolution S, centre-crop fraction `crop_pct` and resample filter F:
 
-1. convert the image to the model's channel mode, "RGB" (3 channels) or "L" (1 channel);
+1. convert the image to the model's channel mode (`color_mode`), "RGB" (3 channels) or "L"
+   (1 channel), as `vitlab.data.images.load_image` decodes it (EXIF orientation applied,
+   transparency on white);
 2. resize so that the short side is R = int(S / crop_pct) (S when crop_pct is 1), the long side
    int(R * long / short) (rounded down), with F, antialiased (torchvision's `Resize(R)` on the
    uint8 image, which matches PIL's `Image.resize`);
@@ -72,8 +74,8 @@ class Preprocess:
 
     @property
     def mode(self) -> str:
-        """The PIL mode images are converted to: "L" for 1 channel, else "RGB"."""
-        return "L" if self.in_chans == 1 else "RGB"
+        """The PIL mode images are converted to (`color_mode`)."""
+        return color_mode(self.in_chans)
 
     @property
     def pil_resample(self) -> str:
@@ -134,6 +136,11 @@ class Preprocess:
             "layout": "NCHW",
             "dtype": "float32",
         }
+
+
+def color_mode(channels: int) -> str:
+    """The PIL mode of a model's input images: "L" for 1 channel, else "RGB"."""
+    return "L" if channels == 1 else "RGB"
 
 
 def preprocess_of(model: Any) -> Preprocess:
