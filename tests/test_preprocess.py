@@ -8,7 +8,14 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import vitlab
-from vitlab.preprocess import Preprocess, eval_transform, label_of, prepare_image, preprocess_of
+from vitlab.preprocess import (
+    Preprocess,
+    crop_pct_for,
+    eval_transform,
+    label_of,
+    prepare_image,
+    preprocess_of,
+)
 
 
 def _pil_reference(img: Image.Image, size: int, crop_pct: float, resample: str, mean, std):
@@ -122,3 +129,10 @@ def test_eval_on_image_files_preprocesses_as_predict_does(variant):
     files = sample_transform(eval_augmentation(model))(img)[None]  # (1, C, S, S) uint8
     got = normalize(files, model.cfg.mean, model.cfg.std)[0]
     torch.testing.assert_close(got, prepare_image(model, img)[0], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("img_size", [28, 32, 224, 384])
+def test_crop_pct_for_inverts_the_resize_rule(img_size):
+    for short in range(img_size, 2 * img_size):
+        crop_pct = crop_pct_for(img_size, short)
+        assert 0 < crop_pct <= 1 and Preprocess(img_size, crop_pct=crop_pct).resize_size == short

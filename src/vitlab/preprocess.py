@@ -38,6 +38,7 @@ Interpolation = Literal["bicubic", "bilinear", "nearest"]
 # vitlab's interpolation names -> PIL.Image.Resampling's (what the ONNX recipe stores).
 PIL_RESAMPLE = {"nearest": "NEAREST", "bilinear": "BILINEAR", "bicubic": "BICUBIC"}
 RECIPE_VERSION = 1  # of the ONNX metadata's "preprocessing" JSON
+RESCALE = 1 / 255  # uint8 -> [0, 1]
 
 
 @dataclass(frozen=True)
@@ -130,12 +131,21 @@ class Preprocess:
                 "width": self.img_size,
                 "offset_rounding": "half_to_even",
             },
-            "rescale_factor": 1 / 255,
+            "rescale_factor": RESCALE,
             "mean": list(self.mean),
             "std": list(self.std),
             "layout": "NCHW",
             "dtype": "float32",
         }
+
+
+def crop_pct_for(img_size: int, shortest_edge: int) -> float:
+    """The crop_pct whose resize rule takes the short side to `shortest_edge` (>= img_size):
+    img_size / shortest_edge, nudged where float division would land one pixel short."""
+    crop_pct = img_size / shortest_edge
+    if Preprocess(img_size, crop_pct=crop_pct).resize_size != shortest_edge:
+        crop_pct = img_size / (shortest_edge + 0.5)
+    return crop_pct
 
 
 def color_mode(channels: int) -> str:

@@ -26,7 +26,7 @@ from torch import nn
 from vitlab.errors import CheckpointError
 from vitlab.files import atomic_write
 from vitlab.models.config import AnyConfig, ViTConfig
-from vitlab.preprocess import Preprocess, preprocess_of
+from vitlab.preprocess import RESCALE, Preprocess, crop_pct_for, preprocess_of
 from vitlab.runtime import unwrap_model
 from vitlab.weights.adapter import Rule, Source, apply_rules, invert_rules, rule
 from vitlab.weights.io import RawCheckpoint, save_safetensors
@@ -179,10 +179,7 @@ def _preprocessing(path: Path, img_size: int) -> tuple[tuple[float, ...], tuple[
     cropped = d.get("do_center_crop") and crop.get("height") == crop.get("width") == img_size
     if not short or not cropped or short <= img_size:
         return mean, std, 1.0
-    crop_pct = img_size / short
-    if Preprocess(img_size, crop_pct=crop_pct).resize_size != short:  # S / (S / R) fell below R
-        crop_pct = img_size / (short + 0.5)
-    return mean, std, crop_pct
+    return mean, std, crop_pct_for(img_size, short)
 
 
 def _to_vitlab(raw: RawCheckpoint, cfg: AnyConfig) -> dict[str, torch.Tensor]:
@@ -247,7 +244,7 @@ def preprocessor_config(p: Preprocess) -> dict[str, Any]:
         "do_center_crop": True,
         "crop_size": {"height": p.img_size, "width": p.img_size},
         "do_rescale": True,
-        "rescale_factor": 1 / 255,
+        "rescale_factor": RESCALE,
         "do_normalize": True,
         "image_mean": list(p.mean),
         "image_std": list(p.std),
