@@ -63,6 +63,11 @@ def main() -> None:
 
     session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
+    if "preprocessing" not in meta or "class_names" not in meta:
+        sys.exit(
+            f"{args.model} has no preprocessing recipe in its metadata; export it again with "
+            "`vitlab convert CHECKPOINT OUT.onnx --to onnx`"
+        )
     recipe, names = json.loads(meta["preprocessing"]), json.loads(meta["class_names"])
     input_name = session.get_inputs()[0].name
     out = csv.writer(sys.stdout)
