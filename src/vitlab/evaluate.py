@@ -30,6 +30,7 @@ from vitlab.data.transforms import AugConfig, normalize
 from vitlab.errors import ConfigError
 from vitlab.figures import new_figure, save_figure
 from vitlab.files import write_text
+from vitlab.preprocess import preprocess_of
 from vitlab.progress import progress_bar
 from vitlab.runtime.device import pick_device
 from vitlab.runtime.kernels import PackedWeights
@@ -228,9 +229,12 @@ def _check_fit(model: nn.Module, data: DataSplits, name: str) -> None:
 
 
 def eval_augmentation(model: nn.Module) -> AugConfig:
-    """The model's own evaluation preprocessing: its resolution, channels and crop."""
-    c = model.cfg
-    return AugConfig(img_size=c.img_size, channels=c.in_chans, crop_pct=c.crop_pct)
+    """The model's own evaluation preprocessing (`vitlab.preprocess`) as a dataset applies it:
+    its resolution, channels, crop and resize filter."""
+    p = preprocess_of(model)
+    return AugConfig(
+        img_size=p.img_size, channels=p.in_chans, crop_pct=p.crop_pct, interpolation=p.interpolation
+    )
 
 
 def evaluate_checkpoint(

@@ -27,7 +27,7 @@ from vitlab.inspect.attention import (
     no_attention,
 )
 from vitlab.inspect.plots import plot_overlay
-from vitlab.inspect.report import label_of, prepare_image
+from vitlab.preprocess import label_of, prepare_image
 from vitlab.progress import progress_bar
 from vitlab.runtime.device import model_device
 from vitlab.runtime.kernels import PackedWeights

@@ -8,7 +8,6 @@ from vitlab.data.transforms import (
     AugConfig,
     augment_batch,
     crop_boxes,
-    eval_transform,
     mix_transform,
     normalize,
     pad_crop,
@@ -103,18 +102,3 @@ def test_sample_transforms_give_uint8_at_the_model_size():
     for train in (False, True):
         out = sample_transform(AugConfig(24, train=train, scale=0.3, hflip=0.5, randaug_m=5))(img)
         assert out.shape == (3, 24, 24) and out.dtype == torch.uint8
-
-
-def test_eval_transform_keeps_its_behaviour():
-    img = Image.new("RGB", (50, 40), (120, 60, 30))
-    cfg = {"img_size": 32, "crop_pct": 0.875, "mean": (0.5,) * 3, "std": (0.5,) * 3}
-    ref = v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(int(32 / 0.875), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.CenterCrop(32),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize([0.5] * 3, [0.5] * 3),
-        ]
-    )
-    torch.testing.assert_close(eval_transform(cfg)(img), ref(img))

@@ -5,7 +5,7 @@ from PIL import Image
 import vitlab
 from tests.conftest import perturb_
 from vitlab.inspect import InspectError
-from vitlab.inspect.report import inspect_model, prepare_image
+from vitlab.inspect.report import inspect_model
 
 
 def _photos(n=2, mode="RGB"):
@@ -69,12 +69,3 @@ def test_bad_block_and_head_are_clear_errors(tmp_path):
         inspect_model(model, _photos(1), tmp_path, heads=[7], progress=False)
     with pytest.raises(InspectError, match="no images"):
         inspect_model(model, [], tmp_path, progress=False)
-
-
-def test_prepare_image_undoes_normalisation():
-    model = vitlab.create_model("vit_test")
-    img = Image.fromarray(np.full((32, 32, 3), 200, np.uint8))
-    x, display = prepare_image(model, img)
-    assert x.shape == (3, 32, 32) and display.shape == (32, 32, 3)
-    np.testing.assert_allclose(x.numpy(), (200 / 255 - 0.5) / 0.5, atol=1e-6)
-    np.testing.assert_allclose(display, 200 / 255, atol=1e-6)

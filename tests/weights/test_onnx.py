@@ -106,6 +106,28 @@ def test_metadata_round_trips(tmp_path):
     assert vitlab.load_checkpoint(tmp_path / "bit.onnx").data_config["interpolation"] == "bilinear"
 
 
+def test_metadata_holds_the_whole_preprocessing_recipe(tmp_path):
+    """What a deployment without vitlab needs (README "Deploy"): the recipe of
+    `vitlab.preprocess` and a label per output, as JSON."""
+    from vitlab.preprocess import preprocess_of
+    from vitlab.weights.onnx import read_metadata
+
+    names = ("cat", "dog", "3")
+    model = vitlab.create_model("vit_test", num_classes=3, class_names=names, in_chans=1,
+                                mean=(0.3,), std=(0.2,), crop_pct=0.9)  # fmt: skip
+    export_onnx(model, tmp_path / "m.onnx")
+    meta = read_metadata(tmp_path / "m.onnx")
+    recipe = json.loads(meta["preprocessing"])
+    assert recipe == preprocess_of(model).recipe()
+    assert recipe["color_mode"] == "L" and recipe["resize"]["shortest_edge"] == 35
+    assert recipe["resize"]["resample"] == "BICUBIC" and recipe["center_crop"]["height"] == 32
+    assert (recipe["mean"], recipe["std"], recipe["layout"]) == ([0.3], [0.2], "NCHW")
+    assert json.loads(meta["class_names"]) == list(names)
+    unnamed = vitlab.create_model("vit_test", num_classes=2)
+    export_onnx(unnamed, tmp_path / "u.onnx")
+    assert json.loads(read_metadata(tmp_path / "u.onnx")["class_names"]) == ["0", "1"]
+
+
 def test_save_checkpoint_writes_onnx(tmp_path):
     model = perturb_(vitlab.create_model("vit_test")).eval()
     vitlab.save_checkpoint(model, tmp_path / "m.onnx", format="onnx")

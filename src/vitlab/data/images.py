@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vitlab.errors import VitlabError
+from vitlab.preprocess import color_mode
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MAX_PIXELS = 178_956_970  # PIL's own hard limit (2 x its warning threshold)
@@ -84,9 +85,9 @@ def _decode(source: Path | io.BytesIO, name: str, channels: int, max_pixels: int
 
 def to_mode(img: Image.Image, channels: int = 3) -> Image.Image:
     """Convert any PIL mode to "RGB" (channels=3) or "L" (channels=1)."""
-    target = "RGB" if channels == 3 else "L"
     if channels not in (1, 3):
         raise ImageError(f"models take 1 or 3 channels, not {channels}")
+    target = color_mode(channels)
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float32)
         top = (

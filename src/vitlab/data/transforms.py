@@ -1,5 +1,6 @@
-"""Preprocessing on torchvision.transforms.v2: the model's evaluation transform, and the training
-augmentation (random-resized crop, flip, RandAugment, random erasing, mixup/cutmix).
+"""Augmentation on torchvision.transforms.v2: the training augmentation (random-resized crop, flip,
+RandAugment, random erasing, mixup/cutmix), and datasets' evaluation geometry, which is
+`vitlab.preprocess`'s (the one definition of a model's evaluation preprocessing).
 
 In-memory datasets (Fashion-MNIST, CIFAR, digits) are augmented a whole batch at a time on uint8
 tensors (`augment_batch`), which keeps two CPU cores on the model instead of on per-image Python
@@ -11,18 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
-from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms import v2
 
-_INTERP = {
-    "bicubic": InterpolationMode.BICUBIC,
-    "bilinear": InterpolationMode.BILINEAR,
-    "nearest": InterpolationMode.NEAREST,
-}
+from vitlab.preprocess import Preprocess
 
 
 @dataclass(frozen=True)
@@ -48,36 +44,11 @@ class AugConfig:
     interpolation: str = "bicubic"
 
 
-def _eval_geometry(data_config: dict[str, Any]) -> list[v2.Transform]:
-    size = int(data_config["img_size"])
-    crop_pct = float(data_config.get("crop_pct", 1.0))
-    interp = _INTERP[data_config.get("interpolation", "bicubic")]
-    resize = size if crop_pct >= 1.0 else int(size / crop_pct)
-    return [
-        v2.ToImage(),
-        v2.Resize(resize, interpolation=interp, antialias=True),
-        v2.CenterCrop(size),
-    ]
-
-
-def eval_transform(data_config: dict[str, Any]) -> v2.Compose:
-    """The model's own evaluation preprocessing (`model.data_config`): resize the short side to
-    img_size / crop_pct, centre-crop img_size, scale to [0, 1], normalise with mean/std.
-    Takes a PIL image already in the model's channel mode (see `vitlab.data.images`)."""
-    return v2.Compose(
-        [
-            *_eval_geometry(data_config),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(data_config["mean"]), list(data_config["std"])),
-        ]
-    )
-
-
 def sample_transform(aug: AugConfig) -> v2.Compose:
     """Per-image transform for image files: PIL in, uint8 (C, S, S) tensor out."""
     if not aug.train:
-        cfg = {"img_size": aug.img_size, "crop_pct": aug.crop_pct, "interpolation": "bicubic"}
-        return v2.Compose([*_eval_geometry(cfg), v2.ToDtype(torch.uint8)])
+        p = Preprocess(aug.img_size, crop_pct=aug.crop_pct, interpolation=aug.interpolation)
+        return v2.Compose([*p.geometry(), v2.ToDtype(torch.uint8)])
     ops: list[v2.Transform] = [
         v2.ToImage(),
         v2.RandomResizedCrop(aug.img_size, scale=(aug.scale, 1.0), antialias=True),

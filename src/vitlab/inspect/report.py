@@ -10,11 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from torch import nn
 
-from vitlab.data.transforms import eval_transform
 from vitlab.files import atomic_path
 from vitlab.inspect import plots
 from vitlab.inspect.attention import (
@@ -26,6 +24,7 @@ from vitlab.inspect.attention import (
     no_attention,
 )
 from vitlab.inspect.embeddings import patch_embedding_components, position_embedding_similarity
+from vitlab.preprocess import label_of, prepare_image
 from vitlab.progress import progress_bar
 from vitlab.runtime.device import model_device
 
@@ -53,23 +52,6 @@ class Report:
     @property
     def index(self) -> Path:
         return self.out_dir / "index.html"
-
-
-def prepare_image(model: nn.Module, image: Image.Image) -> tuple[torch.Tensor, np.ndarray]:
-    """The model's own evaluation preprocessing of a PIL image (already in its channel mode):
-    the (C, H, W) input tensor and the same pixels un-normalised for display, (H, W, C)."""
-    dc = model.data_config
-    x = eval_transform(dc)(image)  # (C, H, W)
-    mean = torch.tensor(dc["mean"]).view(-1, 1, 1)  # (C, 1, 1)
-    std = torch.tensor(dc["std"]).view(-1, 1, 1)  # (C, 1, 1)
-    display = (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()  # (H, W, C)
-    return x, display
-
-
-def label_of(model: nn.Module, index: int) -> str:
-    """The class name of `index` from the model's config, or the index itself."""
-    names = model.cfg.class_names
-    return names[index] if names and index < len(names) else str(index)
 
 
 def analyse_image(

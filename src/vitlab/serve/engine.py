@@ -22,7 +22,7 @@ from torch import nn
 
 from vitlab.data.images import MAX_PIXELS, decode_image
 from vitlab.inspect.attention import attention_rollout, collect_attention, head_attention
-from vitlab.inspect.report import label_of, prepare_image
+from vitlab.preprocess import label_of, prepare_image
 from vitlab.runtime.device import keep_freed_memory, model_device
 from vitlab.runtime.kernels import PackedWeights
 

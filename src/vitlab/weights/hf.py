@@ -5,20 +5,28 @@ default, not timm's 1e-6 -, `hidden_act`, `id2label`) and model.safetensors or p
 with separate query/key/value projections. The key map fuses them into vitlab's one qkv matrix
 (rows ordered q, k, v) and splits it again on export. `ViTModel`'s pooler (dense + tanh on the
 class token) is the paper's pre-logits layer (`representation_size`).
+
+preprocessor_config.json is a `BitImageProcessor` that does what vitlab does
+(`vitlab.preprocess`): short side to int(S / crop_pct), centre crop S x S, the model's resample
+filter, mean and std. (A `ViTImageProcessor` would squash every image to S x S.) Loading reads
+either kind: mean and std, and crop_pct from a short-side resize and centre crop.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 
 from vitlab.errors import CheckpointError
 from vitlab.files import atomic_write
 from vitlab.models.config import AnyConfig, ViTConfig
+from vitlab.preprocess import RESCALE, Preprocess, crop_pct_for, preprocess_of
 from vitlab.runtime.device import unwrap_model
 from vitlab.weights.adapter import Rule, Source, apply_rules, invert_rules, rule
 from vitlab.weights.io import RawCheckpoint, save_safetensors
@@ -26,9 +34,7 @@ from vitlab.weights.io import RawCheckpoint, save_safetensors
 # hidden_act in config.json <-> vitlab's act (transformers' ACT2FN names).
 _ACTS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
 _EXPORT_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
-# The model's resize interpolation -> preprocessor_config.json's `resample`, a PIL.Image.Resampling
-# value (ViTImageProcessor's default is 2, bilinear; vitlab's ViTs resize bicubic).
-_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}
+log = logging.getLogger("vitlab")
 
 # Block-level names: the files' (legacy) names, and transformers>=5's in-memory module names.
 _BLOCK_NAMES = {
@@ -139,9 +145,10 @@ def _infer(raw: RawCheckpoint) -> AnyConfig:
     num_classes = 0 if head is None else int(head.shape[0])
     pooled = f"{base}pooler.dense.weight" in keys
     dim = int(hf["hidden_size"])
-    mean, std = _normalisation(raw.path)
+    img_size = int(hf.get("image_size", 224))
+    mean, std, crop_pct = _preprocessing(raw.path, img_size)
     return ViTConfig(
-        img_size=int(hf.get("image_size", 224)),
+        img_size=img_size,
         patch_size=int(hf.get("patch_size", 16)),
         in_chans=int(hf.get("num_channels", 3)),
         num_classes=num_classes,
@@ -156,14 +163,23 @@ def _infer(raw: RawCheckpoint) -> AnyConfig:
         act=_ACTS[act],
         mean=mean,
         std=std,
+        crop_pct=crop_pct,
     )
 
 
-def _normalisation(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """image_mean / image_std of preprocessor_config.json (Google's 0.5 / 0.5 when absent)."""
+def _preprocessing(path: Path, img_size: int) -> tuple[tuple[float, ...], tuple[float, ...], float]:
+    """image_mean / image_std of preprocessor_config.json (Google's 0.5 / 0.5 when absent), and
+    crop_pct: S / shortest_edge where it resizes the short side and centre-crops S x S (a
+    `BitImageProcessor`, as vitlab exports), else 1.0 (a `ViTImageProcessor`'s S x S)."""
     pre = Path(path) / "preprocessor_config.json"
     d = json.loads(pre.read_text()) if pre.is_file() else {}
-    return tuple(d.get("image_mean", (0.5,) * 3)), tuple(d.get("image_std", (0.5,) * 3))
+    mean, std = tuple(d.get("image_mean", (0.5,) * 3)), tuple(d.get("image_std", (0.5,) * 3))
+    short = (d.get("size") or {}).get("shortest_edge") if d.get("do_resize", True) else None
+    crop = d.get("crop_size") or {}
+    cropped = d.get("do_center_crop") and crop.get("height") == crop.get("width") == img_size
+    if not short or not cropped or short <= img_size:
+        return mean, std, 1.0
+    return mean, std, crop_pct_for(img_size, short)
 
 
 def _to_vitlab(raw: RawCheckpoint, cfg: AnyConfig) -> dict[str, torch.Tensor]:
@@ -215,9 +231,30 @@ def hf_config(cfg: ViTConfig) -> dict[str, Any]:
 FILES = ("model.safetensors", "config.json", "preprocessor_config.json")  # what an export writes
 
 
+def preprocessor_config(p: Preprocess) -> dict[str, Any]:
+    """preprocessor_config.json: a `BitImageProcessor` doing `p`'s preprocessing (the short side
+    resized to int(S / crop_pct), centre crop, resample filter, mean, std); a 1-channel model's
+    turns `do_convert_rgb` off, and takes greyscale ("L") images."""
+    return {
+        "image_processor_type": "BitImageProcessor",
+        "do_convert_rgb": p.mode == "RGB",
+        "do_resize": True,
+        "size": {"shortest_edge": p.resize_size},
+        "resample": int(Image.Resampling[p.pil_resample]),
+        "do_center_crop": True,
+        "crop_size": {"height": p.img_size, "width": p.img_size},
+        "do_rescale": True,
+        "rescale_factor": RESCALE,
+        "do_normalize": True,
+        "image_mean": list(p.mean),
+        "image_std": list(p.std),
+    }
+
+
 def _export(model: nn.Module, path: Path) -> Path:
-    """A directory `ViTForImageClassification.from_pretrained` (or `ViTModel`) reads, with a
-    preprocessor_config.json whose size, normalisation and `resample` are the model's."""
+    """A directory `ViTForImageClassification.from_pretrained` (or `ViTModel`) and
+    `transformers.pipeline` read, with a preprocessor_config.json that preprocesses as vitlab
+    does (`preprocessor_config`)."""
     model = unwrap_model(model)
     cfg = model.cfg
     _check_exportable(cfg)
@@ -225,17 +262,13 @@ def _export(model: nn.Module, path: Path) -> Path:
     sd = invert_rules(rules(cfg, base), model.state_dict(), "the Hugging Face layout")
     path = Path(path)
     save_safetensors(sd, path / "model.safetensors", {"format": "pt"})
-    pre = {
-        "image_processor_type": "ViTImageProcessor",
-        "do_resize": True,
-        "size": {"height": cfg.img_size, "width": cfg.img_size},
-        "resample": _RESAMPLE[model.data_config["interpolation"]],
-        "do_normalize": True,
-        "image_mean": list(cfg.mean),
-        "image_std": list(cfg.std),
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-    }
+    pre = preprocessor_config(preprocess_of(model))
+    if cfg.in_chans == 1:
+        log.warning(
+            "note: transformers.pipeline converts every image to RGB, which this 1-channel model "
+            "cannot take; call the exported image processor on greyscale (PIL mode 'L') images "
+            "yourself (its do_convert_rgb is off)"
+        )
     for name, obj in (("config.json", hf_config(cfg)), ("preprocessor_config.json", pre)):
         text = json.dumps(obj, indent=2)
         atomic_write(path / name, lambda tmp, text=text: tmp.write_text(text))

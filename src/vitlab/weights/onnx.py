@@ -3,7 +3,10 @@
 
 The file holds the graph and, in its metadata, what everything else needs: the model config
 (class names, resolution, mean and std), the resize interpolation and how it was quantised, so
-`vitlab predict`, `eval`, `serve` and `bench` work from the file alone. The export uses the
+`vitlab predict`, `eval`, `serve` and `bench` work from the file alone; and, for a deployment
+without vitlab, the complete preprocessing recipe (`vitlab.preprocess.Preprocess.recipe`, the
+"preprocessing" key) and the class names (the "class_names" key), which the README's example
+reads with ONNX Runtime, PIL and numpy alone. The export uses the
 exporter torch recommends (`torch.onnx.export(..., dynamo=True)`, through `torch.export`) with
 a dynamic batch axis; `dynamic_img_size=True` makes height and width dynamic too, with the
 position-embedding resampling (bicubic, antialiased, as `VisionTransformer` does it) in the
@@ -41,6 +44,7 @@ from vitlab.models.config import (
     config_to_json,
     replace,
 )
+from vitlab.preprocess import label_of, preprocess_of
 from vitlab.runtime.device import unwrap_model
 
 log = logging.getLogger("vitlab")
@@ -237,6 +241,8 @@ def _write_metadata(path: Path, model: nn.Module, dynamic_img_size: bool) -> Non
         "torch_version": torch.__version__,
         "config": config_to_json(model.cfg),
         "interpolation": model.data_config["interpolation"],
+        "preprocessing": json.dumps(preprocess_of(model).recipe()),
+        "class_names": json.dumps([label_of(model, i) for i in range(model.cfg.num_classes)]),
         "params": str(model.num_params()),
         "dynamic_img_size": json.dumps(dynamic_img_size),
         "quantization": "none",
