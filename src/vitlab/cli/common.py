@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from vitlab.errors import ConfigError
-from vitlab.weights.formats import AUTO, SOURCE_NAMES
+from vitlab.weights.formats import AUTO, SOURCE_NAMES, runtime_graph
 
 SOURCE_CHOICES = [AUTO, *SOURCE_NAMES]
 
@@ -158,12 +158,12 @@ def load_model(args: argparse.Namespace) -> Any:
     a one-line error for a device that is not there."""
     from vitlab.runtime import pick_device
     from vitlab.weights.checkpoint import load_checkpoint
-    from vitlab.weights.onnx import is_onnx
 
     device = getattr(args, "device", "auto")
     overrides = parse_set(getattr(args, "model_set", []), nested=False)
-    if is_onnx(args.checkpoint) and device == "auto":
-        device = "cpu"  # ONNX Runtime's CPU provider; an explicit GPU is refused by the model
+    graph = runtime_graph(args.checkpoint)
+    if graph is not None and device == "auto":
+        device = graph.device  # e.g. ONNX Runtime's CPU provider; another is refused by the model
     dev = pick_device(device)
     return load_checkpoint(args.checkpoint, source=args.source, **overrides).to(dev)
 

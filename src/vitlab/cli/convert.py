@@ -8,7 +8,7 @@ from typing import Any
 
 from vitlab.cli.common import SOURCE_CHOICES, number, params_text, parse_set
 from vitlab.errors import ConfigError
-from vitlab.weights.formats import SOURCE_NAMES
+from vitlab.weights.formats import FORMAT_NAMES, graph_format, runtime_graph
 
 HELP = "convert weights between vitlab, timm, Hugging Face, Google .npz, torchvision and ONNX"
 
@@ -67,9 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", metavar="SRC", help="weights to read: file, directory or hub reference")
     p.add_argument("dst", metavar="DST", help="where to write (a directory for --to hf)")
-    p.add_argument(
-        "--to", required=True, choices=[*SOURCE_NAMES, "onnx"], help="the layout to write"
-    )
+    p.add_argument("--to", required=True, choices=FORMAT_NAMES, help="the layout to write")
     p.add_argument(
         "--from",
         dest="source",
@@ -137,7 +135,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vitlab.weights import checkpoint as ckpt
 
-    if args.to == "onnx":
+    if graph_format(args.to) is not None:  # ONNX, the one runtime graph so far
         return _to_onnx(args)
     _no_onnx_options(args)
     target = ckpt.get_source(args.to)
@@ -152,12 +150,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _read(args: argparse.Namespace) -> Any:
     from vitlab.weights import checkpoint as ckpt
-    from vitlab.weights.onnx import is_onnx
 
-    if is_onnx(args.src):
+    graph = runtime_graph(args.src)
+    if graph is not None:
         raise ConfigError(
-            f"{args.src} is ONNX, a graph to run, whose weights vitlab does not read back; "
-            "convert from the checkpoint it was exported from"
+            f"{args.src} is {graph.label}, a graph to run, whose weights vitlab does not read "
+            "back; convert from the checkpoint it was exported from"
         )
     overrides = parse_set(args.overrides, nested=False)
     model = ckpt.load_checkpoint(
@@ -184,12 +182,14 @@ def _no_onnx_options(args: argparse.Namespace) -> None:
 
 def _to_onnx(args: argparse.Namespace) -> int:
     from vitlab.deploy import export_for_deployment
-    from vitlab.weights.onnx import SUFFIX, require_onnx
 
-    require_onnx()
+    graph = graph_format(args.to)
+    graph.require()
     dst = Path(args.dst)
-    if dst.suffix.lower() != SUFFIX or dst.is_dir():
-        raise ConfigError(f"{dst}: the onnx layout is one file: name it {dst.stem}{SUFFIX}")
+    if runtime_graph(dst) is not graph or dst.is_dir():
+        raise ConfigError(
+            f"{dst}: the {graph.name} layout is one file: name it {dst.stem}{graph.suffixes[0]}"
+        )
     model = _read(args)
     r = export_for_deployment(
         model,

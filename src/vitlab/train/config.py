@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from vitlab.errors import ConfigError
 from vitlab.fields import coerce_fields
+from vitlab.weights.formats import runtime_graph
 
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["cosine", "linear", "constant"]
@@ -95,6 +96,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
+        graph = runtime_graph(self.init_from)
         checks = [
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.accum_steps >= 1, "accum_steps must be >= 1"),
@@ -140,8 +142,9 @@ class TrainConfig:
             (self.eval_every >= 1, "eval_every must be >= 1 (the last epoch is always evaluated)"),
             (self.log_every >= 1, "log_every must be >= 1"),
             (
-                not str(self.init_from or "").lower().endswith(".onnx"),
-                f"init_from {self.init_from} is an ONNX graph, which cannot be trained: "
+                graph is None,
+                f"init_from {self.init_from} is an {graph and graph.label} graph, which cannot be "
+                "trained: "
                 "fine-tune from the PyTorch checkpoint it was exported from",
             ),
         ]

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from vitlab._version import __version__
-from vitlab.errors import CheckpointError, ConfigError, MissingDependencyError
+from vitlab.errors import CheckpointError, ConfigError, require
 from vitlab.files import atomic_path
 from vitlab.models.base import VitlabModule
 from vitlab.models.config import (
@@ -51,18 +51,12 @@ INPUT, OUTPUT = "images", "logits"
 MIN_OPSET = 17  # LayerNormalization
 MAX_BYTES = 2**31 - 2**26  # protobuf's 2 GiB, less room for the graph and the metadata
 TOLERANCE = 1e-4  # max |logit difference| to PyTorch that an fp32 export must stay within
-INSTALL = "pip install 'vitlab[onnx]'"
 
 
 def require_onnx() -> None:
     """Refuse, with the install line, when onnx or onnxruntime is missing."""
     for name in ("onnx", "onnxruntime"):
-        try:
-            __import__(name)
-        except ImportError:
-            raise MissingDependencyError(
-                f"ONNX export and inference need the {name} package: {INSTALL}"
-            ) from None
+        require(name, "onnx", "ONNX export and inference")
 
 
 def is_onnx(path: str | Path) -> bool:
@@ -258,7 +252,7 @@ def set_metadata(proto: Any, props: Mapping[str, str]) -> None:
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The metadata_props of an ONNX file (the graph's weights are not read)."""
-    import onnx
+    onnx = require("onnx", "onnx", "Reading an ONNX file")
 
     try:
         proto = onnx.load(str(path), load_external_data=False)

@@ -5,13 +5,12 @@ adapter adds is reading the architecture from the tensors and refusing what does
 from __future__ import annotations
 
 import functools
-import importlib.util
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from vitlab.errors import CheckpointError, ConfigError, MissingDependencyError
+from vitlab.errors import CheckpointError, ConfigError, require
 from vitlab.models.config import AnyConfig, ResNetConfig, ViTConfig
 from vitlab.runtime import unwrap_model
 from vitlab.weights.adapter import (
@@ -169,12 +168,7 @@ SOURCE = Source(
 def timm_twin(model: nn.Module) -> nn.Module:
     """timm's VisionTransformer with vitlab's architecture and the very same weights (loaded
     strictly, so any difference in structure is an error, not a silent mismatch)."""
-    if importlib.util.find_spec("timm") is None:
-        raise MissingDependencyError(
-            "comparing with timm needs timm, which is not installed; run `pip install timm` "
-            "(or `pip install -e '.[dev]'`) and try again"
-        )
-    from timm.models.vision_transformer import VisionTransformer as TimmViT
+    timm_vit = require("timm.models.vision_transformer", "timm", "Comparing with timm")
 
     model = unwrap_model(model)
     cfg = model.cfg
@@ -185,7 +179,7 @@ def timm_twin(model: nn.Module) -> nn.Module:
             "timm's VisionTransformer has no sin-cos embedding or pre-logits layer; compare a "
             "plain variant such as vit_s16"
         )
-    twin = TimmViT(
+    twin = timm_vit.VisionTransformer(
         img_size=cfg.img_size,
         patch_size=cfg.patch_size,
         in_chans=cfg.in_chans,
