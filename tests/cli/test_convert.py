@@ -185,3 +185,23 @@ def test_an_onnx_file_is_not_converted_back(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "m.onnx"), str(tmp_path / "w.safetensors"),
                  "--to", "vitlab"]) == 2  # fmt: skip
     assert "convert from the checkpoint it was exported from" in capsys.readouterr().err
+
+
+def test_the_timm_recipe_in_the_help_loads_the_head(tmp_path, capsys):
+    """The recipe `vitlab convert --help` gives, run as written by timm itself, on an export with
+    10 classes (not timm's 1000): the logits are vitlab's."""
+    timm = pytest.importorskip("timm")
+    from vitlab.cli.convert import TIMM_RECIPE
+
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    assert " ".join(TIMM_RECIPE.split()) in " ".join(capsys.readouterr().out.split())
+    model = perturb_(vitlab.create_model("vit_ti16", num_classes=10)).eval()
+    src = vitlab.save_checkpoint(model, tmp_path / "m.safetensors")
+    dst = tmp_path / "timm.safetensors"
+    assert main(["convert", str(src), str(dst), "--to", "timm"]) == 0
+    code = TIMM_RECIPE.replace("NAME", "'vit_tiny_patch16_224'").replace("DST", repr(str(dst)))
+    theirs = eval(code.replace("N)", "10)"), {"timm": timm}).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), model(x), rtol=0, atol=1e-5)

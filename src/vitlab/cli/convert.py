@@ -10,16 +10,25 @@ from vitlab.cli.common import SOURCE_CHOICES, number, params_text, parse_set
 from vitlab.errors import ConfigError
 from vitlab.weights.formats import FORMAT_NAMES, graph_format, runtime_graph
 
+# How timm reads a timm-layout export; `--help` shows it and a test runs it as written. timm
+# needs num_classes inside the overlay: given only outside, it drops the file's head.
+TIMM_RECIPE = (
+    "timm.create_model(NAME, pretrained=True,\n"
+    "                  pretrained_cfg_overlay=dict(file=DST, num_classes=N))"
+)
+
 HELP = "convert weights between vitlab, timm, Hugging Face, Google .npz, torchvision and ONNX"
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Read a checkpoint in any layout vitlab understands and write it in another, so weights trained
 or published in one ecosystem run in the others:
 
   vitlab       one self-describing .safetensors (config and class names inside)
-  timm         a timm state dict (.safetensors): timm.create_model(NAME, num_classes=N,
-               pretrained=True, pretrained_cfg_overlay=dict(file=DST)) reads it (give
-               num_classes unless the head has timm's 1000 classes), or model.load_state_dict
+  timm         a timm state dict (.safetensors) that timm reads with
+                 {TIMM_RECIPE.replace(chr(10), chr(10) + " " * 17)}
+               NAME is timm's name of the architecture (e.g. vit_base_patch16_224) and N the
+               export's class count, inside the overlay (outside it, timm drops the head); add
+               img_size=S when DST's resolution is not NAME's. Or model.load_state_dict it.
   hf           a new or empty folder ViTForImageClassification.from_pretrained(DST) reads
   google       a vit_jax/big_vision-layout .npz (timm's npz loader reads it too)
   torchvision  a state dict torchvision.models.VisionTransformer.load_state_dict takes (.pth;
