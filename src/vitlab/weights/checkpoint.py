@@ -331,7 +331,11 @@ def save_checkpoint(
 def check_target(src: Source, path: Path) -> None:
     """Refuse, before anything is written, a path that is not what `src` writes: a file name
     whose extension says another format (which vitlab itself could not read back), a folder
-    where a file goes, or a folder export into a folder holding other files."""
+    where a file goes, a folder export into a folder holding other files, or a path through a
+    file."""
+    on_the_way = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if on_the_way is not None:
+        raise ConfigError(f"cannot write {path}: {on_the_way} is a file, not a folder")
     if src.folder:
         if path.is_file():
             raise ConfigError(

@@ -187,8 +187,12 @@ def _settle_opset(path: Path, asked: int | None, dynamic_img_size: bool) -> int:
         return written
     try:
         converted = onnx.version_converter.convert_version(proto, asked)
+        if asked < 18:
+            _drop_reduce_noop(converted)
+        onnx.checker.check_model(converted)
     except Exception as e:  # the converter's C++ assertion says which operator and why
-        reason = str(e).split("failed: ")[-1].strip().rstrip(".")
+        reason = _first_line(e) if isinstance(e, onnx.checker.ValidationError) else str(e)
+        reason = reason.split("failed: ")[-1].strip().rstrip(".")
         hint = (
             " (the position-embedding resampling of --dynamic-img-size needs it)"
             if dynamic_img_size and "Resize" in reason
@@ -200,6 +204,19 @@ def _settle_opset(path: Path, asked: int | None, dynamic_img_size: bool) -> int:
         ) from None
     onnx.save(converted, str(path))
     return asked
+
+
+def _drop_reduce_noop(proto: Any) -> None:
+    """ONNX's version converter takes opset 18's Reduce* (axes an input) down to 17 (axes an
+    attribute) but keeps `noop_with_empty_axes`, which opset 17's ReduceMean and friends lack
+    (ONNX Runtime refuses the graph). With axes given, the attribute changes nothing: drop it.
+    (ReduceSum has had axes as an input, and the attribute, since opset 13.)"""
+    for node in proto.graph.node:
+        if not node.op_type.startswith("Reduce") or node.op_type == "ReduceSum":
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if "noop_with_empty_axes" in attrs and "axes" in attrs and attrs["axes"].ints:
+            node.attribute.remove(attrs["noop_with_empty_axes"])
 
 
 @contextlib.contextmanager
