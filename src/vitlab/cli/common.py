@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -114,6 +115,73 @@ def in_dir(text: str) -> Path:
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file; give the folder that holds the data")
     return path
+
+
+# ------------------------------------------------------------------- shared flag groups
+DATA_HELP = "dataset, e.g. fashion-mnist or imagefolder:DIR"
+
+
+def add_data_args(
+    p: argparse.ArgumentParser,
+    help: str = DATA_HELP,
+    *,
+    required: bool = False,
+    into: Any = None,
+    download: bool = True,
+) -> None:
+    """The data group, declared once: `--data NAME[:PATH]` (added to `into`, e.g. a mutually
+    exclusive group, when given), `--data-root DIR` and `--download`."""
+    (into or p).add_argument("--data", required=required, metavar="NAME[:PATH]", help=help)
+    add_data_root_args(p, "the dataset", download=download)
+
+
+def add_data_root_args(p: Any, what: str, *, download: bool = True) -> None:
+    """`--data-root DIR` and `--download` for `what` (a dataset another flag names: "the
+    dataset", "--calibrate's dataset")."""
+    go = " (or go)" if download else ""
+    p.add_argument("--data-root", type=in_dir, metavar="DIR", help=f"where {what}'s files are{go}")
+    if download:
+        p.add_argument("--download", action="store_true", help=f"download {what} if missing")
+
+
+def add_config_flags(p: argparse.ArgumentParser, cls: type, flags: dict[str, Any]) -> None:
+    """One `--field-name` flag per entry of `flags` (field -> its `Flag`: help, metavar, folder),
+    typed from the dataclass `cls`'s annotation: a bool is a switch, a Literal offers its
+    choices, an int or float is parsed as a number (in any notation), a folder is checked for
+    its kind. Ranges are left to `cls`, which checks every value once; a flag not given is
+    None."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for name, flag in flags.items():
+        hint = hints[name]
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(members) == 1:
+            hint = members[0]  # X | None: X
+        kwargs: dict[str, Any] = {"dest": name, "help": flag.help, "default": None}
+        if hint is bool:
+            kwargs["action"] = "store_true"
+        elif typing.get_origin(hint) is typing.Literal:
+            kwargs["choices"] = list(typing.get_args(hint))
+        elif hint in (int, float):
+            kwargs["type"] = number(hint)
+        elif flag.folder is not None:
+            kwargs["type"] = in_dir if flag.folder == "read" else out_dir
+        if flag.metavar:
+            kwargs["metavar"] = flag.metavar
+        p.add_argument("--" + name.replace("_", "-"), **kwargs)
+
+
+def as_flag_error(error: ConfigError, given: dict[str, Any]) -> ConfigError:
+    """A config check's message about a field the command line set with a flag, said about
+    the flag: "batch_size must be >= 1 (check the preset or --set)" for `--batch-size 0`
+    becomes "--batch-size 0: batch_size must be >= 1"."""
+    text = str(error)
+    for name, value in given.items():
+        if re.match(rf"{name}\b(?![.\w])", text):
+            text = text.removesuffix(" (check the preset or --set)")
+            return ConfigError(f"--{name.replace('_', '-')} {value}: {text}")
+    return error
 
 
 def add_checkpoint_args(p: argparse.ArgumentParser, help: str | None = None) -> None:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from vitlab.cli.common import SOURCE_CHOICES, number, params_text, parse_set
+from vitlab.cli.common import SOURCE_CHOICES, add_data_root_args, number, params_text, parse_set
 from vitlab.errors import ConfigError
 from vitlab.weights.formats import FORMAT_NAMES, graph_format, runtime_graph
 
@@ -123,10 +123,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="how many calibration images, class-balanced (default 256)",
     )
-    onnx.add_argument("--data-root", metavar="DIR", help="where --calibrate's dataset lives")
-    onnx.add_argument(
-        "--download", action="store_true", help="download --calibrate's dataset if missing"
-    )
+    add_data_root_args(onnx, "--calibrate's dataset")
     onnx.add_argument(
         "--opset",
         type=number(int, 17),

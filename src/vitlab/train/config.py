@@ -106,6 +106,7 @@ class TrainConfig:
                 f"(set --set accum_steps=N to a divisor)",
             ),
             (self.epochs > 0 or (self.steps or 0) > 0, "epochs (or steps) must be > 0"),
+            (self.epochs >= 0, "epochs must be >= 0 (steps, when given, override them)"),
             (self.lr > 0, "lr must be > 0"),
             (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
             (0.0 < self.scale <= 1.0, "scale must be in (0, 1]"),
@@ -156,6 +157,39 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a TrainConfig field is offered on the command line (`--batch-size` sets batch_size):
+    its help text, metavar, and for a folder whether it is read or written. The type and the
+    choices come from the field's annotation; the value is checked by TrainConfig only."""
+
+    help: str
+    metavar: str | None = None
+    folder: Literal["read", "write"] | None = None
+
+
+# The fields `vitlab train` and `vitlab finetune` offer as flags, in the order `--help` lists
+# them; the data group (data, data_root, download) is shared with other commands
+# (`vitlab.cli.common.add_data_args`), and every field can be set with --set KEY=VALUE.
+FLAGS: dict[str, Flag] = {
+    "model": Flag("model variant (`vitlab models` lists them)"),
+    "epochs": Flag("training epochs"),
+    "steps": Flag("optimiser steps (overrides --epochs)"),
+    "batch_size": Flag("global batch size (all processes)"),
+    "lr": Flag("peak learning rate"),
+    "img_size": Flag("input resolution (default: the model's)"),
+    "precision": Flag(
+        "bf16 autocast; fp16 needs a GPU; auto: bf16 where it is measured faster here"
+    ),
+    "compile": Flag("torch.compile the model"),
+    "workers": Flag("data-loading processes (0: in the main one)"),
+    "strategy": Flag("multi-process strategy under torchrun"),
+    "seed": Flag("random seed"),
+    "out": Flag("run directory", "RUN_DIR", folder="write"),
+}
+DATA_FIELDS = ("data", "data_root", "download")  # what the shared data group sets
 
 
 # ------------------------------------------------------------------------ presets and overrides
