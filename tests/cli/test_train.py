@@ -154,3 +154,10 @@ def _photos(root, n=6):
         for i in range(n):
             Image.new("RGB", (40, 48), tuple(v + 3 * i for v in color)).save(root / c / f"{i}.png")
     return root
+
+
+def test_a_preset_that_is_not_yaml_is_one_line(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("lr: [1e-3\n")
+    assert main(["train", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.yaml is not valid YAML (line 2, column 1: " in err

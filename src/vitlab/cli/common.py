@@ -172,15 +172,22 @@ def add_config_flags(p: argparse.ArgumentParser, cls: type, flags: dict[str, Any
         p.add_argument("--" + name.replace("_", "-"), **kwargs)
 
 
-def as_flag_error(error: ConfigError, given: dict[str, Any]) -> ConfigError:
+def as_flag_error(
+    error: ConfigError, given: dict[str, Any], flags: dict[str, str] | None = None
+) -> ConfigError:
     """A config check's message about a field the command line set with a flag, said about
-    the flag: "batch_size must be >= 1 (check the preset or --set)" for `--batch-size 0`
-    becomes "--batch-size 0: batch_size must be >= 1"."""
+    the flag (`flags` maps a field to its flag where that is not --field-name): "batch_size must
+    be >= 1 (check the preset or --set)" for `--batch-size 0` becomes "--batch-size 0:
+    batch_size must be >= 1", and "init_from m.onnx is ..." for `--from m.onnx` "--from
+    m.onnx is ..."."""
     text = str(error)
     for name, value in given.items():
         if re.match(rf"{name}\b(?![.\w])", text):
+            flag = (flags or {}).get(name, "--" + name.replace("_", "-"))
             text = text.removesuffix(" (check the preset or --set)")
-            return ConfigError(f"--{name.replace('_', '-')} {value}: {text}")
+            if text.startswith(f"{name} {value} "):
+                return ConfigError(flag + text[len(name) :])
+            return ConfigError(f"{flag} {value}: {text}")
     return error
 
 

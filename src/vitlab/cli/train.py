@@ -113,16 +113,16 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
     flags = {key: getattr(args, key) for key in (*DATA_FIELDS, *FLAGS)}
     given = {k: v for k, v in flags.items() if v is not None and v is not False}  # switches: on
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in given.items()}
-    later = {**(extra or {}), **parse_set(args.set)}  # --set wins over a flag
-    given = {k: v for k, v in given.items() if k not in later}
-    overrides.update(later)
+    set_keys = parse_set(args.set)
+    given = {k: v for k, v in {**given, **(extra or {})}.items() if k not in set_keys}
+    overrides.update({**(extra or {}), **set_keys})  # --set wins over a flag
     base = args.config or _resumed_config(args)
     preset = read_yaml(preset_path(base)) if base else {}  # read once
     _keep_micro_batches(preset, overrides)
     try:
         cfg = build_config(None, merge(preset, overrides))
     except ConfigError as e:  # about a flag's value: said about the flag
-        raise as_flag_error(e, given) from None
+        raise as_flag_error(e, given, {"init_from": "--from"}) from None
     if not cfg.init_from:  # the model's own fields: a wrong one is the only line printed
         from vitlab.models.registry import get_config
 

@@ -208,11 +208,18 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML ({e})") from None
+    except yaml.YAMLError as e:  # its message spans lines and draws a caret under the place
+        raise ConfigError(f"{path} is not valid YAML ({_yaml_problem(e)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of TrainConfig keys")
     return data
+
+
+def _yaml_problem(e: Exception) -> str:
+    """PyYAML's problem and where, on one line: "line 1, column 5: expected ',' or ']'"."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 def preset_path(name: str) -> Path:
