@@ -44,3 +44,10 @@ def test_digits_without_scikit_learn_is_one_line(tmp_path, monkeypatch, capsys):
     args = ["train", "--data", "digits", "--steps", "1", "--out", str(tmp_path / "run")]
     assert main(args) == 2
     assert "sklearn" in one_line_hint(capsys, "digits")
+
+
+def test_sample_photos_without_scikit_image_are_one_line(standins, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "skimage.data", None)
+    args = ["inspect", "--checkpoint", str(standins / "m.safetensors"), "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert "skimage" in one_line_hint(capsys, "inspect")

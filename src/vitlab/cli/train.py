@@ -35,8 +35,9 @@ validation accuracy; without one the test split is only watched), the resumable 
 report.json and confusion.png. Load the checkpoints with vitlab.load_checkpoint.
 
 datasets (--data): fashion-mnist, imagefolder:PATH, cifar10, cifar100, pets, flowers102,
-digits, synthetic, wds:PATTERN (WebDataset shards KEY.jpg + KEY.cls, streamed, e.g.
-wds:/data/{split}-{000000..000127}.tar; pip install 'vitlab[wds]').
+digits (scikit-learn's 8x8 digits; pip install 'vitlab[digits]'), synthetic, wds:PATTERN
+(WebDataset shards KEY.jpg + KEY.cls, streamed, e.g. wds:/data/{split}-{000000..000127}.tar;
+pip install 'vitlab[wds]').
 """
 
 EPILOG = """\
