@@ -233,3 +233,13 @@ def test_a_destination_under_a_file_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     on_the_way = tmp_path / "f.npz"
     assert err == f"vitlab convert: error: cannot write {dst}: {on_the_way} is a file, not a folder"
+
+
+def test_int8_of_a_resnet_names_no_temporary_file(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    model = vitlab.create_model("bit_r50x1", layers=(1, 1), num_classes=3, img_size=32)
+    src = vitlab.save_checkpoint(model, tmp_path / "r.safetensors")
+    args = ["convert", str(src), str(tmp_path / "r.onnx"), "--to", "onnx", "--quantize", "int8"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no linear layers" in err and "fp32.onnx" not in err
