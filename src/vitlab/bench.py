@@ -38,6 +38,7 @@ from vitlab.runtime.device import device_name, keep_freed_memory, pick_device, s
 from vitlab.runtime.kernels import PackedWeights
 from vitlab.runtime.precision import DTYPES, Precision, autocast, matmul_peak_gflops
 from vitlab.weights.checkpoint import load_checkpoint
+from vitlab.weights.formats import runtime_graph
 from vitlab.weights.onnx import OnnxModel, export_onnx
 from vitlab.weights.quantize import quantize_onnx
 from vitlab.weights.timm import timm_twin
@@ -98,12 +99,12 @@ class BenchSpec:
         if self.backend not in BACKENDS:
             raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}")
         if self.on_onnx:
-            self._check_onnx(str(self.checkpoint or "").lower().endswith(".onnx"))
+            self._check_onnx(runtime_graph(self.checkpoint) is not None)
 
     @property
     def on_onnx(self) -> bool:
         """Whether ONNX Runtime runs the model (an ONNX backend, or an .onnx checkpoint)."""
-        return self.backend != "torch" or str(self.checkpoint or "").lower().endswith(".onnx")
+        return self.backend != "torch" or runtime_graph(self.checkpoint) is not None
 
     def _check_onnx(self, onnx_file: bool) -> None:
         what = "an .onnx checkpoint" if onnx_file else f"--backend {self.backend}"

@@ -42,3 +42,51 @@ def test_source_choices_come_from_the_registry():
     p = argparse.ArgumentParser()
     add_checkpoint_args(p)
     assert p.parse_args(["--checkpoint", "m", "--source", "google"]).source == "google"
+
+
+def _options(command):
+    from vitlab.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {o: a for a in sub.choices[command]._actions for o in a.option_strings}
+
+
+@pytest.mark.parametrize("command", ["train", "finetune"])
+def test_training_flags_are_the_config_fields(command):
+    """One flag per entry of train.config.FLAGS, its type and choices from the TrainConfig field
+    (no range of its own: TrainConfig checks the value), and the shared data group."""
+    import typing
+
+    from vitlab.train.config import DATA_FIELDS, FLAGS, TrainConfig
+
+    options = _options(command)
+    hints = typing.get_type_hints(TrainConfig)
+    for name in (*FLAGS, *DATA_FIELDS):
+        action = options["--" + name.replace("_", "-")]
+        assert action.dest == name
+        if typing.get_origin(hints[name]) is typing.Literal:
+            assert action.choices == list(typing.get_args(hints[name]))
+    assert options["--batch-size"].type("0") == 0  # the range is TrainConfig's
+    assert options["--compile"].default is None
+
+
+def test_the_data_group_is_declared_once():
+    helps = {c: _options(c)["--data-root"].help for c in ("train", "finetune", "eval")}
+    assert len(set(helps.values())) == 1
+    assert _options("inspect")["--data-root"].type is _options("train")["--data-root"].type
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--batch-size", "0"], "--batch-size 0: batch_size must be >= 1"),
+        (["--img-size", "-4"], "--img-size -4: img_size must be >= 1"),
+        (["--lr", "0"], "--lr 0.0: lr must be > 0"),
+        (["--workers", "-1"], "--workers -1: workers must be >= 0"),
+    ],
+)
+def test_a_flag_out_of_range_is_said_about_the_flag_once(flags, said, tmp_path, capsys):
+    from vitlab.cli.main import main
+
+    assert main(["train", "--out", str(tmp_path / "run"), *flags]) == 2
+    assert capsys.readouterr().err.strip() == f"vitlab train: error: {said}"

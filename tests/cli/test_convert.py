@@ -176,6 +176,7 @@ def test_onnx_mistakes_are_one_line_errors(tmp_path, capsys, extra, message):
     assert main(["convert", str(src), str(dst), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("vitlab convert: error:") and message in err[-1], err[-1]
+    assert ".tmp" not in err[-1] and err[-1].count(dst.name) <= 1
     assert not dst.exists()
 
 
@@ -185,3 +186,60 @@ def test_an_onnx_file_is_not_converted_back(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "m.onnx"), str(tmp_path / "w.safetensors"),
                  "--to", "vitlab"]) == 2  # fmt: skip
     assert "convert from the checkpoint it was exported from" in capsys.readouterr().err
+
+
+def test_the_timm_recipe_in_the_help_loads_the_head(tmp_path, capsys):
+    """The recipe `vitlab convert --help` gives, run as written by timm itself, on an export with
+    10 classes (not timm's 1000): the logits are vitlab's."""
+    timm = pytest.importorskip("timm")
+    from vitlab.cli.convert import TIMM_RECIPE
+
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    assert " ".join(TIMM_RECIPE.split()) in " ".join(capsys.readouterr().out.split())
+    model = perturb_(vitlab.create_model("vit_ti16", num_classes=10)).eval()
+    src = vitlab.save_checkpoint(model, tmp_path / "m.safetensors")
+    dst = tmp_path / "timm.safetensors"
+    assert main(["convert", str(src), str(dst), "--to", "timm"]) == 0
+    code = TIMM_RECIPE.replace("NAME", "'vit_tiny_patch16_224'").replace("DST", repr(str(dst)))
+    theirs = eval(code.replace("N)", "10)"), {"timm": timm}).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), model(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("pool", ["gap", "token"])
+def test_opset_17_exports_an_average_pooled_vit(tmp_path, capsys, pool):
+    """The demo's model (pool: gap) at --opset 17: ONNX's converter left an attribute opset 17's
+    ReduceMean lacks, and ONNX Runtime refused the graph, naming the temporary file."""
+    ort = pytest.importorskip("onnxruntime")
+    model = perturb_(vitlab.create_model("vit_test", pool=pool)).eval()
+    src = vitlab.save_checkpoint(model, tmp_path / "w.safetensors")
+    dst = tmp_path / "m.onnx"
+    assert main(["convert", str(src), str(dst), "--to", "onnx", "--opset", "17"]) == 0
+    assert "opset 17" in capsys.readouterr().out
+    session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(session.run(None, {"images": x.numpy()})[0]),
+                                   model(x), rtol=0, atol=1e-4)  # fmt: skip
+
+
+def test_a_destination_under_a_file_is_one_line(tmp_path, capsys):
+    src = vitlab.save_checkpoint(vitlab.create_model("vit_test"), tmp_path / "w.safetensors")
+    (tmp_path / "f.npz").write_text("a file")
+    dst = tmp_path / "f.npz" / "m.npz"
+    assert main(["convert", str(src), str(dst), "--to", "google"]) == 2
+    err = capsys.readouterr().err.strip()
+    on_the_way = tmp_path / "f.npz"
+    assert err == f"vitlab convert: error: cannot write {dst}: {on_the_way} is a file, not a folder"
+
+
+def test_int8_of_a_resnet_names_no_temporary_file(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    model = vitlab.create_model("bit_r50x1", layers=(1, 1), num_classes=3, img_size=32)
+    src = vitlab.save_checkpoint(model, tmp_path / "r.safetensors")
+    args = ["convert", str(src), str(tmp_path / "r.onnx"), "--to", "onnx", "--quantize", "int8"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no linear layers" in err and "fp32.onnx" not in err

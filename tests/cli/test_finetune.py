@@ -51,3 +51,5 @@ def test_an_onnx_file_cannot_be_fine_tuned(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "ONNX graph, which cannot be trained" in err
+    assert err.startswith(f"vitlab finetune: error: --from {tmp_path / 'm.onnx'} is an ONNX")
+    assert err.count("m.onnx") == 1 and "--set" not in err  # it came from --from

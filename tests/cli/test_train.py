@@ -154,3 +154,21 @@ def _photos(root, n=6):
         for i in range(n):
             Image.new("RGB", (40, 48), tuple(v + 3 * i for v in color)).save(root / c / f"{i}.png")
     return root
+
+
+def test_a_preset_that_is_not_yaml_is_one_line(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("lr: [1e-3\n")
+    assert main(["train", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.yaml is not valid YAML (line 2, column 1: " in err
+
+
+def test_model_args_may_set_what_the_data_suggests(tmp_path, capsys):
+    """--set model_args.in_chans (or mean, std) over the data's own was a TypeError traceback
+    (create_model got in_chans twice)."""
+    args = ["train", "--model", "vit_test", "--data", "synthetic", "--steps", "1", "--batch-size",
+            "8", "--out", str(tmp_path / "run"), "--set", "model_args.in_chans=1",
+            "--set", "model_args.mean=[0.5]", "--set", "model_args.std=[0.5]"]  # fmt: skip
+    assert main(args) == 0
+    back = vitlab.load_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert back.cfg.in_chans == 1 and back.cfg.mean == (0.5,)

@@ -99,3 +99,36 @@ def test_timm_twin_has_the_same_outputs():
         x = torch.randn(3, 3, 32, 32)
         with torch.no_grad():
             assert (ours(x) - twin(x)).abs().max().item() <= 1e-5
+
+
+def test_google_numerics_exported_to_timm_follow_the_warning(tmp_path, caplog):
+    """A hybrid with vit_jax's numerics (tanh GELU, eps 1e-6, StdConv dividing by std + 1e-5,
+    GroupNorm eps 1e-6) exported to timm: timm's model, built as the warning says, gives the
+    same logits to fp32 rounding; vitlab reads the file back to the same logits too."""
+    from functools import partial
+
+    from tests.models.test_resnet import timm_hybrid
+    from vitlab.models.config import replace
+
+    stem = replace(vitlab.get_config("r50_vit_b16").backbone, layers=(1, 1, 1), weight_std="std",
+                   std_conv_eps=1e-5, gn_eps=1e-6)  # fmt: skip
+    ours = vitlab.create_model("r50_vit_b16", img_size=64, num_classes=5, backbone=stem,
+                               act="gelu_tanh", layer_norm_eps=1e-6, embed_dim=64, depth=2,
+                               num_heads=4, mlp_dim=128)  # fmt: skip
+    ours = perturb_(ours).eval()
+    with caplog.at_level("WARNING", logger="vitlab"):
+        path = vitlab.save_checkpoint(ours, tmp_path / "t.safetensors", format="timm")
+    said = caplog.text
+    assert "act_layer='gelu_tanh'" in said and "partial(nn.LayerNorm, eps=1e-06)" in said
+    assert "m.eps = 1e-06" in said and "fp32 rounding" in said
+    advised = {"act_layer": "gelu_tanh", "norm_layer": partial(torch.nn.LayerNorm, eps=1e-6)}
+    ref = timm_hybrid((1, 1, 1), 64, num_classes=5, embed_dim=64, depth=2, num_heads=4, **advised)
+    for m in ref.modules():
+        if isinstance(m, torch.nn.GroupNorm):
+            m.eps = 1e-6
+    timm.models.load_checkpoint(ref, str(path), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = ours(x)
+        torch.testing.assert_close(ref.eval()(x), want, rtol=0, atol=1e-5)
+        torch.testing.assert_close(vitlab.load_checkpoint(path)(x), want, rtol=0, atol=1e-5)

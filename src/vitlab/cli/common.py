@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 from vitlab.errors import ConfigError
-from vitlab.weights.formats import AUTO, SOURCE_NAMES
+from vitlab.weights.formats import AUTO, SOURCE_NAMES, runtime_graph
 
 SOURCE_CHOICES = [AUTO, *SOURCE_NAMES]
 
@@ -116,6 +117,80 @@ def in_dir(text: str) -> Path:
     return path
 
 
+# ------------------------------------------------------------------- shared flag groups
+DATA_HELP = "dataset, e.g. fashion-mnist or imagefolder:DIR"
+
+
+def add_data_args(
+    p: argparse.ArgumentParser,
+    help: str = DATA_HELP,
+    *,
+    required: bool = False,
+    into: Any = None,
+    download: bool = True,
+) -> None:
+    """The data group, declared once: `--data NAME[:PATH]` (added to `into`, e.g. a mutually
+    exclusive group, when given), `--data-root DIR` and `--download`."""
+    (into or p).add_argument("--data", required=required, metavar="NAME[:PATH]", help=help)
+    add_data_root_args(p, "the dataset", download=download)
+
+
+def add_data_root_args(p: Any, what: str, *, download: bool = True) -> None:
+    """`--data-root DIR` and `--download` for `what` (a dataset another flag names: "the
+    dataset", "--calibrate's dataset")."""
+    go = " (or go)" if download else ""
+    p.add_argument("--data-root", type=in_dir, metavar="DIR", help=f"where {what}'s files are{go}")
+    if download:
+        p.add_argument("--download", action="store_true", help=f"download {what} if missing")
+
+
+def add_config_flags(p: argparse.ArgumentParser, cls: type, flags: dict[str, Any]) -> None:
+    """One `--field-name` flag per entry of `flags` (field -> its `Flag`: help, metavar, folder),
+    typed from the dataclass `cls`'s annotation: a bool is a switch, a Literal offers its
+    choices, an int or float is parsed as a number (in any notation), a folder is checked for
+    its kind. Ranges are left to `cls`, which checks every value once; a flag not given is
+    None."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for name, flag in flags.items():
+        hint = hints[name]
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(members) == 1:
+            hint = members[0]  # X | None: X
+        kwargs: dict[str, Any] = {"dest": name, "help": flag.help, "default": None}
+        if hint is bool:
+            kwargs["action"] = "store_true"
+        elif typing.get_origin(hint) is typing.Literal:
+            kwargs["choices"] = list(typing.get_args(hint))
+        elif hint in (int, float):
+            kwargs["type"] = number(hint)
+        elif flag.folder is not None:
+            kwargs["type"] = in_dir if flag.folder == "read" else out_dir
+        if flag.metavar:
+            kwargs["metavar"] = flag.metavar
+        p.add_argument("--" + name.replace("_", "-"), **kwargs)
+
+
+def as_flag_error(
+    error: ConfigError, given: dict[str, Any], flags: dict[str, str] | None = None
+) -> ConfigError:
+    """A config check's message about a field the command line set with a flag, said about
+    the flag (`flags` maps a field to its flag where that is not --field-name): "batch_size must
+    be >= 1 (check the preset or --set)" for `--batch-size 0` becomes "--batch-size 0:
+    batch_size must be >= 1", and "init_from m.onnx is ..." for `--from m.onnx` "--from
+    m.onnx is ..."."""
+    text = str(error)
+    for name, value in given.items():
+        if re.match(rf"{name}\b(?![.\w])", text):
+            flag = (flags or {}).get(name, "--" + name.replace("_", "-"))
+            text = text.removesuffix(" (check the preset or --set)")
+            if text.startswith(f"{name} {value} "):
+                return ConfigError(flag + text[len(name) :])
+            return ConfigError(f"{flag} {value}: {text}")
+    return error
+
+
 def add_checkpoint_args(p: argparse.ArgumentParser, help: str | None = None) -> None:
     """`--checkpoint PATH` (required), `--source` (the registry's names, or auto) and `--set`
     (model-config fields to apply while loading, e.g. num_heads for files that lack it)."""
@@ -158,12 +233,12 @@ def load_model(args: argparse.Namespace) -> Any:
     a one-line error for a device that is not there."""
     from vitlab.runtime.device import pick_device
     from vitlab.weights.checkpoint import load_checkpoint
-    from vitlab.weights.onnx import is_onnx
 
     device = getattr(args, "device", "auto")
     overrides = parse_set(getattr(args, "model_set", []), nested=False)
-    if is_onnx(args.checkpoint) and device == "auto":
-        device = "cpu"  # ONNX Runtime's CPU provider; an explicit GPU is refused by the model
+    graph = runtime_graph(args.checkpoint)
+    if graph is not None and device == "auto":
+        device = graph.device  # e.g. ONNX Runtime's CPU provider; another is refused by the model
     dev = pick_device(device)
     return load_checkpoint(args.checkpoint, source=args.source, **overrides).to(dev)
 

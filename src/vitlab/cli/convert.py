@@ -6,20 +6,29 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from vitlab.cli.common import SOURCE_CHOICES, number, params_text, parse_set
+from vitlab.cli.common import SOURCE_CHOICES, add_data_root_args, number, params_text, parse_set
 from vitlab.errors import ConfigError
-from vitlab.weights.formats import SOURCE_NAMES
+from vitlab.weights.formats import FORMAT_NAMES, graph_format, runtime_graph
+
+# How timm reads a timm-layout export; `--help` shows it and a test runs it as written. timm
+# needs num_classes inside the overlay: given only outside, it drops the file's head.
+TIMM_RECIPE = (
+    "timm.create_model(NAME, pretrained=True,\n"
+    "                  pretrained_cfg_overlay=dict(file=DST, num_classes=N))"
+)
 
 HELP = "convert weights between vitlab, timm, Hugging Face, Google .npz, torchvision and ONNX"
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Read a checkpoint in any layout vitlab understands and write it in another, so weights trained
 or published in one ecosystem run in the others:
 
   vitlab       one self-describing .safetensors (config and class names inside)
-  timm         a timm state dict (.safetensors): timm.create_model(NAME, num_classes=N,
-               pretrained=True, pretrained_cfg_overlay=dict(file=DST)) reads it (give
-               num_classes unless the head has timm's 1000 classes), or model.load_state_dict
+  timm         a timm state dict (.safetensors) that timm reads with
+                 {TIMM_RECIPE.replace(chr(10), chr(10) + " " * 17)}
+               NAME is timm's name of the architecture (e.g. vit_base_patch16_224) and N the
+               export's class count, inside the overlay (outside it, timm drops the head); add
+               img_size=S when DST's resolution is not NAME's. Or model.load_state_dict it.
   hf           a new or empty folder ViTForImageClassification.from_pretrained(DST) reads
   google       a vit_jax/big_vision-layout .npz (timm's npz loader reads it too)
   torchvision  a state dict torchvision.models.VisionTransformer.load_state_dict takes (.pth;
@@ -67,9 +76,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", metavar="SRC", help="weights to read: file, directory or hub reference")
     p.add_argument("dst", metavar="DST", help="where to write (a directory for --to hf)")
-    p.add_argument(
-        "--to", required=True, choices=[*SOURCE_NAMES, "onnx"], help="the layout to write"
-    )
+    p.add_argument("--to", required=True, choices=FORMAT_NAMES, help="the layout to write")
     p.add_argument(
         "--from",
         dest="source",
@@ -116,10 +123,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="how many calibration images, class-balanced (default 256)",
     )
-    onnx.add_argument("--data-root", metavar="DIR", help="where --calibrate's dataset lives")
-    onnx.add_argument(
-        "--download", action="store_true", help="download --calibrate's dataset if missing"
-    )
+    add_data_root_args(onnx, "--calibrate's dataset")
     onnx.add_argument(
         "--opset",
         type=number(int, 17),
@@ -137,7 +141,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vitlab.weights import checkpoint as ckpt
 
-    if args.to == "onnx":
+    if graph_format(args.to) is not None:  # ONNX, the one runtime graph so far
         return _to_onnx(args)
     _no_onnx_options(args)
     target = ckpt.get_source(args.to)
@@ -152,12 +156,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _read(args: argparse.Namespace) -> Any:
     from vitlab.weights import checkpoint as ckpt
-    from vitlab.weights.onnx import is_onnx
 
-    if is_onnx(args.src):
+    graph = runtime_graph(args.src)
+    if graph is not None:
         raise ConfigError(
-            f"{args.src} is ONNX, a graph to run, whose weights vitlab does not read back; "
-            "convert from the checkpoint it was exported from"
+            f"{args.src} is {graph.label}, a graph to run, whose weights vitlab does not read "
+            "back; convert from the checkpoint it was exported from"
         )
     overrides = parse_set(args.overrides, nested=False)
     model = ckpt.load_checkpoint(
@@ -184,12 +188,14 @@ def _no_onnx_options(args: argparse.Namespace) -> None:
 
 def _to_onnx(args: argparse.Namespace) -> int:
     from vitlab.deploy import export_for_deployment
-    from vitlab.weights.onnx import SUFFIX, require_onnx
 
-    require_onnx()
+    graph = graph_format(args.to)
+    graph.require()
     dst = Path(args.dst)
-    if dst.suffix.lower() != SUFFIX or dst.is_dir():
-        raise ConfigError(f"{dst}: the onnx layout is one file: name it {dst.stem}{SUFFIX}")
+    if runtime_graph(dst) is not graph or dst.is_dir():
+        raise ConfigError(
+            f"{dst}: the {graph.name} layout is one file: name it {dst.stem}{graph.suffixes[0]}"
+        )
     model = _read(args)
     r = export_for_deployment(
         model,

@@ -6,8 +6,8 @@ import argparse
 
 from vitlab.cli.common import (
     add_checkpoint_args,
+    add_data_args,
     add_device_arg,
-    in_dir,
     load_model,
     number,
     out_dir,
@@ -40,9 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_checkpoint_args(p, help="the weights to evaluate (any file vitlab.load_checkpoint reads)")
-    p.add_argument("--data", required=True, metavar="NAME[:PATH]", help="dataset (as for train)")
-    p.add_argument("--data-root", type=in_dir, metavar="DIR", help="where the dataset's files are")
-    p.add_argument("--download", action="store_true", help="download the dataset if missing")
+    add_data_args(p, "dataset (as for train)", required=True)
     p.add_argument(
         "--split",
         choices=["test", "val", "train"],

@@ -7,8 +7,8 @@ import sys
 
 from vitlab.cli.common import (
     add_checkpoint_args,
+    add_data_args,
     add_device_arg,
-    in_dir,
     load_model,
     note_channels,
     number,
@@ -66,12 +66,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     which.add_argument(
         "--images", nargs="+", metavar="IMAGE_OR_DIR", help="images or folders (default: samples)"
     )
-    which.add_argument(
-        "--data",
-        metavar="NAME[:PATH]",
-        help="or test images of a dataset, one per class first (as in vitlab train --data)",
+    add_data_args(
+        p,
+        "or test images of a dataset, one per class first (as in vitlab train --data)",
+        into=which,
+        download=False,
     )
-    p.add_argument("--data-root", type=in_dir, metavar="DIR", help="where the --data files are")
     p.add_argument(
         "--num-images",
         type=number(int, 1),

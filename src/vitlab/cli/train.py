@@ -8,9 +8,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from vitlab.cli.common import in_dir, number, out_dir, parse_set
+from vitlab.cli.common import add_config_flags, add_data_args, as_flag_error, parse_set
 from vitlab.errors import ConfigError
 from vitlab.train.config import (
+    DATA_FIELDS,
+    FLAGS,
     TrainConfig,
     accumulation_for,
     build_config,
@@ -33,8 +35,9 @@ validation accuracy; without one the test split is only watched), the resumable 
 report.json and confusion.png. Load the checkpoints with vitlab.load_checkpoint.
 
 datasets (--data): fashion-mnist, imagefolder:PATH, cifar10, cifar100, pets, flowers102,
-digits, synthetic, wds:PATTERN (WebDataset shards KEY.jpg + KEY.cls, streamed, e.g.
-wds:/data/{split}-{000000..000127}.tar; pip install 'vitlab[wds]').
+digits (scikit-learn's 8x8 digits; pip install 'vitlab[digits]'), synthetic, wds:PATTERN
+(WebDataset shards KEY.jpg + KEY.cls, streamed, e.g. wds:/data/{split}-{000000..000127}.tar;
+pip install 'vitlab[wds]').
 """
 
 EPILOG = """\
@@ -51,48 +54,18 @@ config keys (--set KEY=VALUE; model_args.KEY for the model's own fields):
 {keys}
 """
 
-# The flags every training command shares that set the TrainConfig key of the same name.
-FLAG_KEYS = ("model", "data", "data_root", "epochs", "steps", "batch_size", "lr", "out",
-             "precision", "workers", "strategy", "seed", "img_size")  # fmt: skip
-
 
 def add_common(p: argparse.ArgumentParser, default_config: str | None) -> None:
-    """The flags `train` and `finetune` share."""
+    """The flags `train` and `finetune` share: --config, the data group, one flag per entry of
+    `vitlab.train.config.FLAGS` (typed from its TrainConfig field), and the run's handling."""
     p.add_argument(
         "--config",
         default=default_config,
         metavar="PRESET_OR_YAML",
         help=f"a preset name or a YAML file (default: {default_config or 'none'})",
     )
-    p.add_argument("--model", help="model variant (`vitlab models` lists them)")
-    p.add_argument(
-        "--data", metavar="NAME[:PATH]", help="dataset, e.g. fashion-mnist or imagefolder:DIR"
-    )
-    p.add_argument(
-        "--data-root", type=in_dir, metavar="DIR", help="where the dataset's files are (or go)"
-    )
-    p.add_argument("--download", action="store_true", help="download the dataset if missing")
-    p.add_argument("--epochs", type=number(float, 0, above=True), help="training epochs")
-    p.add_argument("--steps", type=number(int, 1), help="optimiser steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=number(int, 1), help="global batch size (all processes)")
-    p.add_argument("--lr", type=number(float, 0, above=True), help="peak learning rate")
-    p.add_argument(
-        "--img-size", type=number(int, 1), help="input resolution (default: the model's)"
-    )
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "bf16", "fp16", "auto"],
-        help="bf16 autocast; fp16 needs a GPU; auto: bf16 where it is measured faster here",
-    )
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument(
-        "--workers", type=number(int, 0), help="data-loading processes (0: in the main one)"
-    )
-    p.add_argument(
-        "--strategy", choices=["ddp", "fsdp"], help="multi-process strategy under torchrun"
-    )
-    p.add_argument("--seed", type=number(int), help="random seed")
-    p.add_argument("--out", type=out_dir, metavar="RUN_DIR", help="run directory")
+    add_data_args(p)
+    add_config_flags(p, TrainConfig, FLAGS)
     p.add_argument(
         "--resume",
         nargs="?",
@@ -138,19 +111,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> TrainConfig:
     """Preset (or, resuming without --config, the run's own config.yaml), then flags, then
     --set (later wins); a default that changes the result is said out loud."""
-    flags = {key: getattr(args, key) for key in FLAG_KEYS}
-    overrides = {k: v for k, v in flags.items() if v is not None}  # flags not given
-    if args.download:
-        overrides["download"] = True
-    if args.compile:
-        overrides["compile"] = True
-    overrides.update(extra or {})
-    overrides.update(parse_set(args.set))
+    flags = {key: getattr(args, key) for key in (*DATA_FIELDS, *FLAGS)}
+    given = {k: v for k, v in flags.items() if v is not None and v is not False}  # switches: on
+    overrides = {k: str(v) if isinstance(v, Path) else v for k, v in given.items()}
+    set_keys = parse_set(args.set)
+    given = {k: v for k, v in {**given, **(extra or {})}.items() if k not in set_keys}
+    overrides.update({**(extra or {}), **set_keys})  # --set wins over a flag
     base = args.config or _resumed_config(args)
     preset = read_yaml(preset_path(base)) if base else {}  # read once
-    overrides = {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}
     _keep_micro_batches(preset, overrides)
-    cfg = build_config(None, merge(preset, overrides))
+    try:
+        cfg = build_config(None, merge(preset, overrides))
+    except ConfigError as e:  # about a flag's value: said about the flag
+        raise as_flag_error(e, given, {"init_from": "--from"}) from None
     if not cfg.init_from:  # the model's own fields: a wrong one is the only line printed
         from vitlab.models.registry import get_config
 
@@ -168,6 +141,8 @@ def _keep_micro_batches(preset: dict[str, Any], overrides: dict[str, Any]) -> No
     paper recipe accumulates 16 micro-batches of 32; `--batch-size 8` becomes one of 8)."""
     if "batch_size" not in overrides or "accum_steps" in overrides:
         return
+    if not isinstance(overrides["batch_size"], int) or overrides["batch_size"] < 1:
+        return  # TrainConfig says what is wrong with it
     base = build_config(None, preset)
     if base.accum_steps == 1:
         return

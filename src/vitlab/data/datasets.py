@@ -39,6 +39,7 @@ from vitlab.data.sets import (
     FileSet,
     ImageSet,
 )
+from vitlab.errors import require
 
 __all__ = ["ArraySet", "AugmentedDataset", "DataSplits", "DatasetError", "FileSet", "load_data"]
 
@@ -307,9 +308,7 @@ def _wds(pattern: str, val_split: float) -> DataSplits:
 # ------------------------------------------------------------------------- offline sets
 def _digits() -> DataSplits:
     """scikit-learn's 8x8 digits (1,797 images), 20% held out as the test split (stratified)."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
+    d = require("sklearn.datasets", "digits", "--data digits").load_digits()
     images = torch.from_numpy((d.images * (255.0 / 16.0)).round().astype(np.uint8)).unsqueeze(1)
     full = ArraySet(images, torch.from_numpy(d.target))  # (1797, 1, 8, 8)
     train, test = split_off(full, 0.2, seed=0)

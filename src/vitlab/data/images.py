@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vitlab.errors import VitlabError
+from vitlab.errors import VitlabError, require
 from vitlab.preprocess import color_mode
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -129,13 +129,7 @@ SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea")
 def sample_photos(channels: int = 3) -> list[tuple[str, Image.Image]]:
     """scikit-image's bundled test photos (astronaut, coffee, chelsea the cat), as (name, image)
     pairs in the mode a model with `channels` input channels expects."""
-    try:
-        from skimage import data
-    except ImportError:
-        raise ImageError(
-            "the sample photos come from scikit-image, which is not installed; "
-            "pip install 'vitlab[inspect]' or pass your own images"
-        ) from None
+    data = require("skimage.data", "inspect", "The sample photos (or pass your own images)")
     return [(n, to_mode(Image.fromarray(getattr(data, n)()), channels)) for n in SAMPLE_PHOTOS]
 
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from vitlab.errors import ConfigError
 from vitlab.fields import coerce_fields
+from vitlab.weights.formats import runtime_graph
 
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["cosine", "linear", "constant"]
@@ -95,6 +96,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
+        graph = runtime_graph(self.init_from)
         checks = [
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.accum_steps >= 1, "accum_steps must be >= 1"),
@@ -104,6 +106,7 @@ class TrainConfig:
                 f"(set --set accum_steps=N to a divisor)",
             ),
             (self.epochs > 0 or (self.steps or 0) > 0, "epochs (or steps) must be > 0"),
+            (self.epochs >= 0, "epochs must be >= 0 (steps, when given, override them)"),
             (self.lr > 0, "lr must be > 0"),
             (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
             (0.0 < self.scale <= 1.0, "scale must be in (0, 1]"),
@@ -140,8 +143,9 @@ class TrainConfig:
             (self.eval_every >= 1, "eval_every must be >= 1 (the last epoch is always evaluated)"),
             (self.log_every >= 1, "log_every must be >= 1"),
             (
-                not str(self.init_from or "").lower().endswith(".onnx"),
-                f"init_from {self.init_from} is an ONNX graph, which cannot be trained: "
+                graph is None,
+                f"init_from {self.init_from} is an {graph and graph.label} graph, which cannot be "
+                "trained: "
                 "fine-tune from the PyTorch checkpoint it was exported from",
             ),
         ]
@@ -153,6 +157,39 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a TrainConfig field is offered on the command line (`--batch-size` sets batch_size):
+    its help text, metavar, and for a folder whether it is read or written. The type and the
+    choices come from the field's annotation; the value is checked by TrainConfig only."""
+
+    help: str
+    metavar: str | None = None
+    folder: Literal["read", "write"] | None = None
+
+
+# The fields `vitlab train` and `vitlab finetune` offer as flags, in the order `--help` lists
+# them; the data group (data, data_root, download) is shared with other commands
+# (`vitlab.cli.common.add_data_args`), and every field can be set with --set KEY=VALUE.
+FLAGS: dict[str, Flag] = {
+    "model": Flag("model variant (`vitlab models` lists them)"),
+    "epochs": Flag("training epochs"),
+    "steps": Flag("optimiser steps (overrides --epochs)"),
+    "batch_size": Flag("global batch size (all processes)"),
+    "lr": Flag("peak learning rate"),
+    "img_size": Flag("input resolution (default: the model's)"),
+    "precision": Flag(
+        "bf16 autocast; fp16 needs a GPU; auto: bf16 where it is measured faster here"
+    ),
+    "compile": Flag("torch.compile the model"),
+    "workers": Flag("data-loading processes (0: in the main one)"),
+    "strategy": Flag("multi-process strategy under torchrun"),
+    "seed": Flag("random seed"),
+    "out": Flag("run directory", "RUN_DIR", folder="write"),
+}
+DATA_FIELDS = ("data", "data_root", "download")  # what the shared data group sets
 
 
 # ------------------------------------------------------------------------ presets and overrides
@@ -171,11 +208,18 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML ({e})") from None
+    except yaml.YAMLError as e:  # its message spans lines and draws a caret under the place
+        raise ConfigError(f"{path} is not valid YAML ({_yaml_problem(e)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of TrainConfig keys")
     return data
+
+
+def _yaml_problem(e: Exception) -> str:
+    """PyYAML's problem and where, on one line: "line 1, column 5: expected ',' or ']'"."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 def preset_path(name: str) -> Path:

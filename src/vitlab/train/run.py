@@ -87,11 +87,8 @@ def model_for_data(cfg: TrainConfig, data: DataSplits) -> nn.Module:
         model = load_checkpoint(cfg.init_from, dont_load=cfg.dont_load, **{**cfg.model_args, **fit})
         return model.train()
     torch.manual_seed(cfg.seed)
-    return create_model(
-        cfg.model,
-        **{"in_chans": data.in_chans, "mean": data.mean, "std": data.std},
-        **{**cfg.model_args, **fit},
-    )
+    from_data = {"in_chans": data.in_chans, "mean": data.mean, "std": data.std}
+    return create_model(cfg.model, **{**from_data, **cfg.model_args, **fit})  # model_args win
 
 
 def augmentations(cfg: TrainConfig, model: nn.Module) -> tuple[AugConfig, AugConfig]:

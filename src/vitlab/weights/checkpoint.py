@@ -28,7 +28,7 @@ from vitlab.files import write_text
 from vitlab.models.config import AnyConfig, ViTConfig, config_from_dict, config_to_json, replace
 from vitlab.models.registry import build_model, get_config
 from vitlab.runtime.device import unwrap_model
-from vitlab.weights import google, hf, hub, onnx, posemb, timm, torchvision
+from vitlab.weights import formats, google, hf, hub, posemb, timm, torchvision
 from vitlab.weights.adapter import (
     FORMAT_KEY,
     FORMAT_VALUE,
@@ -144,12 +144,14 @@ def load_checkpoint(
     vitlab parameter names (matched whole, e.g. `r"head\\..*"`, `"pos_embed"`) that keep the
     model's initial values instead of the file's, as big_vision's `dont_load`.
 
-    A `.onnx` file vitlab exported comes back as a `vitlab.weights.onnx.OnnxModel`, run by
-    ONNX Runtime: it classifies like the model it was exported from, and cannot be changed.
+    A runtime graph vitlab exported (`weights.formats.GRAPHS`: a `.onnx` file comes back as a
+    `vitlab.weights.onnx.OnnxModel`, run by ONNX Runtime) classifies like the model it was
+    exported from, and cannot be changed.
     """
-    if onnx.is_onnx(path):
-        _onnx_as_is(path, model, source, dont_load, resample)
-        return onnx.load_onnx(path, **overrides)
+    graph = formats.runtime_graph(path)
+    if graph is not None:
+        _graph_as_is(graph, path, model, source, dont_load, resample)
+        return graph.loader()(path, **overrides)
     if hub.is_hub_reference(path):
         path = hub.resolve_reference(str(path))
     raw = read_raw(path)
@@ -169,17 +171,22 @@ def load_checkpoint(
     return target.eval()
 
 
-def _onnx_as_is(
-    path: Any, model: Any, source: str, dont_load: Sequence[str], resample: Any
+def _graph_as_is(
+    graph: formats.GraphFormat,
+    path: Any,
+    model: Any,
+    source: str,
+    dont_load: Sequence[str],
+    resample: Any,
 ) -> None:
-    """Refuse loading options that an ONNX graph cannot take."""
+    """Refuse loading options that a runtime graph cannot take."""
     asked = [name for name, given in (("model", model is not None),
-             ("source", source not in (AUTO, "onnx")), ("dont_load", bool(dont_load)),
+             ("source", source not in (AUTO, graph.name)), ("dont_load", bool(dont_load)),
              ("resample", resample is not None)) if given]  # fmt: skip
     if asked:
         raise ConfigError(
-            f"{path} is an ONNX graph, loaded as it was exported: {', '.join(asked)} cannot "
-            "apply; load the PyTorch checkpoint it came from instead"
+            f"{path} is an {graph.label} graph, loaded as it was exported: {', '.join(asked)} "
+            "cannot apply; load the PyTorch checkpoint it came from instead"
         )
 
 
@@ -311,8 +318,9 @@ def save_checkpoint(
     if class_names is not None:
         model = copy.copy(model)  # shares the parameters; only the copy's cfg changes
         model.cfg = replace(model.cfg, class_names=tuple(class_names))
-    if format == "onnx":
-        return onnx.export_onnx(model, path).path
+    graph = formats.graph_format(format)
+    if graph is not None:
+        return graph.saver()(model, path).path
     src = get_source(format)
     if src.export is None:
         raise ConfigError(f"exporting to {format!r} is not supported")
@@ -323,7 +331,11 @@ def save_checkpoint(
 def check_target(src: Source, path: Path) -> None:
     """Refuse, before anything is written, a path that is not what `src` writes: a file name
     whose extension says another format (which vitlab itself could not read back), a folder
-    where a file goes, or a folder export into a folder holding other files."""
+    where a file goes, a folder export into a folder holding other files, or a path through a
+    file."""
+    on_the_way = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if on_the_way is not None:
+        raise ConfigError(f"cannot write {path}: {on_the_way} is a file, not a folder")
     if src.folder:
         if path.is_file():
             raise ConfigError(

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from vitlab._version import __version__
-from vitlab.errors import CheckpointError, ConfigError, MissingDependencyError
+from vitlab.errors import CheckpointError, ConfigError, require
 from vitlab.files import atomic_path
 from vitlab.models.base import VitlabModule
 from vitlab.models.config import (
@@ -55,18 +55,12 @@ INPUT, OUTPUT = "images", "logits"
 MIN_OPSET = 17  # LayerNormalization
 MAX_BYTES = 2**31 - 2**26  # protobuf's 2 GiB, less room for the graph and the metadata
 TOLERANCE = 1e-4  # max |logit difference| to PyTorch that an fp32 export must stay within
-INSTALL = "pip install 'vitlab[onnx]'"
 
 
 def require_onnx() -> None:
     """Refuse, with the install line, when onnx or onnxruntime is missing."""
     for name in ("onnx", "onnxruntime"):
-        try:
-            __import__(name)
-        except ImportError:
-            raise MissingDependencyError(
-                f"ONNX export and inference need the {name} package: {INSTALL}"
-            ) from None
+        require(name, "onnx", "ONNX export and inference")
 
 
 def is_onnx(path: str | Path) -> bool:
@@ -197,8 +191,12 @@ def _settle_opset(path: Path, asked: int | None, dynamic_img_size: bool) -> int:
         return written
     try:
         converted = onnx.version_converter.convert_version(proto, asked)
+        if asked < 18:
+            _drop_reduce_noop(converted)
+        onnx.checker.check_model(converted)
     except Exception as e:  # the converter's C++ assertion says which operator and why
-        reason = str(e).split("failed: ")[-1].strip().rstrip(".")
+        reason = _first_line(e) if isinstance(e, onnx.checker.ValidationError) else str(e)
+        reason = reason.split("failed: ")[-1].strip().rstrip(".")
         hint = (
             " (the position-embedding resampling of --dynamic-img-size needs it)"
             if dynamic_img_size and "Resize" in reason
@@ -210,6 +208,19 @@ def _settle_opset(path: Path, asked: int | None, dynamic_img_size: bool) -> int:
         ) from None
     onnx.save(converted, str(path))
     return asked
+
+
+def _drop_reduce_noop(proto: Any) -> None:
+    """ONNX's version converter takes opset 18's Reduce* (axes an input) down to 17 (axes an
+    attribute) but keeps `noop_with_empty_axes`, which opset 17's ReduceMean and friends lack
+    (ONNX Runtime refuses the graph). With axes given, the attribute changes nothing: drop it.
+    (ReduceSum has had axes as an input, and the attribute, since opset 13.)"""
+    for node in proto.graph.node:
+        if not node.op_type.startswith("Reduce") or node.op_type == "ReduceSum":
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if "noop_with_empty_axes" in attrs and "axes" in attrs and attrs["axes"].ints:
+            node.attribute.remove(attrs["noop_with_empty_axes"])
 
 
 @contextlib.contextmanager
@@ -264,7 +275,7 @@ def set_metadata(proto: Any, props: Mapping[str, str]) -> None:
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The metadata_props of an ONNX file (the graph's weights are not read)."""
-    import onnx
+    onnx = require("onnx", "onnx", "Reading an ONNX file")
 
     try:
         proto = onnx.load(str(path), load_external_data=False)

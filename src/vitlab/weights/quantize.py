@@ -79,7 +79,7 @@ def quantize_onnx(
         raise ConfigError("static int8 needs calibration images (--calibrate DATA)")
     if method == "dynamic" and not _has_linear_weights(src):
         raise ConfigError(
-            f"{src.name} has no linear layers for dynamic int8 to quantise (a ResNet is all "
+            "the model has no linear layers for dynamic int8 to quantise (a ResNet is all "
             "convolutions, and ONNX Runtime's dynamic int8 convolutions ran at under half the "
             "fp32 speed here): quantise it statically, with --calibrate DATA"
         )

@@ -5,14 +5,13 @@ adapter adds is reading the architecture from the tensors and refusing what does
 from __future__ import annotations
 
 import functools
-import importlib.util
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from vitlab.errors import CheckpointError, ConfigError, MissingDependencyError
-from vitlab.models.config import AnyConfig, ResNetConfig, ViTConfig
+from vitlab.errors import CheckpointError, ConfigError, require
+from vitlab.models.config import AnyConfig, ResNetConfig, ViTConfig, replace
 from vitlab.runtime.device import unwrap_model
 from vitlab.weights.adapter import (
     GUESSED,
@@ -139,18 +138,66 @@ def _export(model: nn.Module, path: Path) -> Path:
             "timm's VisionTransformer has no pre-logits layer; export this model with "
             "format='google' or 'hf' instead, or fine-tune it without representation_size"
         )
-    cfg = model.cfg
-    if getattr(cfg, "act", "gelu") != "gelu" or getattr(cfg, "layer_norm_eps", 1e-6) != 1e-6:
+    cfg = _fold_weight_standardisation(model, sd)
+    advice = timm_advice(cfg)
+    if advice:
         log.warning(
-            "timm builds exact GELU and LayerNorm eps 1e-6 by default; this model uses act=%s, "
-            "eps=%g: pass act_layer=%r and norm_layer=partial(nn.LayerNorm, eps=%g) to "
-            "timm.create_model to reproduce its outputs exactly",
-            cfg.act,
-            cfg.layer_norm_eps,
-            cfg.act,
-            cfg.layer_norm_eps,
+            "timm builds this model with its own numerics; to reproduce its outputs (to fp32 "
+            "rounding) %s",
+            "; ".join(advice),
         )
     return save_safetensors(sd, path, config_metadata(cfg))
+
+
+# timm's defaults for what vitlab lets a config choose: StdConv2d(Same) divides by
+# sqrt(var + 1e-8), GroupNorm eps 1e-5, exact GELU and (ViT) LayerNorm eps 1e-6.
+TIMM_STD_CONV_EPS = 1e-8
+TIMM_GN_EPS = 1e-5
+
+
+def timm_advice(cfg: AnyConfig) -> list[str]:
+    """What a timm user must pass or set for `cfg`'s numerics, one item per difference; empty
+    when timm's defaults are the model's. vit_jax's weight standardisation (std + 1e-5) is not
+    among them: the export folds it into the weights (`_fold_weight_standardisation`)."""
+    advice = []
+    if isinstance(cfg, ViTConfig) and (cfg.act != "gelu" or cfg.layer_norm_eps != 1e-6):
+        advice.append(
+            f"pass act_layer={cfg.act!r} and norm_layer=partial(nn.LayerNorm, "
+            f"eps={cfg.layer_norm_eps:g}) to timm.create_model (this model uses act={cfg.act}, "
+            f"LayerNorm eps {cfg.layer_norm_eps:g}; timm: gelu, 1e-6)"
+        )
+    cnn = cfg.backbone if isinstance(cfg, ViTConfig) else cfg
+    if cnn is not None and cnn.gn_eps != TIMM_GN_EPS:
+        advice.append(
+            f"then set the GroupNorm eps to {cnn.gn_eps:g} (timm's is {TIMM_GN_EPS:g} and no "
+            "argument changes it): for m in model.modules(): if isinstance(m, nn.GroupNorm): "
+            f"m.eps = {cnn.gn_eps:g}"
+        )
+    return advice
+
+
+def _fold_weight_standardisation(model: nn.Module, sd: dict[str, torch.Tensor]) -> AnyConfig:
+    """For a CNN (BiT, or a hybrid's stem) with vit_jax's weight standardisation, (w - mean) /
+    (std + eps), which timm's StdConv2d cannot compute: write weights that timm's own
+    standardisation, (w - mean) / sqrt(var + 1e-8), turns into the same standardised kernels,
+    in `sd` (in place), and return the config that says so (vitlab reads the file back as timm
+    does). The standardised kernel S has variance v < 1; k * S gives k * S / sqrt(k^2 v + 1e-8)
+    = S for k = sqrt(1e-8 / (1 - v))."""
+    from vitlab.models.resnet import StdConv2d
+
+    cfg = model.cfg
+    cnn = cfg.backbone if isinstance(cfg, ViTConfig) else cfg
+    if cnn is None or (cnn.weight_std == "var" and cnn.std_conv_eps == TIMM_STD_CONV_EPS):
+        return cfg
+    for name, conv in model.named_modules():
+        if isinstance(conv, StdConv2d):
+            with torch.no_grad():
+                s = conv.standardized_weight().double()  # (out, in, kh, kw)
+            v = s.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
+            k = torch.sqrt(TIMM_STD_CONV_EPS / (1 - v).clamp_min(1e-12))
+            sd[f"{name}.weight"] = (k * s).to(conv.weight.dtype)
+    timm_cnn = replace(cnn, weight_std="var", std_conv_eps=TIMM_STD_CONV_EPS)
+    return replace(cfg, backbone=timm_cnn) if isinstance(cfg, ViTConfig) else timm_cnn
 
 
 SOURCE = Source(
@@ -169,12 +216,7 @@ SOURCE = Source(
 def timm_twin(model: nn.Module) -> nn.Module:
     """timm's VisionTransformer with vitlab's architecture and the very same weights (loaded
     strictly, so any difference in structure is an error, not a silent mismatch)."""
-    if importlib.util.find_spec("timm") is None:
-        raise MissingDependencyError(
-            "comparing with timm needs timm, which is not installed; run `pip install timm` "
-            "(or `pip install -e '.[dev]'`) and try again"
-        )
-    from timm.models.vision_transformer import VisionTransformer as TimmViT
+    timm_vit = require("timm.models.vision_transformer", "timm", "Comparing with timm")
 
     model = unwrap_model(model)
     cfg = model.cfg
@@ -185,7 +227,7 @@ def timm_twin(model: nn.Module) -> nn.Module:
             "timm's VisionTransformer has no sin-cos embedding or pre-logits layer; compare a "
             "plain variant such as vit_s16"
         )
-    twin = TimmViT(
+    twin = timm_vit.VisionTransformer(
         img_size=cfg.img_size,
         patch_size=cfg.patch_size,
         in_chans=cfg.in_chans,
