@@ -1,4 +1,4 @@
-"""The import costs DESIGN.md promises, checked in fresh interpreters: the command line's
+"""The import costs the layering promises, checked in fresh interpreters: the command line's
 parser is built without torch (so `vitlab --help` is instant), and the model package imports
 neither torchvision nor huggingface_hub. (The layer contracts themselves run in `make lint`.)"""
 

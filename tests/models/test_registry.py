@@ -54,7 +54,7 @@ def test_table_rows():
 
     table = [variant_facts(n, 224) for n in list_models(paper_only=True)]
     assert [r["name"] for r in table] == ["vit_b16", "vit_l16", "vit_h14"]
-    assert table[0]["gflops"] == pytest.approx(35.1, abs=0.1)  # REFERENCE: B/16 at 224
+    assert table[0]["gflops"] == pytest.approx(35.1, abs=0.1)  # B/16 at 224: README's models table
 
 
 @pytest.mark.parametrize(("img", "grid"), [(28, 7), (32, 8), (64, 16)])

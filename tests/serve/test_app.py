@@ -276,3 +276,53 @@ def test_an_onnx_file_is_served_with_the_checkpoints_answers(checkpoint, model, 
         assert described["params"] == model.num_params()
         r = c.post("/v1/predict?explain=true", files={"file": ("a.png", data, "image/png")})
         assert r.status_code == 422 and "ONNX graph" in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "status", "words"),
+    [
+        ("GET", "/nope", None, 404, "nothing at /nope; the page is /"),
+        ("POST", "/healthz", None, 405, "POST is not allowed on /healthz; use GET"),
+        ("GET", "/v1/predict", None, 405, "use POST"),
+        ("POST", "/v1/predict?topk=abc", "png", 422, "topk: Input should be a valid integer"),
+        ("POST", "/v1/predict?explain=maybe", "png", 422, "explain: Input should be a valid"),
+        ("POST", "/v1/predict", "form", 400, "the multipart form cannot be read"),
+    ],
+)
+def test_every_error_answer_is_a_json_error_fastapis_own_included(
+    client, method, url, body, status, words
+):
+    """FastAPI's validation (422), Starlette's 404/405 and an unparsable form (400) answer in
+    the documented `{"error": ...}` shape, as vitlab's own errors do."""
+    kw = {}
+    if body == "png":
+        kw = {"content": png(7), "headers": {"content-type": "image/png"}}
+    elif body == "form":
+        kw = {"content": b"garbage", "headers": {"content-type": "multipart/form-data"}}
+    r = client.request(method, url, **kw)
+    assert r.status_code == status and r.headers["content-type"] == "application/json", r.text
+    assert list(r.json()) == ["error"] and words in r.json()["error"], r.text
+
+
+def test_an_unexpected_failure_is_a_json_500(model, monkeypatch):
+    app = create_app(Engine(model, "tiny"), ServeConfig())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(app.state.engine, "answer", broken)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/v1/predict", content=png(8))
+    assert r.status_code == 500 and list(r.json()) == ["error"], r.text
+    assert "RuntimeError" in r.json()["error"]
+
+
+def test_the_cdn_docs_pages_are_off_and_the_page_links_the_openapi_description(client):
+    """/docs and /redoc would load Swagger UI and ReDoc from a CDN (blank offline): off, with
+    the API described at /openapi.json, which the page links."""
+    for url in ("/docs", "/redoc"):
+        r = client.get(url)
+        assert r.status_code == 404 and "/openapi.json" in r.json()["error"]
+    assert client.get("/openapi.json").status_code == 200
+    page = client.get("/").text
+    assert 'href="/openapi.json"' in page and "/docs" not in page

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 from vitlab.cli.common import add_checkpoint_args, add_device_arg, number
@@ -17,13 +19,16 @@ Serve a checkpoint (any file `vitlab predict` takes) on http://HOST:PORT/:
   /v1/predict     POST an image (multipart field `file`, or the raw bytes as the body);
                   ?topk=K&explain=true adds the rollout, every head's map and an overlay PNG
   /v1/model       the config, class names and preprocessing
-  /healthz        liveness;  /docs  the OpenAPI page
+  /healthz        liveness;  /openapi.json  the API's description (there is no /docs page:
+                  FastAPI's loads from a CDN and is blank offline)
 
 Concurrent requests are batched (at most --max-batch images, waiting at most --max-wait-ms for
 more) by one inference worker. A body over --max-mb is answered 413, a file that is not an image
 415, an unusable image (truncated or corrupt, a decompression bomb) 422, and more than
---max-queue waiting requests 503 with Retry-After; the server keeps serving after each. It
-binds to 127.0.0.1 unless --host says otherwise. Needs `pip install 'vitlab[serve]'`.
+--max-queue waiting requests 503 with Retry-After; the server keeps serving after each. Every
+error answer is JSON: {"error": "..."}. It binds to 127.0.0.1 unless --host says otherwise; a
+port in use is an error before the model loads, and --port 0 takes a free port (the address
+printed is the one served). Needs `pip install 'vitlab[serve]'`.
 """
 
 EPILOG = """\
@@ -32,6 +37,30 @@ examples:
   vitlab serve --checkpoint ViT-B_16.npz --port 8080 --max-batch 32
   curl -F file=@shirt.png 'http://127.0.0.1:8000/v1/predict?topk=3'
 """
+
+
+def port(text: str) -> int:
+    """An argparse `type` for a TCP port, 0 to 65535."""
+    value = number(int, 0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text}")
+    return value
+
+
+port.numeric = True  # type: ignore[attr-defined]  (the generated CLI test finds it)
+
+
+def finite(parse: Callable[[str], float]) -> Callable[[str], float]:
+    """`parse` (a `number` type) that also refuses nan and inf."""
+
+    def check(text: str) -> float:
+        value = parse(text)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {parse.__name__}, got {text}")
+        return value
+
+    check.__name__, check.numeric = parse.__name__, True  # type: ignore[attr-defined]
+    return check
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,13 +73,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_checkpoint_args(p, help="the weights to serve (any file vitlab.load_checkpoint reads)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=number(int, 0), default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--port", type=port, default=8000, help="port (default 8000; 0: any free one, printed)"
+    )
     p.add_argument(
         "--max-batch", type=number(int, 1), default=16, metavar="N", help="images per batch (16)"
     )
     p.add_argument(
         "--max-wait-ms",
-        type=number(float, 0),
+        type=finite(number(float, 0)),
         default=5.0,
         metavar="MS",
         help="how long a batch waits for more requests (default 5 ms)",
@@ -64,7 +95,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-mb",
-        type=number(float, 0, above=True),
+        type=finite(number(float, 0, above=True)),
         default=16.0,
         metavar="MB",
         help="largest request body; larger ones are answered 413 (default 16)",
@@ -92,15 +123,15 @@ def build(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitlab.errors import MissingDependencyError
+    from vitlab.serve.server import address, require_uvicorn, reserve, serve
 
+    require_uvicorn()
+    sock = reserve(args.host, args.port)  # a taken port or a foreign host: before the loading
     try:
-        import uvicorn
-    except ImportError:
-        raise MissingDependencyError(
-            "vitlab serve needs FastAPI and uvicorn: pip install 'vitlab[serve]'"
-        ) from None
-    app = build(args)
-    print(f"serving {app.state.engine.name} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
+        app = build(args)
+    except BaseException:
+        sock.close()
+        raise
+    print(f"serving {app.state.engine.name} on {address(sock, args.host)} (Ctrl-C stops)")
+    serve(app, args.host, sock, quiet=args.quiet)
     return 0

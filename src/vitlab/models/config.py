@@ -110,8 +110,8 @@ class ViTConfig:
     """A Vision Transformer (paper section 3.1, Table 1).
 
     The knobs below the architecture fields are the ones that differ between the ecosystems whose
-    weights vitlab loads (see REFERENCE: LayerNorm eps, GELU flavour, qkv bias, where the class
-    token meets the position embedding).
+    weights vitlab loads (LayerNorm eps, GELU flavour, qkv bias, where the class token meets the
+    position embedding).
     """
 
     img_size: int = 224

@@ -4,12 +4,15 @@
 - `POST /v1/predict`: one image (a multipart `file`, or the raw bytes as the body) -> the top-k
   classes, and with `explain=true` the attention rollout, every head's map and an overlay PNG;
 - `GET /v1/model`: the config, class names and preprocessing; `GET /healthz`;
-- `/docs` and `/openapi.json`: FastAPI's own.
+- `GET /openapi.json`: the API's description. FastAPI's `/docs` and `/redoc` pages are off:
+  they load their scripts from a CDN, and would be blank offline.
 
 Bad input is answered, never fatal: a body over the size limit 413, not an image 415, an image
-that cannot be used (truncated or corrupt, a decompression bomb) 422, each with a JSON
-`{"error": ...}` naming the problem as `vitlab predict` does; a full queue 503 with
-`Retry-After`. A request never names a file on the server: images come in the request only.
+that cannot be used (truncated or corrupt, a decompression bomb) 422, each naming the problem
+as `vitlab predict` does; a full queue 503 with `Retry-After`. Every error answer, FastAPI's
+own included (a bad query parameter 422, an unknown path 404, a wrong method 405, an unreadable
+form 400), is a JSON `{"error": "..."}`. A request never names a file on the server: images
+come in the request only.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations (Request,
@@ -94,12 +97,11 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> Any:
         title="vitlab serve",
         description=f"Image classification with {engine.name}",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load from a CDN: blank offline
+        redoc_url=None,
     )
     app.state.batcher, app.state.engine, app.state.config = batcher, engine, config
-
-    @app.exception_handler(BadRequest)
-    async def bad_request(request: Request, e: BadRequest) -> JSONResponse:
-        return JSONResponse({"error": e.message}, status_code=e.status, headers=e.headers)
+    _answer_errors_as_json(app)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
@@ -159,6 +161,57 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> Any:
     return app
 
 
+def _answer_errors_as_json(app: Any) -> None:
+    """Every error answer as `{"error": "..."}`: vitlab's own (BadRequest), FastAPI's request
+    validation, Starlette's 404/405/400, and an unexpected failure (500)."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    def error(status: int, message: str, headers: dict[str, str] | None = None) -> Any:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Any, e: BadRequest) -> JSONResponse:
+        return error(e.status, e.message, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Any, e: RequestValidationError) -> JSONResponse:
+        return error(422, validation_message(e.errors()))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Any, e: HTTPException) -> JSONResponse:
+        return error(e.status_code, http_message(request, e), e.headers)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Any, e: Exception) -> JSONResponse:  # logged by the server too
+        return error(500, f"the server failed on this request ({type(e).__name__}); see its log")
+
+
+ROUTES = "the page is /, the API /v1/predict, /v1/model and /healthz, described at /openapi.json"
+
+
+def validation_message(errors: Any) -> str:
+    """FastAPI's validation errors as one line: `topk: Input should be ... (got 'abc')`."""
+    parts = []
+    for err in errors:
+        where = ".".join(str(p) for p in err.get("loc", ())[1:]) or "request"
+        got = f" (got {err['input']!r})" if "input" in err else ""
+        parts.append(f"{where}: {err.get('msg', 'invalid')}{got}")
+    return "; ".join(parts) or "invalid request"
+
+
+def http_message(request: Any, e: Any) -> str:
+    """Starlette's 404 and 405 (and any other HTTPException) said with what to do instead."""
+    path = request.url.path
+    if e.status_code == 404:
+        return f"nothing at {path}; {ROUTES}"
+    if e.status_code == 405:
+        allowed = {k.lower(): v for k, v in (e.headers or {}).items()}.get("allow")
+        return f"{request.method} is not allowed on {path}; use {allowed or 'another method'}"
+    return str(e.detail)
+
+
 async def _read_image(request: Any, limit: int) -> tuple[bytes, str]:
     """The image's bytes and name: a multipart upload's `file` field, or the raw body. More
     than `limit` bytes is a 413 before the rest is read."""
@@ -176,11 +229,25 @@ async def _read_image(request: Any, limit: int) -> tuple[bytes, str]:
     if not kind.startswith("multipart/form-data"):
         return bytes(body), "the uploaded image"
     request._body = bytes(body)  # starlette parses the form from the body read above
-    form = await request.form()
+    form = await _form(request)
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         raise BadRequest(422, "the form has no file field named 'file'")
     return await upload.read(), upload.filename or "the uploaded image"
+
+
+async def _form(request: Any) -> Any:
+    """The multipart form; a form that cannot be parsed is a 400 saying how to send instead."""
+    from starlette.exceptions import HTTPException
+
+    try:
+        return await request.form()
+    except HTTPException as e:
+        raise BadRequest(
+            400,
+            f"the multipart form cannot be read ({str(e.detail).rstrip('.')}); send the image "
+            "as the form field 'file', or as the raw request body",
+        ) from None
 
 
 # How often a waiting request checks that its client is still there. Each check is Python work

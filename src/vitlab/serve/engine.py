@@ -4,8 +4,8 @@ Decoding and preprocessing are `vitlab predict`'s (`decode_image`: EXIF orientat
 mode, the decompression-bomb limit; then the model's own resize, crop and normalisation), so the
 page, the API and the command line give the same classes for the same file. Explanations are the
 attention rollout of the paper's Figure 6 and each block's and head's raw attention, with the
-overlay drawn as in google-research/vision_transformer #27: the map normalised, resized with
-LANCZOS, blurred by one patch, blended over the image.
+overlay drawn as in github.com/google-research/vision_transformer/issues/27: the map normalised,
+resized with LANCZOS, blurred by one patch, blended over the image.
 """
 
 from __future__ import annotations

@@ -194,9 +194,23 @@ DATA_FIELDS = ("data", "data_root", "download")  # what the shared data group se
 
 # ------------------------------------------------------------------------ presets and overrides
 def configs_dir() -> Path:
-    """The YAML presets: $VITLAB_CONFIGS, else the repository's `configs/`."""
+    """The YAML presets: $VITLAB_CONFIGS, else the ones installed with vitlab as package data
+    (`vitlab/configs/`, with the study presets in `vitlab/configs/studies/`)."""
     env = os.environ.get("VITLAB_CONFIGS")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "configs"
+    return Path(env) if env else _packaged_configs()
+
+
+def _packaged_configs() -> Path:
+    """`vitlab/configs/` through importlib.resources: the folder beside the installed sources."""
+    from importlib.resources import files
+
+    presets = files("vitlab") / "configs"
+    if not isinstance(presets, Path):  # e.g. vitlab imported from a zip file
+        raise ConfigError(
+            "vitlab's presets are not in a folder on disk here; "
+            "set VITLAB_CONFIGS to a copy of vitlab/configs/"
+        )
+    return presets
 
 
 def list_presets() -> list[str]:
