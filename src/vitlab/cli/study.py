@@ -25,12 +25,6 @@ Presets: configs/studies/STUDY-quick.yaml (minutes on a laptop CPU) and STUDY-fu
 (the README's figures); everything in them can be changed with --set.
 """
 
-DATA_SCALING = (
-    "ViT, BiT ResNet and a hybrid trained on class-balanced subsets of growing size, each for "
-    "the same number of optimiser steps, the checkpoint of best validation accuracy tested on "
-    "the full test set (Figures 3 and 4, small)"
-)
-
 EPILOG = """\
 examples:
   vitlab study data-scaling                           the quick preset (about 15 min on 2 cores)
@@ -51,16 +45,14 @@ key set for every point. Every key and value is checked before anything trains.
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from vitlab.study.studies import STUDIES  # the registry only: no torch, no plotting
 
-    names = ("data-scaling", *STUDIES)
-
     p = sub.add_parser(
         "study",
-        help=f"the paper's experiments: {', '.join(names)} (plots + HTML report)",
+        help=f"the paper's experiments: {', '.join(STUDIES)} (plots + HTML report)",
         description=DESCRIPTION.format(studies=_listing(STUDIES)),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("name", choices=names, metavar="STUDY", help=", ".join(names))
+    p.add_argument("name", choices=list(STUDIES), metavar="STUDY", help=", ".join(STUDIES))
     p.add_argument(
         "--preset",
         default="quick",
@@ -104,8 +96,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _listing(studies: dict) -> str:
     """Each study's name and description, as `vitlab study --help` lists them."""
     wrap = textwrap.TextWrapper(width=95, initial_indent=" " * 17, subsequent_indent=" " * 17)
-    described = {"data-scaling": DATA_SCALING, **{n: s.description for n, s in studies.items()}}
-    return "\n".join(f"  {name:<14}" + wrap.fill(d)[16:] for name, d in described.items())
+    return "\n".join(f"  {name:<14}" + wrap.fill(s.description)[16:] for name, s in studies.items())
 
 
 def study_sets(args: argparse.Namespace) -> dict[str, object]:

@@ -21,8 +21,8 @@ from typing import Any
 from vitlab.figures import new_figure, save_figure
 from vitlab.files import write_text
 from vitlab.study.curves import Curve, num
-from vitlab.study.plan import study_of
 from vitlab.study.points import Plan, Point
+from vitlab.study.studies import get_study
 from vitlab.train.state import RUN_FILES
 
 COLUMNS = [
@@ -96,7 +96,7 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
 def curves(plan: Plan, rows: list[dict[str, Any]]) -> list[Curve]:
     """Mean and spread over seeds of each (protocol, family, variant) at each x, sorted by x;
     the study's off-curve variants (a pre-training) are on none."""
-    kind = study_of(plan.study)
+    kind = get_study(plan.study)
     key = kind.axis.key
     groups: dict[tuple, dict[Any, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
@@ -127,14 +127,14 @@ def summary(plan: Plan, cs: list[Curve]) -> list[str]:
     """Sentences computed from the curves (never from what the paper leads one to expect)."""
     if not cs:
         return ["No point has finished yet."]
-    return study_of(plan.study).summary(cs)
+    return get_study(plan.study).summary(cs)
 
 
 # ------------------------------------------------------------------------------ the plot
 def plot(plan: Plan, cs: list[Curve], path: Path) -> Path:
     """Test top-1 against the study's axis, one panel per protocol (the paper's Figure 3/4 for
     data-scaling, 5 for model-scaling, the pre-training gain for transfer), small."""
-    kind = study_of(plan.study)
+    kind = get_study(plan.study)
     protocols = sorted({c.protocol for c in cs}) or [""]
     fig, axes = new_figure(len(protocols), width=5.0, height=3.8)
     colours = {label: f"C{i}" for i, label in enumerate(plan.families().values())}
@@ -230,7 +230,7 @@ def _page(plan, rows, missing, cs: list[Curve], lines: list[str], notes: list[st
 def _mean_table(plan: Plan, cs: list[Curve]) -> str:
     head = (
         "<tr><th>curve</th><th>x</th><th>"
-        + html.escape(study_of(plan.study).axis.label)
+        + html.escape(get_study(plan.study).axis.label)
         + "</th><th>test top-1 (%)</th><th>seeds</th></tr>"
     )
     body = []

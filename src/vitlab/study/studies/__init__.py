@@ -11,7 +11,7 @@ Adding a study is a module here, a line in `STUDIES`, its presets in
 from __future__ import annotations
 
 from vitlab.errors import ConfigError
-from vitlab.study.studies import model_scaling, transfer
+from vitlab.study.studies import data_scaling, model_scaling, transfer
 from vitlab.study.studies.base import COMMON_KEYS, Axis, Study
 
 __all__ = ["COMMON_KEYS", "STUDIES", "Axis", "Study", "get_study"]
@@ -19,6 +19,7 @@ __all__ = ["COMMON_KEYS", "STUDIES", "Axis", "Study", "get_study"]
 STUDIES: dict[str, Study] = {
     s.name: s
     for s in (
+        data_scaling.STUDY,
         transfer.STUDY,
         model_scaling.STUDY,
     )
