@@ -4,6 +4,7 @@ is one line naming the key (`make_plan` raises before a point is written or trai
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.study.test_study import DATA_SCALING, MODEL_SCALING, RESNET, TRANSFER, VIT, preset
 from vitlab.cli.main import main
@@ -150,3 +151,37 @@ def test_a_family_that_is_not_a_mapping_is_one_line(tmp_path, capsys, value, mes
     assert code == 2 and message in err, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert not Path(tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        ({"families.vit.model": "vit_nope"}, "point vit-n100-s0: unknown model 'vit_nope'"),
+        ({"families.vit.model_args.depht": 3}, "unknown ViTConfig field(s): depht"),
+        ({"families.resnet.model_args.layers": 3}, "point resnet-n100-s0: "),
+        ({"img_size": 13}, "img_size=13 is not divisible by patch_size=4"),
+    ],
+)
+def test_a_bad_model_is_refused_by_the_plan_not_by_its_run(tmp_path, sets, message):
+    with pytest.raises(ConfigError) as e:
+        make_plan("data-scaling", preset(tmp_path, DATA_SCALING), tmp_path / "out", sets)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_preset_without_its_study_key_says_so(tmp_path):
+    spec = {k: v for k, v in DATA_SCALING.items() if k != "study"}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="has no `study:` key; a data-scaling preset says"):
+        make_plan("data-scaling", str(path), tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "text", ["study: data-scaling\n", "study: nope\nspec: {}\n", "study: data-scaling\nspec: 3\n"]
+)
+def test_collect_of_a_damaged_plan_is_one_line(tmp_path, capsys, text):
+    (tmp_path / "study.yaml").write_text(text)
+    assert main(["study", "data-scaling", "--collect", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not a study plan vitlab can read" in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err

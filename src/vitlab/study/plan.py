@@ -90,8 +90,10 @@ def read_spec(study: str, preset: str, sets: dict[str, Any]) -> dict[str, Any]:
     kind = get_study(study)
     path = preset_file(study, preset)
     spec = copy.deepcopy(read_yaml(path))
-    if spec.get("study") != study:
-        raise ConfigError(f"{path} is a {spec.get('study')!r} study, not {study!r}")
+    if "study" not in spec:
+        raise ConfigError(f"{path} has no `study:` key; a {study} preset says `study: {study}`")
+    if spec["study"] != study:
+        raise ConfigError(f"{path} is a {spec['study']!r} study, not {study!r}")
     for key in spec:
         if key not in kind.all_keys:
             raise ConfigError(f"{path}: {_not_a_key(kind, str(key), train_ok=False)}")
@@ -176,10 +178,21 @@ def make_plan(study: str, preset: str, out: Path, sets: dict[str, Any] | None = 
         seen.add(p.id)
         try:
             cfg = build_config(None, p.config)
-        except ConfigError as e:
+            _check_model(cfg)
+        except VitlabError as e:
             raise ConfigError(f"point {p.id}: {e}") from None
         p.config = cfg.to_dict()
     return plan
+
+
+def _check_model(cfg: TrainConfig) -> None:
+    """The model name, `model_args` and `img_size` make a model config, as `fit` checks first (a
+    point that loads weights is checked by the run that makes them)."""
+    from vitlab.models.registry import get_config
+
+    if not cfg.init_from:
+        size = {"img_size": cfg.img_size} if cfg.img_size else {}
+        get_config(cfg.model, **{**cfg.model_args, **size})
 
 
 # ------------------------------------------------------------------------------ on disk
@@ -208,8 +221,17 @@ def read_plan(out: Path) -> Plan:
             "folder of a study"
         )
     d = read_yaml(path)
-    points = [Point.from_dict(p) for p in d.get("points", [])]
-    return Plan(d["study"], d.get("preset", ""), Path(out), d["spec"], points)
+    try:
+        points = [Point.from_dict(p) for p in d.get("points", [])]
+        plan = Plan(d["study"], d.get("preset", ""), Path(out), d["spec"], points)
+        get_study(plan.study)
+        plan.families()
+    except (TypeError, KeyError, AttributeError, ConfigError) as e:
+        raise ConfigError(
+            f"{path} is not a study plan vitlab can read ({type(e).__name__}: {e}); plan the "
+            "study again into a new --out"
+        ) from None
+    return plan
 
 
 def _check_same_plan(old: Plan, new: Plan) -> None:
