@@ -100,7 +100,8 @@ def _listing(studies: dict) -> str:
 
 
 def study_sets(args: argparse.Namespace) -> dict[str, object]:
-    """`--set` as dotted key -> value, with --data-root and --download as config keys."""
+    """`--set` as dotted key -> value (the value read by the shared `parse_value`; the library's
+    `read_spec` resolves the dotted keys), with --data-root and --download as config keys."""
     sets: dict[str, object] = {}
     for item in args.study_set:
         key, sep, raw = item.partition("=")

@@ -36,7 +36,7 @@ from vitlab.study.keys import (
     drop_nulls,
     per_point,
 )
-from vitlab.study.points import ALL, Plan, Point
+from vitlab.study.points import ALL, Plan, Point, family_label
 from vitlab.study.studies import STUDIES, Study, get_study
 from vitlab.train.config import TrainConfig, build_config, configs_dir, read_yaml
 
@@ -142,7 +142,7 @@ def _check_spec(kind: Study, spec: dict[str, Any]) -> None:
         raise ConfigError("families must map at least one family name to its keys; none is left")
     for name, keys in spec["families"].items():
         _check_family(kind, name, keys, reserved)
-    labels = list(Plan(kind.name, "", Path(), spec).families().values())
+    labels = [family_label(k, v) for k, v in spec["families"].items()]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"families: two families have the same label ({', '.join(labels)})")
     kind.check(spec)
