@@ -5,27 +5,17 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 
 from vitlab.cli.common import in_dir, number, out_dir, parse_value
 from vitlab.errors import ConfigError
 
-HELP = "the paper's experiments: data-scaling, transfer, model-scaling (plots + HTML report)"
-
-STUDY_NAMES = ("data-scaling", "transfer", "model-scaling")
-
 DESCRIPTION = """\
 Run one of the paper's experiments as a set of ordinary training runs ("points", one run
 directory each, made by the same code as `vitlab train`), then write one report:
 
-  data-scaling   ViT, BiT ResNet and a hybrid trained on class-balanced subsets of growing
-                 size, each for the same number of optimiser steps, the checkpoint of best
-                 validation accuracy tested on the full test set (Figures 3 and 4, small)
-  transfer       pre-train on a source, fine-tune on k images per class of a target the source
-                 never saw, against the same models trained from scratch on the same k
-                 (section 3: Fashion-MNIST -> digits, and 5 Fashion-MNIST classes -> the others)
-  model-scaling  ViTs and ResNets of growing size at one data set and step budget, test
-                 accuracy against training compute (Figure 5, small)
+{studies}
 
 The plan (every point with its resolved config) is written first to OUT/study.yaml. Rerunning
 the same command continues a killed study: finished points are never retrained, a half-trained
@@ -47,19 +37,22 @@ examples:
   vitlab study data-scaling --collect runs/study/data-scaling-quick
                                                       ... then build the report from them
 --set KEY=VALUE: a study key (sizes, shots, seeds, train.KEY, families.NAME.KEY, protocols...)
-changes the plan; any other key is a `vitlab train` config key set for every point.
+changes the plan (families.NAME=null drops a family); any other key is a `vitlab train` config
+key set for every point. Every key and value is checked before anything trains.
 """
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from vitlab.study.studies import STUDIES  # the registry only: no torch, no plotting
+
     p = sub.add_parser(
         "study",
-        help=HELP,
-        description=DESCRIPTION,
+        help=f"the paper's experiments: {', '.join(STUDIES)} (plots + HTML report)",
+        description=DESCRIPTION.format(studies=_listing(STUDIES)),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("name", choices=STUDY_NAMES, metavar="STUDY", help=", ".join(STUDY_NAMES))
+    p.add_argument("name", choices=list(STUDIES), metavar="STUDY", help=", ".join(STUDIES))
     p.add_argument(
         "--preset",
         default="quick",
@@ -100,8 +93,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--download", action="store_true", help="download datasets that are missing")
 
 
+def _listing(studies: dict) -> str:
+    """Each study's name and description, as `vitlab study --help` lists them."""
+    wrap = textwrap.TextWrapper(width=95, initial_indent=" " * 17, subsequent_indent=" " * 17)
+    return "\n".join(f"  {name:<14}" + wrap.fill(s.description)[16:] for name, s in studies.items())
+
+
 def study_sets(args: argparse.Namespace) -> dict[str, object]:
-    """`--set` as dotted key -> value, with --data-root and --download as config keys."""
+    """`--set` as dotted key -> value (the value read by the shared `parse_value`; the library's
+    `read_spec` resolves the dotted keys), with --data-root and --download as config keys."""
     sets: dict[str, object] = {}
     for item in args.study_set:
         key, sep, raw = item.partition("=")

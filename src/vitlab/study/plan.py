@@ -1,95 +1,51 @@
-"""A study's plan: its preset read, overridden and expanded into points, each an ordinary training
-run with a fully resolved TrainConfig.
+"""A study's plan: its preset read, overridden and checked, then expanded into points, each an
+ordinary training run with a fully resolved TrainConfig. Generic: what differs between studies
+(their own keys, their check, their expansion) is in `vitlab.study.studies`.
 
-A study preset (`configs/studies/NAME-PRESET.yaml`) is data, not code:
+A study preset (`configs/studies/NAME-PRESET.yaml`) is data, not code. Every study has:
 
+- `study`: its name; `description`: a paragraph for the report page;
 - `train`: TrainConfig keys every point shares;
-- `families`: name -> TrainConfig keys of a model family (`label:` is its name in the report; for
-  `model-scaling`, `models:` maps each model's name to the keys that size it);
-- the study's axis: `sizes` (data-scaling: training images, or `all`), `shots` (transfer: images
-  per class, or `all`), the models (model-scaling);
-- `seeds`: every point is trained once per seed (the report shows mean and spread); a transfer
-  study pre-trains once per protocol and family (with the first seed), and every seed's
-  target runs start from that;
-- transfer only: `protocols` (name -> `source` and `target` keys: where pre-training and the
-  target task take their data; a `shots` there replaces the study's for that protocol),
-  `pretrain` (keys of the pre-training runs), `target` (keys of every target run) and
-  `finetune` (keys of the target runs that start from the pre-trained weights).
+- `families`: name -> TrainConfig keys of a model family (`label:` is its name in the report);
+  a family set to null is dropped (`--set families.hybrid=null`);
+- `seeds`: every point is trained once per seed (the report shows mean and spread);
 
-A point's config is the layers in this order: `train`, the family, the stage (`pretrain`,
-`target`, `finetune`), the protocol, the axis value and seed, then `--set` keys that are not study
-keys (they apply to every point). `study.yaml` holds the whole plan; each point's run directory
-holds `point.yaml`, the config `vitlab train --config` runs it with.
+and the keys of its own (its axis and stages: see its module in `vitlab.study.studies`).
+A point's config is `train`, the layers the study adds (the family, its stages, its axis
+value), the seed, then `--set` keys that are not study keys (they apply to every point).
+Every key and value is checked by `make_plan`, before anything trains. `study.yaml` holds the
+whole plan; each point's run directory holds `point.yaml`, the config `vitlab train --config`
+runs it with.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from vitlab.errors import ConfigError, VitlabError
-from vitlab.train.config import TrainConfig, build_config, configs_dir, merge, read_yaml
+from vitlab.study.keys import (
+    TRAIN_KEYS,
+    check_mapping,
+    check_name,
+    check_seeds,
+    check_text,
+    check_train_keys,
+    did_you_mean,
+    drop_nulls,
+    per_point,
+)
+from vitlab.study.points import ALL, Plan, Point, family_label
+from vitlab.study.studies import STUDIES, Study, get_study
+from vitlab.train.config import TrainConfig, build_config, configs_dir, read_yaml
 
-StudyName = Literal["data-scaling", "transfer", "model-scaling"]
-STUDIES: tuple[StudyName, ...] = ("data-scaling", "transfer", "model-scaling")
+__all__ = ["ALL", "PLAN_FILE", "POINT_FILE", "PRESETS", "Plan", "Point", "check_data"]
+__all__ += ["deep_set", "make_plan", "read_plan", "read_spec", "write_plan"]
+
 PRESETS = ("quick", "full")
-# Top-level keys of a study preset; any other --set key is a TrainConfig key for every point.
-STUDY_KEYS = {"study", "description", "train", "families", "seeds", "sizes", "shots"}
-STUDY_KEYS |= {"protocols", "pretrain", "target", "finetune"}
-ALL = "all"
 POINT_FILE = "point.yaml"
 PLAN_FILE = "study.yaml"
-
-
-@dataclass
-class Point:
-    """One training run of a study and where it sits in the report."""
-
-    id: str  # also its run directory under OUT/points/
-    family: str
-    label: str  # the family's name in the report
-    seed: int
-    x: int | str  # data-scaling: images (int or "all"); transfer: k; model-scaling: model name
-    config: dict[str, Any]  # the TrainConfig, resolved
-    variant: str = ""  # transfer: "pretrain", "pretrained" or "scratch"
-    protocol: str = ""  # transfer: the protocol's name
-    needs: tuple[str, ...] = ()  # ids of the points whose weights this one starts from
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.config["out"])
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in ("id", "family", "label", "seed", "x", "variant")}
-        d.update(protocol=self.protocol, needs=list(self.needs), config=self.config)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Point:
-        return cls(**{**d, "needs": tuple(d.get("needs", ()))})
-
-
-@dataclass
-class Plan:
-    study: str
-    preset: str
-    out: Path
-    spec: dict[str, Any]  # the preset after --set
-    points: list[Point] = field(default_factory=list)
-
-    def families(self) -> dict[str, str]:
-        """Family name -> label, in the preset's order (the first is the reference)."""
-        return {k: _label(k, v) for k, v in self.spec["families"].items()}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "study": self.study,
-            "preset": self.preset,
-            "spec": self.spec,
-            "points": [p.to_dict() for p in self.points],
-        }
 
 
 # ------------------------------------------------------------------------------ the preset
@@ -99,8 +55,7 @@ def studies_dir() -> Path:
 
 def preset_file(study: str, preset: str) -> Path:
     """`quick`/`full` (configs/studies/STUDY-PRESET.yaml) or a path to a study YAML."""
-    if study not in STUDIES:
-        raise ConfigError(f"unknown study {study!r}; choose one of {', '.join(STUDIES)}")
+    get_study(study)
     path = Path(preset)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
@@ -131,152 +86,113 @@ def deep_set(spec: dict[str, Any], key: str, value: Any) -> None:
 
 def read_spec(study: str, preset: str, sets: dict[str, Any]) -> dict[str, Any]:
     """The preset with `sets` (dotted key -> value) applied: study keys in place, any other key
-    into `everywhere` (TrainConfig keys for every point)."""
+    into `everywhere` (TrainConfig keys for every point); every key and value checked."""
+    kind = get_study(study)
     path = preset_file(study, preset)
-    spec = read_yaml(path)
-    if spec.get("study") != study:
-        raise ConfigError(f"{path} is a {spec.get('study')!r} study, not {study!r}")
-    spec = copy.deepcopy(spec)
-    spec.setdefault("everywhere", {})
+    spec = copy.deepcopy(read_yaml(path))
+    if "study" not in spec:
+        raise ConfigError(f"{path} has no `study:` key; a {study} preset says `study: {study}`")
+    if spec["study"] != study:
+        raise ConfigError(f"{path} is a {spec['study']!r} study, not {study!r}")
+    for key in spec:
+        if key not in kind.all_keys:
+            raise ConfigError(f"{path}: {_not_a_key(kind, str(key), train_ok=False)}")
+    spec["everywhere"] = {}
     for key, value in sets.items():
         head = key.split(".", 1)[0]
-        deep_set(spec if head in STUDY_KEYS else spec["everywhere"], key, value)
-    _check_spec(spec, path)
+        if head in kind.all_keys:
+            deep_set(spec, key, value)
+        elif head in TRAIN_KEYS:
+            if why := per_point(head, dict(kind.reserved)):
+                raise ConfigError(f"--set {key}: {why}")
+            deep_set(spec["everywhere"], key, value)
+        else:
+            raise ConfigError(f"--set {key}: {_not_a_key(kind, head, train_ok=True)}")
+    _check_spec(kind, spec)
     return spec
 
 
-def _check_spec(spec: dict[str, Any], path: Path) -> None:
-    families = spec.get("families")
-    if not isinstance(families, dict) or not families:
-        raise ConfigError(f"{path}: `families` must map at least one family name to its keys")
-    seeds = spec.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ConfigError(f"seeds must be a list of whole numbers, got {seeds!r}")
-    axis = {"data-scaling": "sizes", "transfer": "shots"}.get(spec["study"])
-    if axis:
-        _check_axis(axis, spec.get(axis))
-    if spec["study"] == "transfer":
-        if not isinstance(spec.get("protocols"), dict) or not spec["protocols"]:
+def _not_a_key(kind: Study, key: str, train_ok: bool) -> str:
+    """Why `key` is refused at the top of a `kind` study's preset."""
+    other = [s.name for s in STUDIES.values() if key in s.all_keys]
+    if other:
+        return f"{key} is a key of a {' or '.join(other)} study, not of {kind.name}"
+    known = set(kind.all_keys) | (TRAIN_KEYS if train_ok else set())
+    also = " nor a `vitlab train` config key" if train_ok else ""
+    return (
+        f"{key!r} is not a {kind.name} study key{also}{did_you_mean(key, known)}; the study "
+        f"keys are {', '.join(kind.all_keys)}"
+    )
+
+
+def _check_spec(kind: Study, spec: dict[str, Any]) -> None:
+    """The keys every study has, then the study's own (`Study.check`)."""
+    if spec["study"] != kind.name:
+        raise ConfigError(f"study is {kind.name}; run `vitlab study NAME` for another study")
+    if "description" in spec:
+        check_text("description", spec["description"])
+    reserved = dict(kind.reserved)
+    check_train_keys("train", spec.get("train", {}), reserved)
+    check_seeds(spec.get("seeds", [0]))
+    families = check_mapping(
+        "families", spec.get("families"), "names to keys", "e.g. {vit: {model: vit_s16}}"
+    )
+    spec["families"] = drop_nulls(families)
+    if not spec["families"]:
+        raise ConfigError("families must map at least one family name to its keys; none is left")
+    for name, keys in spec["families"].items():
+        _check_family(kind, name, keys, reserved)
+    labels = [family_label(k, v) for k, v in spec["families"].items()]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"families: two families have the same label ({', '.join(labels)})")
+    kind.check(spec)
+
+
+def _check_family(kind: Study, name: str, keys: Any, reserved: dict[str, str]) -> None:
+    where = f"families.{name}"
+    check_name("families", name)
+    check_mapping(where, keys, hint="or null to drop the family")
+    if "label" in keys:
+        check_text(f"{where}.label", keys["label"])
+    for key in keys:
+        other = [s.name for s in STUDIES.values() if key in s.family_keys]
+        if other and key not in kind.family_keys:
             raise ConfigError(
-                f"{path}: a transfer study needs `protocols` (name -> source, target)"
+                f"{where}.{key}: only a {' or '.join(other)} study's families take it"
             )
-        for name, sides in spec["protocols"].items():
-            if "shots" in (sides or {}):
-                _check_axis(f"protocols.{name}.shots", sides["shots"])
-
-
-def _check_axis(name: str, values: Any) -> None:
-    ok = isinstance(values, list) and bool(values)
-    if not ok or not all(v == ALL or (isinstance(v, int) and v >= 1) for v in values):
-        raise ConfigError(f"{name} must be a list of whole numbers >= 1 (or 'all'), got {values!r}")
-
-
-def _label(name: str, family: dict[str, Any]) -> str:
-    return str(family.get("label", name))
-
-
-def _keys(family: dict[str, Any]) -> dict[str, Any]:
-    """A family's TrainConfig keys (without its report label and its models)."""
-    return {k: v for k, v in family.items() if k not in ("label", "models")}
+    own = {k: v for k, v in keys.items() if k not in ("label", *kind.family_keys)}
+    check_train_keys(where, own, reserved)
 
 
 # ------------------------------------------------------------------------------ the points
 def make_plan(study: str, preset: str, out: Path, sets: dict[str, Any] | None = None) -> Plan:
-    """Read the preset, apply `sets`, and expand it into points whose configs all validate."""
+    """Read the preset, apply `sets`, check every key, and expand it into points whose configs
+    all validate: a mistake is one ConfigError before any point trains."""
     spec = read_spec(study, preset, sets or {})
     plan = Plan(study, preset, Path(out), spec)
-    expand = {"data-scaling": _data_scaling, "transfer": _transfer, "model-scaling": _models}
-    plan.points = expand[study](plan)
+    plan.points = get_study(study).expand(plan)
+    seen: set[str] = set()
     for p in plan.points:
+        if p.id in seen:
+            raise ConfigError(f"two points of the plan are both named {p.id}; rename a family")
+        seen.add(p.id)
         try:
             cfg = build_config(None, p.config)
-        except ConfigError as e:
+            _check_model(cfg)
+        except VitlabError as e:
             raise ConfigError(f"point {p.id}: {e}") from None
         p.config = cfg.to_dict()
     return plan
 
 
-def _config(plan: Plan, *layers: dict[str, Any], run_id: str, seed: int) -> dict[str, Any]:
-    cfg: dict[str, Any] = {}
-    for layer in (plan.spec.get("train", {}), *layers, plan.spec["everywhere"]):
-        cfg = merge(cfg, layer or {})
-    cfg.update(seed=seed, out=str(plan.out / "points" / run_id))
-    return cfg
+def _check_model(cfg: TrainConfig) -> None:
+    """The model name, `model_args` and `img_size` make a model config, as `fit` checks first (a
+    point that loads weights is checked by the run that makes them)."""
+    from vitlab.models.registry import get_config
 
-
-def _data_scaling(plan: Plan) -> list[Point]:
-    points = []
-    for fam, keys in plan.spec["families"].items():
-        for size in plan.spec["sizes"]:
-            for seed in plan.spec.get("seeds", [0]):
-                pid = f"{fam}-n{size}-s{seed}"
-                axis = {"train_images": None if size == ALL else size}
-                cfg = _config(plan, _keys(keys), axis, run_id=pid, seed=seed)
-                points.append(Point(pid, fam, _label(fam, keys), seed, size, cfg))
-    return points
-
-
-def _transfer(plan: Plan) -> list[Point]:
-    """Per protocol and family one pre-training (with the first seed), then per seed and k the
-    target runs: a fine-tuning that starts from its weights, and a run from scratch."""
-    points = []
-    seeds = plan.spec.get("seeds", [0])
-    for proto, sides in plan.spec["protocols"].items():
-        for fam, keys in plan.spec["families"].items():
-            pre = _pretrain_point(plan, proto, sides or {}, fam, keys, seeds[0])
-            points.append(pre)
-            for seed in seeds:
-                points += _target_points(plan, proto, sides or {}, fam, keys, seed, pre)
-    return points
-
-
-def _pretrain_point(
-    plan: Plan, proto: str, sides: dict[str, Any], fam: str, keys: dict[str, Any], seed: int
-) -> Point:
-    pid = f"{proto}/pretrain-{fam}"
-    layers = [_keys(keys), plan.spec.get("pretrain"), sides.get("source")]
-    cfg = _config(plan, *layers, run_id=pid, seed=seed)
-    return Point(pid, fam, _label(fam, keys), seed, ALL, cfg, "pretrain", proto)
-
-
-def _target_points(
-    plan: Plan,
-    proto: str,
-    sides: dict[str, Any],
-    fam: str,
-    keys: dict[str, Any],
-    seed: int,
-    pre: Point,
-) -> list[Point]:
-    spec, points = plan.spec, []
-    weights = "best" if pre.config.get("report_best") else "last"
-    start = {"init_from": str(pre.run_dir / f"{weights}.safetensors")}
-    for k in sides.get("shots", spec["shots"]):
-        axis = {"train_per_class": None if k == ALL else k}
-        for variant, extra in (("pretrained", [spec.get("finetune"), start]), ("scratch", [])):
-            pid = f"{proto}/{fam}-{variant}-k{k}-s{seed}"
-            layers = [_keys(keys), spec.get("target"), *extra, sides.get("target"), axis]
-            cfg = _config(plan, *layers, run_id=pid, seed=seed)
-            needs = (pre.id,) if extra else ()
-            points.append(Point(pid, fam, _label(fam, keys), seed, k, cfg, variant, proto, needs))
-    return points
-
-
-def _models(plan: Plan) -> list[Point]:
-    points = []
-    for fam, keys in plan.spec["families"].items():
-        models = keys.get("models")
-        if not isinstance(models, dict) or not models:
-            raise ConfigError(
-                f"model-scaling: family {fam!r} needs `models:` (model name -> the keys that size "
-                "it, e.g. {d64: {model_args: {embed_dim: 64}}})"
-            )
-        for name, sizing in models.items():
-            for seed in plan.spec.get("seeds", [0]):
-                pid = f"{fam}-{name}-s{seed}"
-                cfg = _config(plan, _keys(keys), sizing or {}, run_id=pid, seed=seed)
-                points.append(Point(pid, fam, _label(fam, keys), seed, name, cfg))
-    return points
+    if not cfg.init_from:
+        size = {"img_size": cfg.img_size} if cfg.img_size else {}
+        get_config(cfg.model, **{**cfg.model_args, **size})
 
 
 # ------------------------------------------------------------------------------ on disk
@@ -305,8 +221,17 @@ def read_plan(out: Path) -> Plan:
             "folder of a study"
         )
     d = read_yaml(path)
-    points = [Point.from_dict(p) for p in d.get("points", [])]
-    return Plan(d["study"], d.get("preset", ""), Path(out), d["spec"], points)
+    try:
+        points = [Point.from_dict(p) for p in d.get("points", [])]
+        plan = Plan(d["study"], d.get("preset", ""), Path(out), d["spec"], points)
+        get_study(plan.study)
+        plan.families()
+    except (TypeError, KeyError, AttributeError, ConfigError) as e:
+        raise ConfigError(
+            f"{path} is not a study plan vitlab can read ({type(e).__name__}: {e}); plan the "
+            "study again into a new --out"
+        ) from None
+    return plan
 
 
 def _check_same_plan(old: Plan, new: Plan) -> None:

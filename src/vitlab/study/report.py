@@ -12,7 +12,6 @@ import csv
 import html
 import io
 import json
-import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -21,7 +20,9 @@ from typing import Any
 
 from vitlab.figures import new_figure, save_figure
 from vitlab.files import write_text
-from vitlab.study.plan import Plan, Point
+from vitlab.study.curves import Curve, num
+from vitlab.study.points import Plan, Point
+from vitlab.study.studies import get_study
 from vitlab.train.state import RUN_FILES
 
 COLUMNS = [
@@ -30,25 +31,9 @@ COLUMNS = [
     "test_top1", "test_top5", "best_val_acc", "best_epoch", "best_step", "wall_minutes",
     "train_minutes", "weights", "point", "machine",
 ]  # fmt: skip
-AXIS = {  # the x of each study's plot: (row key, axis label)
-    "data-scaling": ("train_images", "training images"),
-    "transfer": ("per_class", "labelled images per class"),
-    "model-scaling": ("train_pflops", "training compute (PFLOPs: 3 x forward x images seen)"),
-}
 
 
-@dataclass
-class Curve:
-    """One line of a plot: a family (and, for transfer, a protocol and a variant)."""
-
-    label: str
-    protocol: str
-    variant: str
-    xs: list[float]
-    means: list[float]  # test top-1, in percent
-    spreads: list[float]  # sample standard deviation over seeds (0 for one seed)
-    counts: list[int]
-    names: list[str]  # the planned x of each point (a size, k, or a model's name)
+LINE_STYLES = ("-", "--", ":", "-.")  # a study's variants (arms), in its order; more are cycled
 
 
 # ------------------------------------------------------------------------------ the rows
@@ -110,11 +95,12 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
 # ------------------------------------------------------------------------------ the curves
 def curves(plan: Plan, rows: list[dict[str, Any]]) -> list[Curve]:
     """Mean and spread over seeds of each (protocol, family, variant) at each x, sorted by x;
-    pre-training points are not on any curve."""
-    key, _ = AXIS[plan.study]
+    the study's off-curve variants (a pre-training) are on none."""
+    kind = get_study(plan.study)
+    key = kind.axis.key
     groups: dict[tuple, dict[Any, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r["variant"] != "pretrain" and r["test_top1"] is not None:
+        if r["variant"] not in kind.off_curve and r["test_top1"] is not None:
             groups[(r["protocol"], r["family"], r["variant"])][str(r["x"])].append(r)
     out = []
     order = list(plan.families())
@@ -141,153 +127,30 @@ def summary(plan: Plan, cs: list[Curve]) -> list[str]:
     """Sentences computed from the curves (never from what the paper leads one to expect)."""
     if not cs:
         return ["No point has finished yet."]
-    make = {"data-scaling": _data_summary, "transfer": _transfer_summary}
-    return make.get(plan.study, _model_summary)(cs)
-
-
-def _pct(v: float) -> str:
-    return f"{v:.1f}%"
-
-
-def _n(x: float) -> str:
-    return f"{x:,.0f}" if x >= 10 else f"{x:.3g}"
-
-
-def _lead(a: Curve, b: Curve, i: int, j: int, what: str) -> str:
-    d = a.means[i] - b.means[j]
-    spread = max(a.spreads[i], b.spreads[j])
-    first, second = (a, b) if d >= 0 else (b, a)
-    noise = f" (within the seed spread of {spread:.1f})" if abs(d) <= spread and spread else ""
-    if round(abs(d), 1) == 0:
-        return f"at {what} {a.label} and {b.label} are level ({_pct(a.means[i])}){noise}"
-    return (
-        f"at {what} {first.label} leads {second.label} by {abs(d):.1f} points "
-        f"({_pct(max(a.means[i], b.means[j]))} vs {_pct(min(a.means[i], b.means[j]))}){noise}"
-    )
-
-
-def crossing(xs: list[float], diffs: list[float]) -> float | None:
-    """The first x where `diffs` changes sign, interpolated linearly in log x."""
-    for i in range(len(diffs) - 1):
-        d0, d1 = diffs[i], diffs[i + 1]
-        if d0 * d1 < 0:
-            t = d0 / (d0 - d1)
-            return math.exp(math.log(xs[i]) + t * (math.log(xs[i + 1]) - math.log(xs[i])))
-    return None
-
-
-def _data_summary(cs: list[Curve]) -> list[str]:
-    ref, lines = cs[0], []
-    for other in cs[1:]:
-        common = [x for x in other.names if x in ref.names]
-        if not common:
-            continue
-        ia = [other.names.index(x) for x in common]
-        ib = [ref.names.index(x) for x in common]
-        lo, hi = ref.xs[ib[0]], ref.xs[ib[-1]]
-        text = _lead(other, ref, ia[0], ib[0], f"{_n(lo)} images")
-        if len(common) > 1:
-            text += "; " + _lead(other, ref, ia[-1], ib[-1], f"{_n(hi)} images")
-        diffs = [other.means[i] - ref.means[j] for i, j in zip(ia, ib)]
-        x = crossing([ref.xs[j] for j in ib], diffs)
-        if x is not None:
-            text += f". The curves cross at about {_n(x)} training images"
-        elif len(common) > 1:
-            ahead = other.label if diffs[0] > 0 else ref.label
-            text += (
-                f". The curves do not cross between {_n(lo)} and {_n(hi)} images ({ahead} ahead)"
-            )
-        lines.append(text[0].upper() + text[1:] + ".")
-    for c in cs:
-        lines.append(
-            f"{c.label}: {_pct(c.means[0])} with {_n(c.xs[0])} images, {_pct(c.means[-1])} "
-            f"with {_n(c.xs[-1])} ({c.means[-1] - c.means[0]:+.1f} points)."
-        )
-    return lines
-
-
-def _transfer_summary(cs: list[Curve]) -> list[str]:
-    lines = []
-    pairs = defaultdict(dict)
-    for c in cs:
-        pairs[(c.protocol, c.label)][c.variant] = c
-    for (proto, label), v in pairs.items():
-        pre, scratch = v.get("pretrained"), v.get("scratch")
-        if pre is None or scratch is None:
-            continue
-        gains = []
-        for i, name in enumerate(pre.names):
-            if name in scratch.names:
-                j = scratch.names.index(name)
-                gains.append(
-                    f"{pre.means[i] - scratch.means[j]:+.1f} points at {_n(pre.xs[i])} per class "
-                    f"({_pct(pre.means[i])} vs {_pct(scratch.means[j])})"
-                )
-        if gains:
-            lines.append(
-                f"{proto}, {label}: pre-training changes test top-1 by " + ", ".join(gains) + "."
-            )
-    return lines or ["No protocol has both pre-trained and from-scratch points yet."]
-
-
-def _model_summary(cs: list[Curve]) -> list[str]:
-    lines = []
-    for c in cs:
-        best = max(range(len(c.means)), key=c.means.__getitem__)
-        lines.append(
-            f"{c.label}: {_pct(c.means[0])} at {c.xs[0]:.3g} PFLOPs ({c.names[0]}) to "
-            f"{_pct(c.means[-1])} at {c.xs[-1]:.3g} PFLOPs ({c.names[-1]}); best "
-            f"{_pct(c.means[best])} ({c.names[best]})."
-        )
-    ref = cs[0]
-    for other in cs[1:]:
-        lo, hi = max(ref.xs[0], other.xs[0]), min(ref.xs[-1], other.xs[-1])
-        if lo > hi or len(ref.xs) < 2 or len(other.xs) < 2:
-            lines.append(
-                f"{other.label} and {ref.label} were trained at compute budgets that do not "
-                "overlap, so they are not compared at equal compute."
-            )
-            continue
-        x = math.sqrt(lo * hi)
-        a, b = _interp(other, x), _interp(ref, x)
-        first, second = (other.label, ref.label) if a >= b else (ref.label, other.label)
-        lines.append(
-            f"At about {x:.3g} PFLOPs (the middle of the range where both were trained), "
-            f"{first} reaches {_pct(max(a, b))} and {second} {_pct(min(a, b))} "
-            "(interpolated in log compute)."
-        )
-    return lines
-
-
-def _interp(c: Curve, x: float) -> float:
-    for i in range(len(c.xs) - 1):
-        x0, x1 = c.xs[i], c.xs[i + 1]
-        if x0 <= x <= x1:
-            t = 0.0 if x1 == x0 else (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
-            return c.means[i] + t * (c.means[i + 1] - c.means[i])
-    return c.means[0] if x < c.xs[0] else c.means[-1]
+    return get_study(plan.study).summary(cs)
 
 
 # ------------------------------------------------------------------------------ the plot
 def plot(plan: Plan, cs: list[Curve], path: Path) -> Path:
-    """The paper's Figure 3/4 (data), 5 (compute) or the pre-training gain (transfer), small."""
-    _, xlabel = AXIS[plan.study]
+    """Test top-1 against the study's axis, one panel per protocol (the paper's Figure 3/4 for
+    data-scaling, 5 for model-scaling, the pre-training gain for transfer), small."""
+    kind = get_study(plan.study)
     protocols = sorted({c.protocol for c in cs}) or [""]
     fig, axes = new_figure(len(protocols), width=5.0, height=3.8)
     colours = {label: f"C{i}" for i, label in enumerate(plan.families().values())}
     for ax, proto in zip(axes, protocols):
         for c in (c for c in cs if c.protocol == proto):
-            style = "--" if c.variant == "scratch" else "-"
+            style = _line_style(kind.variants, c.variant)
             name = c.label + (f" ({c.variant})" if c.variant else "")
             ax.errorbar(
                 c.xs, c.means, yerr=c.spreads, fmt="o" + style, color=colours.get(c.label),
                 capsize=3, label=name, markersize=4,
             )  # fmt: skip
-            if plan.study == "model-scaling":
+            if kind.label_points:
                 for x, y, n in zip(c.xs, c.means, c.names):
                     ax.annotate(n, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
-        ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
+        ax.set_xscale(kind.axis.scale)
+        ax.set_xlabel(kind.axis.label)
         ax.set_ylabel("test top-1 (%)")
         ax.set_title(proto or _title(plan))
         ax.grid(alpha=0.3, which="both")
@@ -296,6 +159,12 @@ def plot(plan: Plan, cs: list[Curve], path: Path) -> Path:
         else:
             ax.text(0.5, 0.5, "no point has finished yet", ha="center", transform=ax.transAxes)
     return save_figure(fig, path)
+
+
+def _line_style(variants: tuple[str, ...], variant: str) -> str:
+    """Solid for the first variant (and a study without any), then dashed, dotted ..."""
+    i = variants.index(variant) if variant in variants else 0
+    return LINE_STYLES[i % len(LINE_STYLES)]
 
 
 def _title(plan: Plan) -> str:
@@ -359,10 +228,9 @@ def _page(plan, rows, missing, cs: list[Curve], lines: list[str], notes: list[st
 
 
 def _mean_table(plan: Plan, cs: list[Curve]) -> str:
-    _, xlabel = AXIS[plan.study]
     head = (
         "<tr><th>curve</th><th>x</th><th>"
-        + html.escape(xlabel)
+        + html.escape(get_study(plan.study).axis.label)
         + "</th><th>test top-1 (%)</th><th>seeds</th></tr>"
     )
     body = []
@@ -372,7 +240,7 @@ def _mean_table(plan: Plan, cs: list[Curve]) -> str:
             acc = f"{m:.2f} &plusmn; {s:.2f}" if k > 1 else f"{m:.2f}"
             body.append(
                 f"<tr><td class='l'>{html.escape(name)}</td><td>{html.escape(n)}</td>"
-                f"<td>{_n(x)}</td><td>{acc}</td><td>{k}</td></tr>"
+                f"<td>{num(x)}</td><td>{acc}</td><td>{k}</td></tr>"
             )
     return "<h2>Means</h2><table>" + head + "".join(body) + "</table>"
 
