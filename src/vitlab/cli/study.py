@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from vitlab.cli.common import in_dir, number, out_dir, parse_value
+from vitlab.cli.common import add_data_root_args, in_dir, number, out_dir, parse_value
 from vitlab.errors import ConfigError
 
 DESCRIPTION = """\
@@ -89,8 +89,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="only build the report of the study in DIR from the points that exist there",
     )
-    p.add_argument("--data-root", type=in_dir, metavar="DIR", help="where the datasets' files are")
-    p.add_argument("--download", action="store_true", help="download datasets that are missing")
+    add_data_root_args(p, "each dataset")
 
 
 def _listing(studies: dict) -> str:
