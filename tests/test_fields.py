@@ -85,6 +85,8 @@ def test_values_are_coerced_to_the_declared_type(kw, expected):
         ({"pair": [0.9]}, "pair must be a list of 2 numbers, got [0.9]"),
         ({"pair": 0.9}, "pair must be a list of 2 numbers, got 0.9"),
         ({"pair": [0.9, "x"]}, "pair must be float, got 'x'"),
+        ({"pair": [0.9, "nan"]}, "pair must be a finite number, got 'nan'"),
+        ({"pair": [0.9, float("inf")]}, "pair must be a finite number, got inf"),
         ({"names": "ab"}, "names must be a list of strings, got 'ab'"),
         ({"names": ["a", 1]}, "names must be str, got 1"),
         ({"sizes": [1, 2.5]}, "sizes must be int, got 2.5"),

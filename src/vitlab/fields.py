@@ -7,8 +7,8 @@ the type its field declares or rejected with a message that names the field, the
 type expected. The rules:
 
 - `int`: an int, never a bool, a float (not even 2.0) or a string.
-- `float`: a float, an int, or a numeric string in any notation ("1e-6", "1.0e-5"), since YAML
-  1.1 reads "1e-6" as a string; never a bool.
+- `float`: a finite float, an int, or a numeric string in any notation ("1e-6", "1.0e-5"), since
+  YAML 1.1 reads "1e-6" as a string; never a bool, nan or inf.
 - `bool`, `str` and other classes (a nested config): an instance of exactly that type.
 - `Literal[...]`: one of the listed values. `X | None`: None, or a value of X.
 - `tuple[X, Y]` and `tuple[X, ...]`: a list or tuple (of that length), each item coerced.
@@ -19,8 +19,10 @@ This is the ground floor: it imports nothing of vitlab but `vitlab.errors`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import math
 import numbers
 import types
 import typing
@@ -105,14 +107,17 @@ def _plural(args: tuple[Any, ...]) -> str:
 
 
 def _float(name: str, value: Any) -> float:
+    out = None
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):  # YAML 1.1 reads "1e-6" (no decimal point) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise ConfigError(f"{name} must be float, got {value!r} (a number such as 1e-6)")
+        out = float(value)
+    elif isinstance(value, str):  # YAML 1.1 reads "1e-6" (no decimal point) as a string
+        with contextlib.suppress(ValueError):
+            out = float(value)
+    if out is None:
+        raise ConfigError(f"{name} must be float, got {value!r} (a number such as 1e-6)")
+    if not math.isfinite(out):  # nan passes every `<=` check, and lr=inf trained silently
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return out
 
 
 def _int(name: str, value: Any) -> int:

@@ -5,7 +5,7 @@ import argparse
 
 import pytest
 
-from vitlab.cli.common import SOURCE_CHOICES, add_checkpoint_args, parse_set
+from vitlab.cli.common import SOURCE_CHOICES, add_checkpoint_args, number, parse_set
 from vitlab.errors import ConfigError
 from vitlab.train.config import build_config
 
@@ -90,3 +90,27 @@ def test_a_flag_out_of_range_is_said_about_the_flag_once(flags, said, tmp_path, 
 
     assert main(["train", "--out", str(tmp_path / "run"), *flags]) == 2
     assert capsys.readouterr().err.strip() == f"vitlab train: error: {said}"
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "NaN"])
+def test_numbers_are_finite(text):
+    """nan passes every range check (nan < 0 is false), and `--lr inf` trained silently."""
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a number >= 0"):
+        number(float, 0)(text)
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (["--lr", "nan"], "argument --lr: expected a number, got nan"),
+        (["--set", "lr=inf"], "lr must be a finite number, got 'inf'"),
+    ],
+)
+def test_a_config_float_is_finite_through_the_cli(given, message, tmp_path, capsys):
+    from vitlab.cli.main import main
+
+    argv = ["train", "--model", "vit_test", "--data", "synthetic", "--steps", "1"]
+    code = main([*argv, *given, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "run" / "last.safetensors").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import re
 import types
 from collections.abc import Callable
@@ -45,8 +46,8 @@ class UsageError(Exception):
 
 # ------------------------------------------------------------------------- typed numbers
 def number(kind: type, minimum: float | None = None, *, above: bool = False) -> Callable:
-    """An argparse `type` for a number of `kind` (int or float, in any notation) that is at
-    least `minimum` (more than it with `above`); the error says which number is wanted."""
+    """An argparse `type` for a finite number of `kind` (int or float, in any notation) that is
+    at least `minimum` (more than it with `above`); the error says which number is wanted."""
     what = "a whole number" if kind is int else "a number"
     if minimum is not None:
         what += f" {'>' if above else '>='} {minimum:g}"
@@ -56,6 +57,8 @@ def number(kind: type, minimum: float | None = None, *, above: bool = False) -> 
             value = kind(text) if kind is int else float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
         if minimum is not None and (value <= minimum if above else value < minimum):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
         return value

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
-from collections.abc import Callable
 from pathlib import Path
 
 from vitlab.cli.common import add_checkpoint_args, add_device_arg, number
@@ -50,19 +48,6 @@ def port(text: str) -> int:
 port.numeric = True  # type: ignore[attr-defined]  (the generated CLI test finds it)
 
 
-def finite(parse: Callable[[str], float]) -> Callable[[str], float]:
-    """`parse` (a `number` type) that also refuses nan and inf."""
-
-    def check(text: str) -> float:
-        value = parse(text)
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"expected {parse.__name__}, got {text}")
-        return value
-
-    check.__name__, check.numeric = parse.__name__, True  # type: ignore[attr-defined]
-    return check
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
@@ -81,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-wait-ms",
-        type=finite(number(float, 0)),
+        type=number(float, 0),
         default=5.0,
         metavar="MS",
         help="how long a batch waits for more requests (default 5 ms)",
@@ -95,7 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-mb",
-        type=finite(number(float, 0, above=True)),
+        type=number(float, 0, above=True),
         default=16.0,
         metavar="MB",
         help="largest request body; larger ones are answered 413 (default 16)",
