@@ -65,11 +65,6 @@ def require_onnx() -> None:
         require(name, "onnx", "ONNX export and inference")
 
 
-def is_onnx(path: str | Path) -> bool:
-    """Whether `path` names an ONNX file (by its suffix, as every vitlab command tells)."""
-    return Path(path).suffix.lower() == SUFFIX
-
-
 # ------------------------------------------------------------------------------------ export
 @dataclass
 class ExportReport:
