@@ -185,6 +185,11 @@ def print_result(result) -> None:
     print(f"checkpoint:  {f['last']}{also}")
     if result.report.get("weights") == str(f["best"]):
         print(f"the report is about {f['best']} (report_best)")
+    r = result.report
+    if r.get("stopped") == "patience":
+        print(f"early stop:  step {r['steps']} of at most {r['max_steps']} (patience)")
+    elif r.get("stopped") == "cap":
+        print(f"step cap:    reached {r['max_steps']} steps still improving; raise the cap")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -92,6 +92,9 @@ class TrainConfig:
     # the final report evaluates best.safetensors (best validation accuracy: early stopping, the
     # paper's protocol for Figure 4) instead of the last weights
     report_best: bool = False
+    # early stopping: stop after this many validation passes in a row without a better
+    # validation accuracy (None: off); `steps`/`epochs` are then the cap. Needs a validation split.
+    patience: int | None = None
     log_every: int = 10
 
     def __post_init__(self) -> None:
@@ -142,6 +145,7 @@ class TrainConfig:
             (self.ckpt_every >= 0, "ckpt_every must be >= 0 (0: at epoch ends only)"),
             (self.eval_every >= 1, "eval_every must be >= 1 (the last epoch is always evaluated)"),
             (self.log_every >= 1, "log_every must be >= 1"),
+            (self.patience is None or self.patience >= 1, "patience must be >= 1 (or null: off)"),
             (
                 graph is None,
                 f"init_from {self.init_from} is an {graph and graph.label} graph, which cannot be "
@@ -186,6 +190,7 @@ FLAGS: dict[str, Flag] = {
     "compile": Flag("torch.compile the model"),
     "workers": Flag("data-loading processes (0: in the main one)"),
     "strategy": Flag("multi-process strategy under torchrun"),
+    "patience": Flag("stop after N validation passes without a better accuracy (early stopping)"),
     "seed": Flag("random seed"),
     "out": Flag("run directory", "RUN_DIR", folder="write"),
 }

@@ -123,6 +123,11 @@ def steps_per_epoch(n: int, cfg: TrainConfig, info: DistInfo) -> int:
     return spe
 
 
+def total_steps(cfg: TrainConfig, n: int, info: DistInfo) -> int:
+    """The run's optimiser steps (with early stopping: the most it may take)."""
+    return cfg.steps or math.ceil(cfg.epochs * steps_per_epoch(n, cfg, info))
+
+
 def _loader(
     images: ImageSet | ShardSet,
     aug: AugConfig,
@@ -176,10 +181,15 @@ def fit(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) ->
     resumed = saved["config"].get("precision") if saved is not None else None
     cfg = replace(cfg, precision=resolve_precision(cfg.precision, info.device, resumed))
     data = training_data(cfg)
+    if cfg.patience and data.val is None:
+        raise ConfigError(
+            f"patience={cfg.patience} stops on validation accuracy, but {data.name} has no "
+            "validation split: set val_split (e.g. --set val_split=0.05)"
+        )
     cfg = fit_batch_to_data(cfg, len(data.train), info.world)
     model = model_for_data(cfg, data)
     spe = steps_per_epoch(len(data.train), cfg, info)
-    total = cfg.steps or math.ceil(cfg.epochs * spe)
+    total = total_steps(cfg, len(data.train), info)
     state = build_state(cfg, model, info, total, spe)
     if saved is not None:
         check_same_run(saved["config"], cfg, resume_path)
@@ -299,7 +309,7 @@ def _train_epochs(cfg, data, state: TrainState, info, total: int, spe: int, run_
         if cfg.ckpt_every and s.step % cfg.ckpt_every == 0 and s.step % spe and s.step < total:
             save_state(s, cfg, run_dir, info.main)
 
-    while state.step < total:
+    while state.step < total and not stalled(cfg, state):
         t0 = time.perf_counter()
         epoch, skip = divmod(state.step, spe)
         sampler.set_epoch(epoch, skip)
@@ -316,6 +326,27 @@ def _train_epochs(cfg, data, state: TrainState, info, total: int, spe: int, run_
         state.history.append(row)
         state.wall_time += time.perf_counter() - t0  # the checkpoint below saves it
         _end_of_epoch(cfg, state, info, run_dir, row)
+    if info.main and stalled(cfg, state):
+        log.info("early stop at step %d of %d: no better validation accuracy in %d passes",
+                 state.step, total, cfg.patience)  # fmt: skip
+
+
+def stalled(cfg: TrainConfig, state: TrainState) -> bool:
+    """Early stopping: `cfg.patience` validation passes in a row have not beaten the best one.
+    Read from the history, so a resumed run stops where the uninterrupted one did."""
+    if not cfg.patience or not state.best:
+        return False
+    since = [h for h in state.history if "val_acc" in h and h["epoch"] > state.best["epoch"]]
+    return len(since) >= cfg.patience
+
+
+def stop_reason(cfg: TrainConfig, state: TrainState) -> str:
+    """Why the run ended: "patience" (early stopping), "cap" (early stopping was on but the
+    step budget ran out first: the run may not have converged) or "budget" (no early stopping:
+    the run trains for its steps)."""
+    if stalled(cfg, state):
+        return "patience"
+    return "cap" if cfg.patience else "budget"
 
 
 def _log_epoch(info: DistInfo, row: dict, split: str) -> None:
@@ -367,6 +398,8 @@ def final_report(cfg, data: DataSplits, state: TrainState, info, run_dir: Path) 
         train_acc=last.get("train_acc"),
         epochs=len(state.history),
         steps=state.step,
+        max_steps=total_steps(cfg, len(data.train), info),
+        stopped=stop_reason(cfg, state),
         batch_size=cfg.batch_size,
         params=m.num_params(),
         gflops=model_flops(m.cfg) / 1e9,  # forward, per image
