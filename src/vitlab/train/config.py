@@ -22,6 +22,7 @@ Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["cosine", "linear", "constant"]
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
 Strategy = Literal["ddp", "fsdp"]
+Objective = Literal["supervised", "mpp", "mae"]
 
 
 @dataclass
@@ -37,6 +38,15 @@ class TrainConfig:
     # (big_vision's dont_load), e.g. ["pos_embed"] or ["head\\..*", "blocks\\.11\\..*"]
     dont_load: tuple[str, ...] = ()
     img_size: int | None = None  # None: the model's (or the checkpoint's) resolution
+    # what the run learns: labels (supervised), or no labels (`vitlab pretrain`): the paper's
+    # masked patch prediction (mpp, section 4.6) or a masked autoencoder (mae, He et al. 2022)
+    objective: Objective = "supervised"
+    mask_ratio: float | None = None  # patches corrupted (mpp) or dropped (mae); None: 0.5 / 0.75
+    mpp_bits: int = 3  # mpp: bits per channel of the mean-colour target (3: 512 RGB classes)
+    decoder_dim: int = 128  # mae: the decoder's width, depth and heads
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    norm_pix_loss: bool = True  # mae: targets are each patch's pixels normalised per patch
     # data
     data: str = "synthetic"
     data_root: str | None = None
@@ -146,6 +156,19 @@ class TrainConfig:
             (self.eval_every >= 1, "eval_every must be >= 1 (the last epoch is always evaluated)"),
             (self.log_every >= 1, "log_every must be >= 1"),
             (self.patience is None or self.patience >= 1, "patience must be >= 1 (or null: off)"),
+            (
+                self.mask_ratio is None or 0.0 < self.mask_ratio < 1.0,
+                "mask_ratio must be in (0, 1) (or null: the objective's default)",
+            ),
+            (1 <= self.mpp_bits <= 8, "mpp_bits must be in [1, 8]"),
+            (
+                self.decoder_dim >= 1 and self.decoder_depth >= 1 and self.decoder_heads >= 1,
+                "decoder_dim, decoder_depth and decoder_heads must be >= 1",
+            ),
+            (
+                self.decoder_dim % self.decoder_heads == 0,
+                f"decoder_dim {self.decoder_dim} must divide by decoder_heads {self.decoder_heads}",
+            ),
             (
                 graph is None,
                 f"init_from {self.init_from} is an {graph and graph.label} graph, which cannot be "
