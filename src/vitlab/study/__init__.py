@@ -31,7 +31,8 @@ _LAZY = {
     "Outcome": "vitlab.study.runner",
     "print_commands": "vitlab.study.runner",
 }
-_MODULES = ("curves", "keys", "plan", "points", "report", "runner", "studies")
+_MODULES = ("budget", "curves", "keys", "lr_grid", "plan", "points", "report", "runner", "studies")
+_MODULES += ("unlabelled",)
 
 __all__ = ["PRESETS", "STUDIES", "Outcome", "Plan", "StudyReport", "collect", "plan_study"]
 __all__ += ["print_commands", "run_study"]
@@ -48,10 +49,11 @@ def __getattr__(name: str) -> Any:
 def plan_study(study: str, preset: str, out: Path, sets: dict[str, Any] | None = None) -> Plan:
     """The study's plan, written to `out` (study.yaml and one point.yaml per point) before any
     work; a folder that holds a different plan of the same points is refused."""
-    from vitlab.study.plan import check_data, make_plan, write_plan
+    from vitlab.study.plan import TrainImages, check_data, make_plan, write_plan
 
-    plan = make_plan(study, preset, out, sets)
-    check_data(plan)
+    count = TrainImages()
+    plan = make_plan(study, preset, out, sets, count)
+    check_data(plan, count)
     write_plan(plan)
     return plan
 
