@@ -6,7 +6,7 @@ out of the computed summary; a difference within the seeds' spread called no dif
 import pytest
 
 from tests.study.fakes import finish
-from tests.study.test_study import DATA_SCALING, preset, read_csv
+from tests.study.test_study import DATA_SCALING, TRANSFER, preset, read_csv
 from vitlab import study
 from vitlab.study import report as report_module
 from vitlab.study.curves import Curve, versus
@@ -63,11 +63,24 @@ def test_a_point_stopped_by_the_cap_is_flagged_on_the_page(capped):
 def test_the_summary_draws_no_conclusion_from_a_capped_point(capped):
     _, rep, _ = capped
     text = " ".join(rep.summary)
-    assert "Left out of these sentences: vit-n400-s0, which reached the step cap" in text
+    assert (
+        "Left out of these sentences, as not converged: vit-n400-s0 (reached the step cap" in text
+    )
     assert "at 400 images" not in text  # no comparison at the capped size
     assert "At 100 images ResNet leads ViT by 10.0 points" in text
     assert "ViT: 60.0% with 100 images, 60.0% with 100" in text  # its curve without the point
     assert "ResNet: 70.0% with 100 images, 75.0% with 400" in text
+
+
+def test_the_points_that_start_from_a_capped_pre_training_are_left_out_too(tmp_path):
+    plan = study.plan_study("transfer", preset(tmp_path, TRANSFER), tmp_path / "out")
+    for p in plan.points:
+        finish(p, top1=0.5, stopped="cap" if p.variant == "pretrain" else "patience")
+    rep = study.collect(plan.out)
+    text = " ".join(rep.summary)
+    assert "five-to-five/vit-pretrained-k5-s0 (starts from five-to-five/pretrain-vit, which" in text
+    assert "vit-scratch" not in text.split("Left out")[1]
+    assert "1 point(s) reached the step cap</b>" in rep.page.read_text()
 
 
 def test_without_a_capped_point_nothing_is_flagged(tmp_path):

@@ -110,9 +110,28 @@ def on_curve(plan: Plan, row: dict[str, Any]) -> bool:
     return row["variant"] not in off and row["test_top1"] is not None
 
 
-def capped(plan: Plan, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows on a curve whose point reached its step cap (not converged)."""
-    return [r for r in rows if r["stopped"] == CAP and on_curve(plan, r)]
+def capped(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows whose point reached its step cap (not converged): on a curve, or a run that
+    feeds others (a pre-training)."""
+    return [r for r in rows if r["stopped"] == CAP]
+
+
+def left_out(plan: Plan, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """The curve points the summary draws no conclusion from, and why: each that reached its
+    cap, and each that starts from weights of a point that did."""
+    cap = {r["point"] for r in capped(rows)}
+    starts = {p.id: set(p.needs) - set(p.lr_from) for p in plan.points}
+    out = {}
+    for r in rows:
+        if not on_curve(plan, r):
+            continue
+        if r["point"] in cap:
+            out[r["point"]] = (
+                "reached the step cap before its validation accuracy stopped improving"
+            )
+        elif from_capped := sorted(starts.get(r["point"], set()) & cap):
+            out[r["point"]] = f"starts from {', '.join(from_capped)}, which reached its step cap"
+    return out
 
 
 def curves(plan: Plan, rows: list[dict[str, Any]]) -> list[Curve]:
@@ -148,14 +167,12 @@ def curves(plan: Plan, rows: list[dict[str, Any]]) -> list[Curve]:
 def summary(plan: Plan, rows: list[dict[str, Any]]) -> list[str]:
     """Sentences computed from the curves (never from what the paper leads one to expect), of
     the points that converged: a point that reached its step cap is left out, and said so."""
-    left_out = capped(plan, rows)
-    cs = curves(plan, [r for r in rows if r not in left_out])
+    out = left_out(plan, rows)
+    cs = curves(plan, [r for r in rows if r["point"] not in out])
     lines = get_study(plan.study).summary(cs) if cs else ["No point has finished yet."]
-    if left_out:
-        lines.append(
-            f"Left out of these sentences: {', '.join(r['point'] for r in left_out)}, which "
-            "reached the step cap before validation accuracy stopped improving (not converged)."
-        )
+    if out:
+        why = "; ".join(f"{pid} ({reason})" for pid, reason in out.items())
+        lines.append(f"Left out of these sentences, as not converged: {why}.")
     return lines
 
 
@@ -289,7 +306,7 @@ def _budget_text(plan: Plan) -> str:
 
 def _cap_text(plan: Plan, rows: list[dict[str, Any]]) -> str:
     """The sentence that flags the points that reached their step cap."""
-    left = capped(plan, rows)
+    left = capped(rows)
     if not left:
         return ""
     ids = html.escape(", ".join(r["point"] for r in left))
@@ -297,7 +314,8 @@ def _cap_text(plan: Plan, rows: list[dict[str, Any]]) -> str:
         f"<p class='cap'><b>&#9888; {len(left)} point(s) reached the step cap</b> before their "
         f"validation accuracy stopped improving, so they may not have converged: {ids}. They "
         "are marked <span class='cap'>cap</span> in the tables and ringed in red on the plot, "
-        "and the summary above draws no conclusion from them.</p>"
+        "and the summary above draws no conclusion from them (nor from the points that start "
+        "from their weights).</p>"
     )
 
 
