@@ -144,6 +144,17 @@ BAD = [
     ),
     ("data-scaling", {"families.vit.lr_grid": {"lr": [1, 2], "at": [5]}}, "at: 5 is not a point o"),
     ("model-scaling", {"families.vit.lr_grid": {"lr": [1, 2], "at": ["x"]}}, "(d16, d32)"),
+    (
+        "data-scaling",
+        {"families.vit.lr_grid.lr": [1, 2], "families.vit.lr": 1},
+        "families.vit.lr c",
+    ),
+    ("data-scaling", {"families.vit.lr_grid.lr": [1, 2], "families.vit.lr": 1}, "(set families.vi"),
+    (
+        "model-scaling",
+        {"families.vit.lr_grid.lr": [1, 2], "families.vit.models.d16.lr": 1},
+        "d16.lr",
+    ),
     # the arm pre-trained without labels
     ("data-scaling", {"families.vit.self_supervised": 3}, "self_supervised must be a mapping of o"),
     ("data-scaling", {"families.vit.self_supervised.simclr": {}}, "the objectives are mae, mpp"),

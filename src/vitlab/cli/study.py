@@ -38,7 +38,10 @@ examples:
   vitlab study data-scaling --set budget.patience=3   stop after 3 passes without a gain
   vitlab study model-scaling --set budget=null --set steps=200
                                                       no early stopping: 200 steps a point
-  vitlab study data-scaling --set families.vit.lr=1e-3 --set sizes=[1000,60000]
+  vitlab study data-scaling --set families.vit.lr_grid=null --set families.vit.lr=1e-3
+                                                      the ViT at a fixed rate, no grid
+  vitlab study data-scaling --set families.vit.self_supervised=null --set sizes=[1000,30000]
+                                                      no arm without labels, two sizes
   vitlab study data-scaling --print-commands | xargs -P 4 -I{} sh -c {}
                                                       run the points with any launcher ...
   vitlab study data-scaling --collect runs/study/data-scaling-quick

@@ -19,7 +19,8 @@ the price of a grid per reference; one reference is the cheap default for a fami
 rate does not move with the data. The plan is written before anything trains, so the choice is
 made at run time: a point `needs` its grid points, and `resolved_config` puts the chosen rate
 into its point.yaml just before it runs (study.yaml keeps the preset's rate, so the plan stays
-comparable across reruns). A family without `lr_grid` keeps its fixed rate.
+comparable across reruns). A family without `lr_grid` (or with `lr_grid: null`) keeps its fixed
+rate; one with a grid may not set `lr` itself (nor its models, in model-scaling).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from typing import Any
 from vitlab.errors import ConfigError
 from vitlab.study.keys import check_mapping
 from vitlab.study.points import Plan, Point
-from vitlab.train.state import RUN_FILES
 
 GRID = "lr-grid"  # the variant of a grid point
 KEY = "lr_grid"  # the family key
@@ -58,6 +58,11 @@ def check_grid(where: str, value: Any) -> None:
     at = grid.get("at", [])
     if not isinstance(at, list) or ("at" in grid and not at) or len(set(map(repr, at))) < len(at):
         raise ConfigError(f"{where}.at must be a list of axis values, each once, got {at!r}")
+
+
+def reserved(family: str) -> dict[str, str]:
+    """The TrainConfig key a family with a grid may not set (the grid chooses it), and why."""
+    return {"lr": f"{family}.{KEY} chooses its rate (set {family}.{KEY}=null for a fixed one)"}
 
 
 def _rate(v: Any) -> bool:
@@ -113,6 +118,8 @@ def _grid_point(plan: Plan, base: Point, lr: float) -> Point:
 # ------------------------------------------------------------------------------ the choice
 def val_acc(p: Point) -> float | None:
     """A finished point's best validation accuracy (-1 if it has none), None if unfinished."""
+    from vitlab.train.state import RUN_FILES  # torch: not for `vitlab study --help`
+
     path = p.run_dir / RUN_FILES["report"]
     if not path.is_file():
         return None

@@ -166,8 +166,9 @@ def _check_family(kind: Study, name: str, keys: Any, reserved: dict[str, str]) -
     check_mapping(where, keys, hint="or null to drop the family")
     if "label" in keys:
         check_text(f"{where}.label", keys["label"])
-    if lr_grid.KEY in keys:
+    if keys.get(lr_grid.KEY) is not None:  # null: no grid
         lr_grid.check_grid(f"{where}.{lr_grid.KEY}", keys[lr_grid.KEY])
+        reserved = {**reserved, **lr_grid.reserved(where)}
     for key in keys:
         other = [s.name for s in STUDIES.values() if key in s.family_keys]
         if other and key not in kind.family_keys:

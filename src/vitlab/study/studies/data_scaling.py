@@ -41,7 +41,7 @@ def check(spec: dict[str, Any]) -> None:
     reserved = {**FINETUNE_RESERVED, **budget.reserved(spec)}
     check_train_keys("finetune", spec.get("finetune", {}), reserved)
     for fam, keys in spec["families"].items():
-        if unlabelled.KEY in keys:
+        if keys.get(unlabelled.KEY) is not None:  # null: no such arm
             unlabelled.check_arm(f"families.{fam}.{unlabelled.KEY}", keys[unlabelled.KEY])
 
 

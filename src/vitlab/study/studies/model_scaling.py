@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from vitlab.errors import ConfigError
-from vitlab.study import budget
+from vitlab.study import budget, lr_grid
 from vitlab.study.curves import Curve, pct, versus
 from vitlab.study.keys import check_name, check_train_keys
 from vitlab.study.points import Plan, Point, family_keys, family_label, point_config
@@ -34,9 +34,12 @@ def check(spec: dict[str, Any]) -> None:
                 f"model-scaling: families.{fam}.models must map each model's name to the keys "
                 "that size it, e.g. {d64: {model_args: {embed_dim: 64}}}"
             )
+        reserved = budget.reserved(spec)
+        if keys.get(lr_grid.KEY) is not None:
+            reserved.update(lr_grid.reserved(f"families.{fam}"))
         for name, sizing in models.items():
             check_name(f"families.{fam}.models", name)
-            check_train_keys(f"families.{fam}.models.{name}", sizing or {}, budget.reserved(spec))
+            check_train_keys(f"families.{fam}.models.{name}", sizing or {}, reserved)
 
 
 def expand(plan: Plan) -> list[Point]:

@@ -56,7 +56,7 @@ def check(spec: dict[str, Any]) -> None:
     for stage in ("target", "finetune"):
         check_train_keys(stage, spec.get(stage, {}), {**RESERVED, **by_budget})
     for fam, keys in spec["families"].items():
-        if unlabelled.KEY in keys:
+        if keys.get(unlabelled.KEY) is not None:  # null: no such arm
             unlabelled.check_arm(f"families.{fam}.{unlabelled.KEY}", keys[unlabelled.KEY])
     protocols = check_mapping(
         "protocols", spec.get("protocols"), "names to sides", "source, target"
