@@ -231,7 +231,12 @@ def training_data(cfg: TrainConfig) -> DataSplits:
     """The run's data: `cfg.data` with the validation images held out of the training split,
     then the images `cfg` chooses (`choose_images`)."""
     data = load_data(
-        cfg.data, cfg.data_root, download=cfg.download, val_split=cfg.val_split, seed=cfg.seed
+        cfg.data,
+        cfg.data_root,
+        download=cfg.download,
+        val_split=cfg.val_split,
+        seed=cfg.seed,
+        labelled=cfg.objective == "supervised",
     )
     return choose_images(data, cfg)
 
