@@ -164,7 +164,7 @@ class VisionTransformer(nn.Module, VitlabModule):
         x, pos, cls = self.embed_patches(x)
         x = x + pos
         if cls is not None:
-            x = torch.cat([cls.expand(len(x), -1, -1), x], dim=1)  # (B, 1 + N, D)
+            x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, D)
         return self.pos_drop(x)
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
