@@ -1,17 +1,28 @@
 """The published MAE encoder layouts load as starting points (issue #24): timm's
-`vit_*_patch16_224.mae` state dicts give the features of timm's own model (random weights,
-fp32, within 1e-4) and take a fresh head for fine-tuning."""
+`vit_*_patch16_224.mae` state dicts and transformers' `ViTMAEModel` / `ViTMAEForPreTraining`
+directories give the features of those libraries' own models (random weights, fp32, within
+1e-4), take a fresh head for fine-tuning, and export like any ViT."""
+
+import functools
+import logging
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import vitlab
 from tests.conftest import perturb_
+from vitlab.cli.main import main
+from vitlab.errors import CheckpointError
+from vitlab.weights import hf
+from vitlab.weights.io import RawCheckpoint, read_raw
 
 timm = pytest.importorskip("timm")
+transformers = pytest.importorskip("transformers")
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4)  # timm's names
+N_PATCHES = (32 // 8) ** 2
+DROPPED = "dropped the MAE decoder ({n} tensors): fine-tuning and export use the encoder only"
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -62,3 +73,163 @@ def test_timm_mae_loads_with_a_fresh_head(tmp_path):
     x = _x()
     with torch.no_grad():
         _close(ours.forward_features(x), ref.forward_features(x))
+
+
+# ------------------------------------------------------------------------------------- hf
+def _mae_config(**kw):
+    base = dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=32,
+        patch_size=8,
+        mask_ratio=0.0,
+        decoder_hidden_size=32,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=4,
+        decoder_intermediate_size=64,
+    )
+    return transformers.ViTMAEConfig(**{**base, **kw})
+
+
+def _hf_mae(tmp_path, cls="ViTMAEModel", **kw):
+    ref = perturb_(getattr(transformers, cls)(_mae_config(**kw))).eval()
+    ref.save_pretrained(tmp_path / cls)
+    return ref, tmp_path / cls
+
+
+def _mae_features(ref, x):
+    """ViTMAEModel's last_hidden_state with no patch masked, in the patches' own order
+    (noise = arange is the identity shuffle)."""
+    encoder = getattr(ref, "vit", ref)
+    noise = torch.arange(N_PATCHES, dtype=torch.float32).repeat(x.shape[0], 1)
+    with torch.no_grad():
+        return encoder(pixel_values=x, noise=noise).last_hidden_state
+
+
+@pytest.mark.parametrize("kw", [{}, {"layer_norm_eps": 1e-6, "hidden_act": "gelu_new"}])
+def test_hf_vit_mae_model_features_match_transformers(tmp_path, kw):
+    ref, path = _hf_mae(tmp_path, **kw)
+    ours = vitlab.load_checkpoint(path)
+    cfg = ours.cfg
+    assert cfg.extra["source"] == "hf" and cfg.num_classes == 0
+    assert cfg.layer_norm_eps == ref.config.layer_norm_eps
+    assert (cfg.pool, cfg.class_token, cfg.representation_size) == ("token", True, None)
+    x = _x()
+    with torch.no_grad():
+        _close(ours.forward_features(x), _mae_features(ref, x))
+
+
+@pytest.mark.parametrize("written_by", ["save_pretrained", "torch.save"])
+def test_hf_vit_mae_pretraining_drops_the_decoder_in_one_line(tmp_path, caplog, written_by):
+    """The decoder goes, whether the file has transformers' file names or (a state dict saved
+    from memory) transformers>=5's module names (layers.N.attention.q_proj)."""
+    ref, path = _hf_mae(tmp_path, "ViTMAEForPreTraining")
+    if written_by == "torch.save":
+        (path / "model.safetensors").unlink()
+        torch.save(ref.state_dict(), path / "pytorch_model.bin")
+    n = sum(k.startswith("decoder.") for k in read_raw(path).tensors)
+    with caplog.at_level(logging.INFO, logger="vitlab"):
+        ours = vitlab.load_checkpoint(path)
+    said = [r.getMessage() for r in caplog.records if "decoder" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith(DROPPED.format(n=n))
+    x = _x()
+    with torch.no_grad():
+        _close(ours.forward_features(x), _mae_features(ref, x))
+
+
+@pytest.mark.parametrize("cls", ["ViTMAEModel", "ViTMAEForPreTraining"])
+def test_hf_vit_mae_loads_with_a_fresh_head(tmp_path, cls):
+    ref, path = _hf_mae(tmp_path, cls)
+    ours = vitlab.load_checkpoint(path, num_classes=10)
+    assert ours.head.weight.shape == (10, 64) and not ours.head.weight.any()
+    assert not ours.head.bias.any()
+    x = _x()
+    with torch.no_grad():
+        _close(ours.forward_features(x), _mae_features(ref, x))
+
+
+def _raw(config: dict | None, keys: list[str]) -> RawCheckpoint:
+    extra = {} if config is None else {"config.json": config}
+    return RawCheckpoint("d", {k: torch.zeros(1) for k in keys}, extra=extra)
+
+
+def test_the_mae_layout_is_told_by_config_or_keys():
+    mae, vit = hf.LAYOUTS["vit_mae"], hf.LAYOUTS["vit"]
+    assert hf.layout_of(_raw({"model_type": "vit_mae"}, [])) is mae
+    assert hf.layout_of(_raw({"architectures": ["ViTMAEForPreTraining"]}, [])) is mae
+    assert hf.layout_of(_raw(None, ["decoder.decoder_embed.weight"])) is mae
+    assert hf.layout_of(_raw({"model_type": "vit"}, [])) is vit
+    assert hf.layout_of(_raw(None, ["vit.embeddings.cls_token"])) is vit
+
+
+def test_a_tensor_the_mae_map_does_not_take_is_named(tmp_path):
+    _, path = _hf_mae(tmp_path, "ViTMAEForPreTraining")
+    sd = load_file(path / "model.safetensors")
+    sd["vit.encoder.layer.0.attention.attention.rel_pos"] = torch.zeros(3)
+    save_file(sd, str(path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"vit_mae.*rel_pos"):
+        vitlab.load_checkpoint(path)
+
+
+# -------------------------------------------------------------------------------- export
+def _loaded(tmp_path, layout):
+    """A fine-tuning start from `layout` (a fresh head, given values so logits show), and the
+    reference features it must keep."""
+    x = _x()
+    if layout == "timm":
+        ref, path, _ = _timm_mae(tmp_path)
+        with torch.no_grad():
+            want = ref.forward_features(x)
+        model = vitlab.load_checkpoint(path, num_heads=4, num_classes=10)
+    else:
+        ref, path = _hf_mae(tmp_path, "ViTMAEForPreTraining")
+        want = _mae_features(ref, x)
+        model = vitlab.load_checkpoint(path, num_classes=10)
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.5)
+        model.head.bias.normal_(0, 0.5)
+    return model, x, want
+
+
+@pytest.mark.parametrize("layout", ["timm", "hf"])
+def test_mae_start_exports_to_transformers_timm_and_google(tmp_path, layout):
+    model, x, want = _loaded(tmp_path, layout)
+    with torch.no_grad():
+        logits = model(x)
+    out = vitlab.save_checkpoint(model, tmp_path / "hf_out", format="hf")
+    theirs = transformers.ViTForImageClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        got = theirs(pixel_values=x, output_hidden_states=True)
+    _close(got.logits, logits)
+    _close(theirs.vit.layernorm(got.hidden_states[-1]), want)
+    cfg = model.cfg  # the HF layout's eps 1e-12 and MLP width travel as timm_advice says
+    norm = functools.partial(torch.nn.LayerNorm, eps=cfg.layer_norm_eps)
+    mlp_ratio = cfg.mlp_dim / cfg.embed_dim
+    twin = timm.models.vision_transformer.VisionTransformer(
+        **TINY, num_classes=10, norm_layer=norm, mlp_ratio=mlp_ratio
+    )
+    timm_file = vitlab.save_checkpoint(model, tmp_path / "t.safetensors", format="timm")
+    twin.load_state_dict(load_file(timm_file))
+    with torch.no_grad():
+        _close(twin.eval()(x), logits)
+    google = vitlab.save_checkpoint(model, tmp_path / "g.npz", format="google")
+    back = vitlab.load_checkpoint(google)
+    with torch.no_grad():
+        _close(back(x), logits)
+
+
+def test_convert_an_hf_mae_directory(tmp_path, capsys):
+    """`vitlab convert` of a ViTMAEForPreTraining directory writes the encoder as a vitlab
+    checkpoint, which loads for fine-tuning."""
+    ref, path = _hf_mae(tmp_path, "ViTMAEForPreTraining")
+    dst = tmp_path / "encoder.safetensors"
+    assert main(["convert", str(path), str(dst), "--to", "vitlab"]) == 0
+    assert "hf layout" in capsys.readouterr().out
+    assert not any(k.startswith("decoder") for k in load_file(dst))
+    ours = vitlab.load_checkpoint(dst, num_classes=10)
+    assert ours.cfg.extra["source"] == "vitlab" and not ours.head.weight.any()
+    x = _x()
+    with torch.no_grad():
+        _close(ours.forward_features(x), _mae_features(ref, x))

@@ -1,10 +1,16 @@
-"""Hugging Face transformers' ViT layout (`ViTModel`, `ViTForImageClassification`).
+"""Hugging Face transformers' ViT layouts: `ViTModel` and `ViTForImageClassification`
+(model_type "vit"), and the encoder of `ViTMAEModel` and `ViTMAEForPreTraining` (model_type
+"vit_mae", He et al. 2022), whose keys are ViT's (`LAYOUTS`).
 
 A directory written by `save_pretrained`: config.json (architecture, `layer_norm_eps` - 1e-12 by
 default, not timm's 1e-6 -, `hidden_act`, `id2label`) and model.safetensors or pytorch_model.bin
 with separate query/key/value projections. The key map fuses them into vitlab's one qkv matrix
 (rows ordered q, k, v) and splits it again on export. `ViTModel`'s pooler (dense + tanh on the
 class token) is the paper's pre-logits layer (`representation_size`).
+
+An MAE encoder loads as a headless ViT (class token, token pooling, no pre-logits layer): its
+stored fixed sin-cos position embeddings become learned ones, as MAE's fine-tuning has them;
+`ViTMAEForPreTraining`'s decoder (`decoder.*`) is dropped, and a log line says so.
 
 preprocessor_config.json is a `BitImageProcessor` that does what vitlab does
 (`vitlab.preprocess`): short side to int(S / crop_pct), centre crop S x S, the model's resample
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +74,45 @@ def _split3(t: torch.Tensor) -> list[torch.Tensor]:
     return [c.clone() for c in t.chunk(3, dim=0)]
 
 
+@dataclass(frozen=True)
+class Layout:
+    """A transformers model family whose encoder is vitlab's ViT under `rules`' keys: how its
+    config.json names it, a key only its files hold, and the part of its files that vitlab
+    does not build (a key prefix), dropped on loading with one log line saying why."""
+
+    model_type: str  # config.json "model_type"
+    architectures: tuple[str, ...]  # config.json "architectures"
+    marker: str | None = None  # a key that tells the layout without a config.json
+    dropped: str | None = None  # key prefix of the tensors that are not the encoder
+    dropped_what: str = ""
+
+
+LAYOUTS = {
+    "vit": Layout("vit", ("ViTModel", "ViTForImageClassification")),
+    "vit_mae": Layout(
+        "vit_mae",
+        ("ViTMAEModel", "ViTMAEForPreTraining"),
+        marker="decoder.decoder_embed.weight",
+        dropped="decoder.",
+        dropped_what="the MAE decoder",
+    ),
+}
+
+
+def layout_of(raw: RawCheckpoint) -> Layout:
+    """The layout config.json's model_type or architectures name, else the one whose marker key
+    the file holds, else plain ViT's."""
+    hf = raw.extra.get("config.json", {})
+    named = set(hf.get("architectures") or ())
+    for layout in LAYOUTS.values():
+        if hf.get("model_type") == layout.model_type or named & set(layout.architectures):
+            return layout
+    keys = raw.keys()
+    return next((x for x in LAYOUTS.values() if x.marker in keys), LAYOUTS["vit"])
+
+
 def _detect(raw: RawCheckpoint) -> bool:
-    cfg = raw.extra.get("config.json", {})
-    if cfg.get("model_type") == "vit":
+    if raw.extra.get("config.json", {}).get("model_type") in LAYOUTS:
         return True
     keys = raw.keys()
     return any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in keys)
@@ -182,11 +225,26 @@ def _preprocessing(path: Path, img_size: int) -> tuple[tuple[float, ...], tuple[
     return mean, std, crop_pct_for(img_size, short)
 
 
+def _encoder(raw: RawCheckpoint, layout: Layout) -> dict[str, torch.Tensor]:
+    """The file's tensors less those `layout` drops (the MAE decoder), logged in one line."""
+    if layout.dropped is None:
+        return dict(raw.tensors)
+    dropped = [k for k in raw.tensors if k.startswith(layout.dropped)]
+    if dropped:
+        log.info(
+            "%s: dropped %s (%d tensors): fine-tuning and export use the encoder only",
+            raw.path, layout.dropped_what, len(dropped),
+        )  # fmt: skip
+    return {k: v for k, v in raw.tensors.items() if not k.startswith(layout.dropped)}
+
+
 def _to_vitlab(raw: RawCheckpoint, cfg: AnyConfig) -> dict[str, torch.Tensor]:
-    keys = raw.keys()
+    layout = layout_of(raw)
+    tensors = _encoder(raw, layout)
+    keys = set(tensors)
     base = _base(keys)
-    sd = apply_rules(rules(cfg, base, _names(keys, base)), raw.tensors, f"{raw.path} (hf)")
-    return sd
+    what = f"{raw.path} (hf, {layout.model_type})"
+    return apply_rules(rules(cfg, base, _names(keys, base)), tensors, what)
 
 
 def _check_exportable(cfg: AnyConfig) -> None:
@@ -277,8 +335,8 @@ def _export(model: nn.Module, path: Path) -> Path:
 
 SOURCE = Source(
     name="hf",
-    description="Hugging Face ViT directory (config.json model_type 'vit', "
-    "vit.encoder.layer.N.attention.attention.query)",
+    description="Hugging Face ViT directory (config.json model_type 'vit' or 'vit_mae', "
+    "vit.encoder.layer.N.attention.attention.query; an MAE decoder is dropped)",
     detect=_detect,
     infer_config=_infer,
     to_vitlab=_to_vitlab,
