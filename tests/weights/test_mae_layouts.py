@@ -6,14 +6,17 @@ directories give the features of those libraries' own models (random weights, fp
 import functools
 import logging
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import vitlab
 from tests.conftest import perturb_
 from vitlab.cli.main import main
 from vitlab.errors import CheckpointError
+from vitlab.preprocess import eval_transform
 from vitlab.weights import hf
 from vitlab.weights.io import RawCheckpoint, read_raw
 
@@ -233,3 +236,24 @@ def test_convert_an_hf_mae_directory(tmp_path, capsys):
     x = _x()
     with torch.no_grad():
         _close(ours.forward_features(x), _mae_features(ref, x))
+
+
+def test_timm_hub_folder_brings_preprocessing_and_heads(tmp_path):
+    """A folder as timm's `save_for_hf` writes it (what "timm:vit_base_patch16_224.mae"
+    downloads): its config.json gives the head count and the `.mae` preprocessing (ImageNet
+    mean and std, crop_pct 0.9), so vitlab's eval transform is timm's own (to one uint8 level)."""
+    ref, _, _ = _timm_mae(tmp_path)
+    timm.models.save_for_hf(ref, tmp_path / "hub", safe_serialization=True)
+    ours = vitlab.load_checkpoint(tmp_path / "hub")  # no num_heads: the folder says 4
+    assert ours.cfg.num_heads == 4 and ours.cfg.crop_pct == 0.9
+    assert ours.cfg.mean == ref.pretrained_cfg["mean"] and ours.cfg.std == ref.pretrained_cfg["std"]
+    x = _x()
+    with torch.no_grad():
+        _close(ours.forward_features(x), ref.forward_features(x))
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 61, 3), dtype=np.uint8))
+    data = timm.data.resolve_data_config({"input_size": (3, 32, 32)}, model=ref)
+    theirs = timm.data.create_transform(**data)(img)  # resize the short side to 35, crop 32
+    ours_x = eval_transform(ours.data_config)(img)
+    assert ours_x.shape == theirs.shape == (3, 32, 32)
+    level = 1 / 255 / min(ours.cfg.std)  # one uint8 level, where the resizers round apart
+    assert (ours_x - theirs).abs().max().item() <= level + 1e-6
