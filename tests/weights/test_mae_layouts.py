@@ -25,7 +25,9 @@ transformers = pytest.importorskip("transformers")
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4)  # timm's names
 N_PATCHES = (32 // 8) ** 2
-DROPPED = "dropped the MAE decoder ({n} tensors): fine-tuning and export use the encoder only"
+DROPPED = (
+    "dropped the MAE decoder ({n} tensors) of {name}: fine-tuning and export use the encoder only"
+)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -136,7 +138,7 @@ def test_hf_vit_mae_pretraining_drops_the_decoder_in_one_line(tmp_path, caplog, 
     with caplog.at_level(logging.INFO, logger="vitlab"):
         ours = vitlab.load_checkpoint(path)
     said = [r.getMessage() for r in caplog.records if "decoder" in r.getMessage()]
-    assert len(said) == 1 and said[0].endswith(DROPPED.format(n=n))
+    assert len(said) == 1 and said[0] == DROPPED.format(n=n, name=path.name)
     x = _x()
     with torch.no_grad():
         _close(ours.forward_features(x), _mae_features(ref, x))
@@ -257,3 +259,15 @@ def test_timm_hub_folder_brings_preprocessing_and_heads(tmp_path):
     assert ours_x.shape == theirs.shape == (3, 32, 32)
     level = 1 / 255 / min(ours.cfg.std)  # one uint8 level, where the resizers round apart
     assert (ours_x - theirs).abs().max().item() <= level + 1e-6
+
+
+def test_every_layout_drops_pretraining_parts_in_the_same_line(tmp_path, caplog):
+    """vitlab's own pre-training checkpoints (`mae.*` beside the encoder) say it as the MAE
+    layouts do: one definition, `adapter.drop_parts`."""
+    model = vitlab.create_model("vit_test", num_classes=0)
+    extra = {"mae.mask_token": torch.zeros(1, 1, 32), "mae.pred.weight": torch.zeros(4, 32)}
+    path = vitlab.save_checkpoint(model, tmp_path / "pre.safetensors", extra=extra)
+    with caplog.at_level(logging.INFO, logger="vitlab"):
+        vitlab.load_checkpoint(path, num_classes=3)
+    said = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert said == [DROPPED.format(n=2, name="pre.safetensors")]

@@ -35,7 +35,7 @@ from vitlab.files import atomic_write
 from vitlab.models.config import AnyConfig, ViTConfig
 from vitlab.preprocess import RESCALE, Preprocess, crop_pct_for, preprocess_of
 from vitlab.runtime.device import unwrap_model
-from vitlab.weights.adapter import Rule, Source, apply_rules, invert_rules, rule
+from vitlab.weights.adapter import Rule, Source, apply_rules, drop_parts, invert_rules, rule
 from vitlab.weights.io import RawCheckpoint, save_safetensors
 
 # hidden_act in config.json <-> vitlab's act (transformers' ACT2FN names).
@@ -77,14 +77,13 @@ def _split3(t: torch.Tensor) -> list[torch.Tensor]:
 @dataclass(frozen=True)
 class Layout:
     """A transformers model family whose encoder is vitlab's ViT under `rules`' keys: how its
-    config.json names it, a key only its files hold, and the part of its files that vitlab
-    does not build (a key prefix), dropped on loading with one log line saying why."""
+    config.json names it, a key only its files hold, and the parts of its files that only
+    pre-training uses, dropped on loading (`adapter.drop_parts`, which says so in one line)."""
 
     model_type: str  # config.json "model_type"
     architectures: tuple[str, ...]  # config.json "architectures"
     marker: str | None = None  # a key that tells the layout without a config.json
-    dropped: str | None = None  # key prefix of the tensors that are not the encoder
-    dropped_what: str = ""
+    dropped: tuple[tuple[str, str], ...] = ()  # (key prefix, what the part is)
 
 
 LAYOUTS = {
@@ -93,8 +92,7 @@ LAYOUTS = {
         "vit_mae",
         ("ViTMAEModel", "ViTMAEForPreTraining"),
         marker="decoder.decoder_embed.weight",
-        dropped="decoder.",
-        dropped_what="the MAE decoder",
+        dropped=(("decoder.", "the MAE decoder"),),
     ),
 }
 
@@ -225,22 +223,9 @@ def _preprocessing(path: Path, img_size: int) -> tuple[tuple[float, ...], tuple[
     return mean, std, crop_pct_for(img_size, short)
 
 
-def _encoder(raw: RawCheckpoint, layout: Layout) -> dict[str, torch.Tensor]:
-    """The file's tensors less those `layout` drops (the MAE decoder), logged in one line."""
-    if layout.dropped is None:
-        return dict(raw.tensors)
-    dropped = [k for k in raw.tensors if k.startswith(layout.dropped)]
-    if dropped:
-        log.info(
-            "%s: dropped %s (%d tensors): fine-tuning and export use the encoder only",
-            raw.path, layout.dropped_what, len(dropped),
-        )  # fmt: skip
-    return {k: v for k, v in raw.tensors.items() if not k.startswith(layout.dropped)}
-
-
 def _to_vitlab(raw: RawCheckpoint, cfg: AnyConfig) -> dict[str, torch.Tensor]:
     layout = layout_of(raw)
-    tensors = _encoder(raw, layout)
+    tensors = drop_parts(raw, dict(layout.dropped))  # the MAE decoder goes
     keys = set(tensors)
     base = _base(keys)
     what = f"{raw.path} (hf, {layout.model_type})"
