@@ -80,6 +80,30 @@ def test_timm_mae_loads_with_a_fresh_head(tmp_path):
         _close(ours.forward_features(x), ref.forward_features(x))
 
 
+def test_facebookresearch_mae_file_loads_as_its_encoder(tmp_path, caplog):
+    """facebookresearch/mae's MaskedAutoencoderViT state dict (under "model", as its .pth
+    files hold it): timm's encoder keys, and its decoder (timm Blocks, decoder_embed/_norm/
+    _pred, decoder_pos_embed, mask_token), which is dropped in one line."""
+    ref, _, sd = _timm_mae(tmp_path)
+    block = timm.models.vision_transformer.Block(32, 4, qkv_bias=True)
+    decoder = {f"decoder_blocks.0.{k}": v for k, v in block.state_dict().items()}
+    for name, module in [
+        ("decoder_embed", torch.nn.Linear(64, 32)),
+        ("decoder_norm", torch.nn.LayerNorm(32)),
+        ("decoder_pred", torch.nn.Linear(32, 8 * 8 * 3)),
+    ]:
+        decoder |= {f"{name}.{k}": v for k, v in module.state_dict().items()}
+    decoder |= {"mask_token": torch.zeros(1, 1, 32), "decoder_pos_embed": torch.zeros(1, 17, 32)}
+    torch.save({"model": {**sd, **decoder}}, tmp_path / "mae_visualize_vit_tiny.pth")
+    with caplog.at_level(logging.INFO, logger="vitlab"):
+        ours = vitlab.load_checkpoint(tmp_path / "mae_visualize_vit_tiny.pth", num_heads=4)
+    said = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert said == [DROPPED.format(n=len(decoder), name="mae_visualize_vit_tiny.pth")]
+    x = _x()
+    with torch.no_grad():
+        _close(ours.forward_features(x), ref.forward_features(x))
+
+
 # ------------------------------------------------------------------------------------- hf
 def _mae_config(**kw):
     base = dict(

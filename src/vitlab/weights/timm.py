@@ -2,7 +2,8 @@
 adapter adds is reading the architecture from the tensors (and, from the config.json of a hub
 folder, the preprocessing and head count) and refusing what does not fit, and `timm_twin`:
 timm's own model with a vitlab model's architecture and weights, for comparisons. MAE encoders
-(`vit_*_patch16_224.mae`) are headless ViTs of this layout."""
+(`vit_*_patch16_224.mae`) are headless ViTs of this layout; facebookresearch/mae's files with
+the decoder beside them load as their encoder."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from vitlab.weights.adapter import (
     Source,
     config_metadata,
     count_indexed,
+    drop_parts,
     grid_from_tokens,
     guess_num_heads,
     imagenet_class_names,
@@ -143,8 +145,13 @@ def _with_hub_config(cfg: AnyConfig, hub: dict) -> AnyConfig:
     return replace(cfg, **found) if found else cfg
 
 
+# facebookresearch/mae's MaskedAutoencoderViT (e.g. its mae_visualize_vit_*.pth) keeps timm's
+# encoder keys and, beside them, its decoder: dropped on loading, in one line.
+_MAE_DECODER = {"decoder_": "the MAE decoder", "mask_token": "the MAE decoder"}
+
+
 def _to_vitlab(raw: RawCheckpoint, cfg: AnyConfig) -> dict[str, torch.Tensor]:
-    return dict(raw.tensors)
+    return drop_parts(raw, _MAE_DECODER)
 
 
 def _export(model: nn.Module, path: Path) -> Path:
