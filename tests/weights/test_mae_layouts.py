@@ -67,7 +67,7 @@ def test_timm_mae_features_match_timm(tmp_path, suffix):
 
 def test_timm_mae_loads_with_a_fresh_head(tmp_path):
     """Fine-tuning's `load_checkpoint(path, num_classes=10)` of a headless file: every encoder
-    tensor from the file, a new zero head (this was refused: "missing: head.weight")."""
+    tensor from the file, a new zero head (refused before issue #24: "missing: head.weight")."""
     ref, path, sd = _timm_mae(tmp_path)
     ours = vitlab.load_checkpoint(path, num_heads=4, num_classes=10)
     own = ours.state_dict()
