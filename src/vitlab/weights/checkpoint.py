@@ -35,6 +35,7 @@ from vitlab.weights.adapter import (
     GUESSED,
     UNKNOWN,
     Source,
+    drop_parts,
     listing,
     written_by_vitlab,
 )
@@ -59,15 +60,7 @@ PRETRAINING_PARTS = {"mae.": "the MAE decoder", "mpp.": "the masked-patch-predic
 
 def _native_tensors(raw: RawCheckpoint, cfg: AnyConfig) -> dict[str, torch.Tensor]:
     """The file's model tensors, without a pre-training run's own (`PRETRAINING_PARTS`)."""
-    sd = dict(raw.tensors)
-    for prefix, what in PRETRAINING_PARTS.items():
-        dropped = [k for k in sd if k.startswith(prefix)]
-        for k in dropped:
-            del sd[k]
-        if dropped:
-            log.info("dropped %s (%d tensors) of %s: fine-tuning and export use the encoder "
-                     "only", what, len(dropped), raw.path.name)  # fmt: skip
-    return sd
+    return drop_parts(raw, PRETRAINING_PARTS)
 
 
 def _export_vitlab(
