@@ -24,6 +24,12 @@ def new_figure(
     return fig, axes
 
 
+def new_grid(rows: int, cols: int, size: float = 1.5) -> tuple[Figure, np.ndarray]:
+    """A figure of `rows` x `cols` square axes, `size` inches each ((rows, cols) array)."""
+    fig = Figure(figsize=(size * cols, size * rows), layout="tight")
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
 def save_figure(fig: Figure, path: str | Path, dpi: int = DPI, tight: bool = True) -> Path:
     """Write `fig` as a PNG at `path` atomically (rendered with Agg); `tight` crops the canvas
     to what is drawn."""

@@ -219,3 +219,15 @@ def test_inspect_takes_the_first_image_of_each_class_from_shards(tmp_path):
     assert labels[:3] == [0, 1, 2]  # one per class first (sample 0 is unreadable: skipped)
     assert len(got) == 4 and all(im.mode == "RGB" for _, im in got)
     assert got[0][0] == "train_sample00003_0"  # no {split}: the training shards
+
+
+def test_pretraining_streams_shards_without_labels(tmp_path):
+    """Shards of images only are refused for training (above) and read for pre-training."""
+    write_shards(tmp_path, "train", 2, 8, labels=False)
+    write_shards(tmp_path, "val", 1, 4, labels=False, start=16)
+    data = "wds:" + str(tmp_path / "{split}-{000000..000001}.tar")
+    splits = load_data(data, labelled=False)
+    assert splits.class_names == ("unlabelled",) and len(splits.train) == 16
+    result = fit(_fit_cfg(tmp_path, data, objective="mae"))
+    assert result.report["objective"] == "mae" and result.report["val_loss"] > 0
+    assert result.report["steps"] == 2 and result.report["skipped"] == 0

@@ -16,6 +16,7 @@ from vitlab.errors import VitlabError
 # One per line, in the order `vitlab --help` shows them.
 COMMANDS = [
     "train",
+    "pretrain",
     "finetune",
     "eval",
     "predict",
@@ -30,6 +31,8 @@ COMMANDS = [
 EPILOG = """\
 examples:
   vitlab train --config fashion_mnist_vit              a ViT from scratch on Fashion-MNIST
+  vitlab pretrain --objective mae --data imagefolder:all_photos
+                                                       pre-training without labels (MAE, mpp)
   vitlab finetune --from m.safetensors --data imagefolder:photos
                                                        new head, the paper's fine-tuning recipe
   vitlab eval --checkpoint m.safetensors --data fashion-mnist

@@ -177,7 +177,16 @@ def print_result(result) -> None:
     from vitlab.train.state import RUN_FILES
 
     f = {role: result.run_dir / name for role, name in RUN_FILES.items()}
-    print(format_report(result.report))
+    r = result.report
+    if r.get("objective"):  # pre-trained without labels: a loss, no accuracy
+        loss = "none (no validation split)" if r["val_loss"] is None else f"{r['val_loss']:.4f}"
+        print(f"pre-trained ({r['objective']}): validation loss {loss}, {r['steps']} steps, "
+              f"{r['wall_minutes']:.1f} min")  # fmt: skip
+        pictures = result.run_dir / "reconstructions"
+        if pictures.is_dir():
+            print(f"reconstructions: {pictures}/")
+    else:
+        print(format_report(r))
     confusion = f" (confusion matrix: {f['confusion']})" if f["confusion"].is_file() else ""
     print(f"report:      {f['report']}{confusion}")
     print(f"curves:      {f['curves']} (per epoch: {f['summary']})")
@@ -185,22 +194,28 @@ def print_result(result) -> None:
     print(f"checkpoint:  {f['last']}{also}")
     if result.report.get("weights") == str(f["best"]):
         print(f"the report is about {f['best']} (report_best)")
-    r = result.report
     if r.get("stopped") == "patience":
         print(f"early stop:  step {r['steps']} of at most {r['max_steps']} (patience)")
     elif r.get("stopped") == "cap":
         print(f"step cap:    reached {r['max_steps']} steps still improving; raise the cap")
+    if r.get("objective"):
+        print(f"fine-tune:   vitlab finetune --from {f['last']} --data ... (the encoder; "
+              "a new head)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     """`vitlab train`, and `vitlab finetune` (the same with --from)."""
-    from vitlab.train.distributed import cleanup, is_main
-    from vitlab.train.run import fit
-
     if args.resume is not None and args.overwrite:
         raise ConfigError("--resume continues a run and --overwrite starts one over: pass one")
     init_from = getattr(args, "init_from", None)
-    cfg = config_from_args(args, {"init_from": init_from} if init_from else None)
+    return run_config(args, config_from_args(args, {"init_from": init_from} if init_from else None))
+
+
+def run_config(args: argparse.Namespace, cfg: TrainConfig) -> int:
+    """Run `cfg` (train, finetune and pretrain) and print where its results are."""
+    from vitlab.train.distributed import cleanup, is_main
+    from vitlab.train.run import fit
+
     try:
         result = fit(cfg, resume=args.resume, overwrite=args.overwrite)
         if is_main():

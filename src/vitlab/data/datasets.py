@@ -3,7 +3,8 @@
 - `fashion-mnist`: the idx files under `--data-root`, else Debian's `dataset-fashion-mnist`,
   else a previous download; `--download` fetches them through torchvision;
 - `imagefolder:PATH`: class-per-folder images; `PATH/train` + `PATH/val` (and `PATH/test`), or
-  one folder split by `val_split`;
+  one folder split by `val_split`; or a flat folder of images without class folders, one
+  "unlabelled" class, for `vitlab pretrain`;
 - `cifar10`, `cifar100`, `pets`, `flowers102`: through torchvision (the paper's transfer
   benchmarks, section 4.1);
 - `digits`: scikit-learn's 8x8 digits (offline, seconds);
@@ -66,11 +67,13 @@ def load_data(
     download: bool = False,
     val_split: float = 0.0,
     seed: int = 0,
+    labelled: bool = True,
 ) -> DataSplits:
     """Resolve a `--data` spec (see the module docstring) into train/val/test sets.
 
     `val_split` holds out that fraction of the training set (stratified, seeded) as validation
-    where the dataset has no validation split of its own (not for `wds:`, an error there)."""
+    where the dataset has no validation split of its own (not for `wds:`, an error there).
+    `labelled=False` (pre-training) also accepts WebDataset shards without labels."""
     name, _, arg = spec.partition(":")
     loaders = {
         "fashion-mnist": lambda: _fashion_mnist(root, download),
@@ -81,7 +84,7 @@ def load_data(
         "flowers102": lambda: _flowers(root, download),
         "digits": _digits,
         "synthetic": _synthetic,
-        "wds": lambda: _wds(arg, val_split),
+        "wds": lambda: _wds(arg, val_split, labelled),
     }
     if name not in loaders:
         raise DatasetError(f"unknown dataset {spec!r}; choose one of {', '.join(DATA_NAMES)}")
@@ -269,6 +272,8 @@ def _imagefolder(path: str | Path | None) -> DataSplits:
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder; expected {root}/CLASS/IMAGE files")
     parts = {s: root / s for s in ("train", "val", "validation", "test") if (root / s).is_dir()}
+    if "train" not in parts and _flat(root):
+        return DataSplits(f"imagefolder:{root}", _flat(root), None, None, (UNLABELLED,), 3, 0)
     if "train" not in parts:
         train, names = _folder(root)
         return DataSplits(f"imagefolder:{root}", train, None, None, names, 3, 0)
@@ -277,6 +282,20 @@ def _imagefolder(path: str | Path | None) -> DataSplits:
     val = _folder(val_dir, names)[0] if val_dir else None
     test = _folder(parts["test"], names)[0] if "test" in parts else None
     return DataSplits(f"imagefolder:{root}", train, val, test, names, 3, 0)
+
+
+UNLABELLED = "unlabelled"  # the one class of a flat folder of images
+
+
+def _flat(root: Path) -> FileSet | None:
+    """A flat folder of images without class folders (for pre-training without labels; every
+    image gets label 0): its images in name order, or None when it has sub-folders."""
+    if any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
+        return None
+    paths = sorted(str(p) for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        return None
+    return FileSet(lambda i: load_image(paths[i], 3), torch.zeros(len(paths)), None)
 
 
 def _folder(root: Path, names: tuple[str, ...] | None = None) -> tuple[FileSet, tuple[str, ...]]:
@@ -299,10 +318,10 @@ def _folder(root: Path, names: tuple[str, ...] | None = None) -> tuple[FileSet, 
     return FileSet(lambda i: load_image(paths[i], 3), labels, None), tuple(classes)
 
 
-def _wds(pattern: str, val_split: float) -> DataSplits:
+def _wds(pattern: str, val_split: float, labelled: bool = True) -> DataSplits:
     from vitlab.data.wds import load_shards
 
-    return load_shards(pattern, val_split)
+    return load_shards(pattern, val_split, labelled)
 
 
 # ------------------------------------------------------------------------- offline sets

@@ -132,6 +132,7 @@ class ShardSet:
     pattern: str
     urls: tuple[str, ...]
     sizes: tuple[int, ...]
+    labelled: bool = True  # False: images only (pre-training), every label 0
 
     def __len__(self) -> int:
         return sum(self.sizes)

@@ -102,8 +102,10 @@ def is_local(url: str) -> bool:
 
 
 # -------------------------------------------------------------------------------- the splits
-def load_shards(pattern: str, val_split: float = 0.0) -> DataSplits:
-    """Resolve `wds:PATTERN` (see the module docstring): find and scan the shards of each split."""
+def load_shards(pattern: str, val_split: float = 0.0, labelled: bool = True) -> DataSplits:
+    """Resolve `wds:PATTERN` (see the module docstring): find and scan the shards of each split.
+    `labelled=False` (pre-training without labels) also takes shards of images without
+    `KEY.cls`, as one "unlabelled" class."""
     if not pattern:
         raise DatasetError(
             "wds needs a shard pattern: --data 'wds:/data/shards/train-{000000..000127}.tar'"
@@ -111,9 +113,11 @@ def load_shards(pattern: str, val_split: float = 0.0) -> DataSplits:
     _webdataset()
     t0 = time.perf_counter()
     if "{split}" in pattern:
-        parts = {s: _scan_split(pattern.replace("{split}", s), s == "train") for s in SPLITS}
+        parts = {
+            s: _scan_split(pattern.replace("{split}", s), s == "train", labelled) for s in SPLITS
+        }
     else:
-        parts = {"train": _scan_split(pattern, True), "val": None, "test": None}
+        parts = {"train": _scan_split(pattern, True, labelled), "val": None, "test": None}
     if val_split > 0 and parts["val"] is None:
         raise DatasetError(
             f"wds:{pattern} has no validation shards, and val_split does not apply to streamed "
@@ -121,7 +125,8 @@ def load_shards(pattern: str, val_split: float = 0.0) -> DataSplits:
             "(e.g. wds:/data/{split}-{000000..000099}.tar), or drop val_split"
         )
     found = {s: p[0] for s, p in parts.items() if p is not None}
-    names = class_names(found["train"], max(p[1] for p in parts.values() if p is not None))
+    top = max(p[1] for p in parts.values() if p is not None)
+    names = class_names(found["train"], top) if labelled else ("unlabelled",)
     log.info(
         "wds:%s: %s; %d classes (scanned in %.1fs)",
         pattern,
@@ -141,7 +146,7 @@ def load_shards(pattern: str, val_split: float = 0.0) -> DataSplits:
     )
 
 
-def _scan_split(pattern: str, required: bool) -> tuple[ShardSet, int] | None:
+def _scan_split(pattern: str, required: bool, labelled: bool = True) -> tuple[ShardSet, int] | None:
     """The split's shards with their sample counts and its largest label; None for an optional
     split (validation, test) without shards."""
     urls = _webdataset().shardlists.expand_urls(pattern)
@@ -167,8 +172,9 @@ def _scan_split(pattern: str, required: bool) -> tuple[ShardSet, int] | None:
             f"{', '.join(seen) or 'none'}); " + layout(pattern)
         )
     for t in tallies:
-        t.check(pattern)
-    shards = ShardSet(pattern, tuple(t.url for t in kept), tuple(t.samples for t in kept))
+        t.check(pattern, labelled)
+    urls, sizes = tuple(t.url for t in kept), tuple(t.samples for t in kept)
+    shards = ShardSet(pattern, urls, sizes, labelled)
     return shards, max(t.max_label for t in kept)
 
 
@@ -197,9 +203,10 @@ class Tally:
         self.images += int(image)
         self.samples += 1
 
-    def check(self, pattern: str) -> None:
-        """A shard with samples but no images, or no labels, is laid out differently."""
-        if self.samples and not (self.images and self.labels):
+    def check(self, pattern: str, labelled: bool = True) -> None:
+        """A shard with samples but no images, or (`labelled`) no labels, is laid out
+        differently."""
+        if self.samples and not (self.images and (self.labels or not labelled)):
             what = "no .cls labels" if self.images else "no images"
             found = ", ".join(sorted(self.suffixes))
             raise DatasetError(f"{self.url} has {what} (found {found}); " + layout(pattern))
@@ -315,10 +322,10 @@ def raw_sample(url: str, sample: dict) -> RawSample:
     return RawSample(f"{url}:{sample['__key__']}", image, label)
 
 
-def _decode(r: RawSample) -> Image.Image:
+def _decode(r: RawSample, labelled: bool = True) -> Image.Image:
     if r.image is None:
         raise ImageError(f"{r.name}: no image in this sample (KEY.jpg|jpeg|png|webp)")
-    if r.label is None:
+    if r.label is None and labelled:
         raise ImageError(f"{r.name}: no usable KEY.cls label")
     return decode_image(r.image, r.name, 3)
 
@@ -414,8 +421,9 @@ class ShardStream(IterableDataset):
 
     def _batch(self, raw: list[RawSample], seed: int) -> Batch:
         """Decode and augment as image files are: FileSet.batch over these samples."""
-        labels = torch.tensor([-1 if r.label is None else r.label for r in raw])
-        files = FileSet(lambda i: _decode(raw[i]), labels, None)
+        labelled = self.shards.labelled
+        labels = torch.tensor([-1 if r.label is None or not labelled else r.label for r in raw])
+        files = FileSet(lambda i: _decode(raw[i], labelled), labels.clamp(min=0), None)
         return files.batch(range(len(raw)), self.aug, torch.Generator().manual_seed(seed))
 
     # ------------------------------------------------------------------------ training

@@ -142,29 +142,44 @@ class VisionTransformer(nn.Module, VitlabModule):
         prefix = cfg.num_prefix_tokens if cfg.pos_embed_cls else 0
         return resample_pos_embed(self.pos_embed, grid, cfg.grid_size(), prefix)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Equation 1: patches -> tokens, class token prepended, position embeddings added."""
+    def embed_patches(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The parts of equation 1 before they are joined: (B, N, D) patch tokens, their (1, N, D)
+        position embeddings, and the (1, 1, D) class token with its own position embedding
+        (None without a class token). Masked pre-training (`vitlab.train.selfsup`) corrupts or
+        drops patch tokens between these and `forward_tokens`."""
         x = self.patch_embed(x)  # (B, gh, gw, D)
         B, gh, gw, D = x.shape
-        pos = self._pos_embed_for((gh, gw))
-        x = x.reshape(B, gh * gw, D)  # (B, N, D)
-        if self.cls_token is None:
-            x = x + pos
-        elif pos.shape[1] == x.shape[1]:  # position embeddings for the patches only
-            x = torch.cat([self.cls_token.expand(B, -1, -1), x + pos], dim=1)
-        else:  # the class token has its own position embedding (vit_jax)
-            x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1) + pos
+        pos = self._pos_embed_for((gh, gw))  # (1, N or N + 1, D)
+        n = gh * gw
+        x = x.reshape(B, n, D)  # (B, N, D)
+        cls = None
+        if self.cls_token is not None:  # the class token's own position embedding (vit_jax)
+            cls = self.cls_token + pos[:, :1] if pos.shape[1] > n else self.cls_token
+        return x, pos[:, pos.shape[1] - n :], cls
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Equation 1: patches -> tokens, class token prepended, position embeddings added."""
+        x, pos, cls = self.embed_patches(x)
+        x = x + pos
+        if cls is not None:
+            x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, D)
         return self.pos_drop(x)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, N(+1), D) tokens after the final LayerNorm."""
-        x = self.embed(x)
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, n, D) embedded tokens (any subset of them) -> the same after the L blocks and the
+        final LayerNorm (equations 2-4)."""
         if self.grad_checkpointing and torch.is_grad_enabled():
             for blk in self.blocks:
                 x = checkpoint(blk, x, use_reentrant=False)
         else:
             x = self.blocks(x)
         return self.norm(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N(+1), D) tokens after the final LayerNorm."""
+        return self.forward_tokens(self.embed(x))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Keep only each block's input during training and recompute the rest in the backward

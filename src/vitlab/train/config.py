@@ -161,6 +161,7 @@ class TrainConfig:
                 "mask_ratio must be in (0, 1) (or null: the objective's default)",
             ),
             (1 <= self.mpp_bits <= 8, "mpp_bits must be in [1, 8]"),
+            (self.decoder_dim % 4 == 0, "decoder_dim must be a multiple of 4 (sin-cos positions)"),
             (
                 self.decoder_dim >= 1 and self.decoder_depth >= 1 and self.decoder_heads >= 1,
                 "decoder_dim, decoder_depth and decoder_heads must be >= 1",
@@ -216,6 +217,10 @@ FLAGS: dict[str, Flag] = {
     "patience": Flag("stop after N validation passes without a better accuracy (early stopping)"),
     "seed": Flag("random seed"),
     "out": Flag("run directory", "RUN_DIR", folder="write"),
+}
+# The fields `vitlab pretrain` offers besides those (the objective and how much it masks).
+PRETRAIN_FLAGS: dict[str, Flag] = {
+    "mask_ratio": Flag("fraction of patches corrupted (mpp; default 0.5) or dropped (mae; 0.75)"),
 }
 DATA_FIELDS = ("data", "data_root", "download")  # what the shared data group sets
 

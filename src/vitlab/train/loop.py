@@ -65,14 +65,16 @@ def train_step(
     state: TrainState, x: torch.Tensor, y: torch.Tensor, ctx: StepContext
 ) -> tuple[float, int]:
     """One optimiser step on this process's batch (uint8 images, int labels); returns the
-    global mean loss and this process's count of correct (arg-max) predictions."""
+    global mean loss and this process's count of correct (arg-max) predictions (0 without
+    labels: a self-supervised model's forward returns its loss, `vitlab.train.selfsup`)."""
     cfg, model, dev = ctx.cfg, state.model, ctx.info.device
     torch.manual_seed(mix_seed(cfg.seed, state.step, ctx.info.rank, 1))  # dropout, mixup
     model.train()
     x = normalize(x.to(dev, non_blocking=True), ctx.mean, ctx.std)
     y = y.to(dev, non_blocking=True)
     hard = y
-    mix = mix_transform(cfg.mixup, cfg.cutmix, ctx.num_classes)
+    labelled = cfg.objective == "supervised"
+    mix = mix_transform(cfg.mixup, cfg.cutmix, ctx.num_classes) if labelled else None
     if mix is not None:
         x, y = mix(x, y)
     loss_sum, correct = torch.zeros((), device=dev), 0
@@ -80,11 +82,15 @@ def train_step(
     for i, (xm, ym, hm) in enumerate(zip(x.chunk(n), y.chunk(n), hard.chunk(n))):
         sync = i == n - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync(), ctx.autocast():
-            logits = model(xm)
-            loss = F.cross_entropy(logits.float(), ym, label_smoothing=cfg.label_smoothing)
+            if labelled:
+                logits = model(xm)
+                loss = F.cross_entropy(logits.float(), ym, label_smoothing=cfg.label_smoothing)
+            else:
+                loss = model(xm).float()
         (state.scaler.scale(loss / n) if state.scaler else loss / n).backward()
         loss_sum += loss.detach() * len(xm) / len(x)
-        correct += int((logits.argmax(-1) == hm).sum())
+        if labelled:
+            correct += int((logits.argmax(-1) == hm).sum())
     _check_finite(state, loss_sum, ctx)
     _optimizer_step(state, cfg)
     return float(loss_sum), correct
@@ -145,12 +151,9 @@ def train_one_epoch(
         if state.step % ctx.cfg.log_every == 0 or state.step == total_steps:
             rate = seen * ctx.info.world / (time.perf_counter() - t0)
             lr = state.optimizer.param_groups[0]["lr"]
+            acc = {"acc": f"{correct / seen:.3f}"} if ctx.cfg.objective == "supervised" else {}
             bar.set_postfix(  # shown at the bar's next refresh, at most every refresh_seconds()
-                loss=f"{loss:.3f}",
-                acc=f"{correct / seen:.3f}",
-                lr=f"{lr:.2e}",
-                img_s=f"{rate:.0f}",
-                refresh=False,
+                loss=f"{loss:.3f}", **acc, lr=f"{lr:.2e}", img_s=f"{rate:.0f}", refresh=False
             )
         if on_step is not None:
             on_step(state)
@@ -158,8 +161,7 @@ def train_one_epoch(
     elapsed = time.perf_counter() - t0
     state.skipped += int(counts[3])
     seen_all = max(1.0, float(counts[2]))
-    return {
-        "train_loss": float(counts[0]) / seen_all,
-        "train_acc": float(counts[1]) / seen_all,
-        "img_s": float(counts[2]) / max(elapsed, 1e-9),
-    }
+    stats = {"train_loss": float(counts[0]) / seen_all}
+    if ctx.cfg.objective == "supervised":
+        stats["train_acc"] = float(counts[1]) / seen_all
+    return {**stats, "img_s": float(counts[2]) / max(elapsed, 1e-9)}

@@ -49,7 +49,10 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    ax_loss.legend()
-    ax_acc.legend()
+    for ax in (ax_loss, ax_acc):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        else:  # pre-training without labels: no accuracy
+            ax.text(0.5, 0.5, "no labels", ha="center", va="center", transform=ax.transAxes)
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     return save_figure(fig, path, tight=False)

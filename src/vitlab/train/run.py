@@ -32,11 +32,13 @@ from vitlab.models.flops import model_flops
 from vitlab.models.registry import create_model, get_config
 from vitlab.runtime.device import can_compile, device_name, keep_freed_memory, unwrap_model
 from vitlab.runtime.precision import resolve_precision
+from vitlab.train import pretrain
 from vitlab.train import report as rep
 from vitlab.train.config import TrainConfig, accumulation_for, save_config
 from vitlab.train.distributed import DistInfo, barrier, init_distributed, wrap_model
 from vitlab.train.loop import StepContext, train_one_epoch
 from vitlab.train.optim import build_ema, build_optimizer, build_scheduler
+from vitlab.train.pretrain import check_objective
 from vitlab.train.state import (
     RUN_FILES,
     TrainState,
@@ -79,22 +81,27 @@ def setup_runtime(cfg: TrainConfig) -> DistInfo:
 def model_for_data(cfg: TrainConfig, data: DataSplits) -> nn.Module:
     """A new model sized for the data, or (fine-tuning) a loaded one with a new head and the
     `dont_load` parameters left at their initial values."""
-    fit = {"num_classes": data.num_classes, "class_names": data.class_names}
-    if cfg.img_size:
-        fit["img_size"] = cfg.img_size
+    fit_size = {"img_size": cfg.img_size} if cfg.img_size else {}
+    fit = {"num_classes": data.num_classes, "class_names": data.class_names, **fit_size}
+    if cfg.objective != "supervised":  # an encoder without a head, inside the objective
+        fit = {"num_classes": 0, "class_names": None, **fit_size}
     if cfg.init_from:
         torch.manual_seed(cfg.seed)  # the initial values of what is not loaded
         model = load_checkpoint(cfg.init_from, dont_load=cfg.dont_load, **{**cfg.model_args, **fit})
-        return model.train()
-    torch.manual_seed(cfg.seed)
-    from_data = {"in_chans": data.in_chans, "mean": data.mean, "std": data.std}
-    return create_model(cfg.model, **{**from_data, **cfg.model_args, **fit})  # model_args win
+    else:
+        torch.manual_seed(cfg.seed)
+        from_data = {"in_chans": data.in_chans, "mean": data.mean, "std": data.std}
+        model = create_model(cfg.model, **{**from_data, **cfg.model_args, **fit})  # args win
+    if cfg.objective != "supervised":
+        check_objective(cfg, model.cfg)
+        model = pretrain.wrap(cfg, model)
+    return model.train()
 
 
 def augmentations(cfg: TrainConfig, model: nn.Module) -> tuple[AugConfig, AugConfig]:
     """The training augmentation `cfg` asks for at the model's resolution, and the model's own
     evaluation preprocessing."""
-    model = unwrap_model(model)
+    model = pretrain.encoder_of(model)
     c = model.cfg
     train = AugConfig(
         img_size=c.img_size,
@@ -174,7 +181,7 @@ def fit(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) ->
     if resume is not None and overwrite:
         raise ConfigError("--resume continues a run and --overwrite starts one over: pass one")
     if not cfg.init_from:  # a bad model name or model_args value is said before any work
-        get_config(cfg.model, **cfg.model_args)
+        check_objective(cfg, get_config(cfg.model, **cfg.model_args))
     info = setup_runtime(cfg)
     run_dir = Path(cfg.out)
     resume_path, saved = _prepare_run_dir(run_dir, resume, overwrite, info)
@@ -224,7 +231,12 @@ def training_data(cfg: TrainConfig) -> DataSplits:
     """The run's data: `cfg.data` with the validation images held out of the training split,
     then the images `cfg` chooses (`choose_images`)."""
     data = load_data(
-        cfg.data, cfg.data_root, download=cfg.download, val_split=cfg.val_split, seed=cfg.seed
+        cfg.data,
+        cfg.data_root,
+        download=cfg.download,
+        val_split=cfg.val_split,
+        seed=cfg.seed,
+        labelled=cfg.objective == "supervised",
     )
     return choose_images(data, cfg)
 
@@ -244,10 +256,11 @@ def choose_images(data: DataSplits, cfg: TrainConfig) -> DataSplits:
             names=data.class_names,
         )
         data = replace(data, train=train)
-    if data.num_classes < 2:
+    if data.num_classes < 2 and cfg.objective == "supervised":
         raise ConfigError(
             f"{data.name} has {data.num_classes} class ({', '.join(data.class_names)}): a "
-            "classifier learns to tell classes apart; give it one folder per class, at least 2"
+            "classifier learns to tell classes apart; give it one folder per class, at least 2 "
+            "(a flat folder of unlabelled images is for `vitlab pretrain`)"
         )
     return data
 
@@ -285,7 +298,7 @@ def _log_start(cfg, data: DataSplits, model, total: int, spe: int, run_dir: Path
         test,
         data.num_classes,
         cfg.init_from or cfg.model,
-        m.num_params() / 1e6,
+        pretrain.encoder_of(m).num_params() / 1e6,
         m.cfg.img_size,
         total,
         spe,
@@ -304,6 +317,7 @@ def _train_epochs(cfg, data, state: TrainState, info, total: int, spe: int, run_
     split, held = ("val", data.val) if data.val is not None else ("test", data.test)
     val_loader = _loader(held, eval_aug, cfg, info)[0] if held is not None else None
     epochs = math.ceil(total / spe)
+    shown = None  # the images of MAE's reconstruction pictures
 
     def on_step(s: TrainState) -> None:
         if cfg.ckpt_every and s.step % cfg.ckpt_every == 0 and s.step % spe and s.step < total:
@@ -319,16 +333,48 @@ def _train_epochs(cfg, data, state: TrainState, info, total: int, spe: int, run_
         row = {"epoch": epoch + 1, "step": state.step, "lr": state.scheduler.get_last_lr()[0]}
         row.update(stats)
         if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or state.step >= total):
-            res = evaluate(state.eval_model, val_loader, ctx.eval_context(), desc=split)
-            metrics = {"loss": res.loss, "acc": res.top1, "top5": res.top5}
+            metrics = _validate(cfg, state.eval_model, val_loader, ctx, split)
             row.update({f"{split}_{k}": v for k, v in metrics.items()})
+        if cfg.objective == "mae" and info.main:
+            shown = shown if shown is not None else _first_images(val_loader or loader)
+            path = pretrain.reconstruction_path(run_dir, epoch + 1)
+            pretrain.save_reconstructions(state.eval_model, shown, ctx, path)
         _log_epoch(info, row, split)
         state.history.append(row)
         state.wall_time += time.perf_counter() - t0  # the checkpoint below saves it
         _end_of_epoch(cfg, state, info, run_dir, row)
     if info.main and stalled(cfg, state):
-        log.info("early stop at step %d of %d: no better validation accuracy in %d passes",
-                 state.step, total, cfg.patience)  # fmt: skip
+        log.info("early stop at step %d of %d: no better validation %s in %d passes",
+                 state.step, total, watched(cfg).removeprefix("val_"), cfg.patience)  # fmt: skip
+
+
+def _validate(cfg: TrainConfig, model: nn.Module, loader: DataLoader, ctx, split: str) -> dict:
+    """One validation pass: loss, top-1 and top-5; without labels, the objective's loss."""
+    if cfg.objective != "supervised":
+        return {"loss": pretrain.evaluate_loss(model, loader, cfg, ctx, desc=split)}
+    res = evaluate(model, loader, ctx.eval_context(), desc=split)
+    return {"loss": res.loss, "acc": res.top1, "top5": res.top5}
+
+
+def _first_images(loader: DataLoader) -> torch.Tensor:
+    """The first few images of a loader, as it prepares them (uint8 (n, C, H, W))."""
+    return next(iter(loader))[0][: pretrain.SHOWN]
+
+
+def watched(cfg: TrainConfig) -> str:
+    """The validation figure that picks the best checkpoint and drives early stopping: the
+    accuracy, or without labels the objective's loss."""
+    return "val_acc" if cfg.objective == "supervised" else "val_loss"
+
+
+def improved(cfg: TrainConfig, row: dict, best: dict) -> bool:
+    """Whether an epoch's `row` beats the `best` so far on the watched figure."""
+    key = watched(cfg)
+    if row.get(key) is None:
+        return False
+    if key not in best:
+        return True
+    return row[key] > best[key] if key == "val_acc" else row[key] < best[key]
 
 
 def stalled(cfg: TrainConfig, state: TrainState) -> bool:
@@ -336,7 +382,8 @@ def stalled(cfg: TrainConfig, state: TrainState) -> bool:
     Read from the history, so a resumed run stops where the uninterrupted one did."""
     if not cfg.patience or not state.best:
         return False
-    since = [h for h in state.history if "val_acc" in h and h["epoch"] > state.best["epoch"]]
+    key = watched(cfg)
+    since = [h for h in state.history if key in h and h["epoch"] > state.best["epoch"]]
     return len(since) >= cfg.patience
 
 
@@ -353,21 +400,22 @@ def _log_epoch(info: DistInfo, row: dict, split: str) -> None:
     """One line per epoch: the training figures, and the held-out split's when it ran."""
     if not info.main:
         return
-    held = ""
-    if f"{split}_loss" in row:
-        held = f" | {split} loss {row[f'{split}_loss']:.4f} acc {row[f'{split}_acc']:.4f}"
-    log.info(
-        "epoch %d: train loss %.4f acc %.4f%s | %.0f img/s",
-        row["epoch"], row["train_loss"], row["train_acc"], held, row["img_s"],
-    )  # fmt: skip
+
+    def figures(part: str) -> str:
+        acc = f" acc {row[f'{part}_acc']:.4f}" if f"{part}_acc" in row else ""
+        return f"{part} loss {row[f'{part}_loss']:.4f}{acc}"
+
+    held = f" | {figures(split)}" if f"{split}_loss" in row else ""
+    log.info("epoch %d: %s%s | %.0f img/s", row["epoch"], figures("train"), held, row["img_s"])
 
 
 def _end_of_epoch(cfg, state: TrainState, info, run_dir: Path, row: dict) -> None:
     """Best checkpoint (by validation accuracy), last checkpoint, metrics files, curves."""
-    improved = row.get("val_acc") is not None and row["val_acc"] > state.best.get("val_acc", -1)
-    if improved:
-        state.best = {"val_acc": row["val_acc"], "epoch": row["epoch"], "step": state.step}
-    save_state(state, cfg, run_dir, info.main, best=improved)
+    better = improved(cfg, row, state.best)
+    if better:
+        key = watched(cfg)
+        state.best = {key: row[key], "epoch": row["epoch"], "step": state.step}
+    save_state(state, cfg, run_dir, info.main, best=better)
     if info.main:
         rep.write_history(run_dir, state.history)
         rep.plot_curves(state.history, run_dir / "curves.png")
@@ -383,7 +431,9 @@ def final_report(cfg, data: DataSplits, state: TrainState, info, run_dir: Path) 
     split, images = ("test", data.test) if data.test is not None else ("val", data.val)
     weights, model = _published(cfg, state, run_dir, info)
     report: dict[str, Any] = {"split": None, "model": cfg.init_from or cfg.model}
-    if images is not None:
+    if cfg.objective != "supervised":
+        report, images = _pretraining_figures(cfg, state, report), None
+    elif images is not None:
         _, eval_aug = augmentations(cfg, model)
         c = unwrap_model(model).cfg
         ctx = StepContext(replace(cfg, precision="fp32"), info, c.mean, c.std, data.num_classes)
@@ -391,7 +441,7 @@ def final_report(cfg, data: DataSplits, state: TrainState, info, run_dir: Path) 
         res = evaluate(model, loader, ctx.eval_context(), desc=split)
         report = report_dict(res, data.class_names, split, cfg.init_from or cfg.model)
     last = state.history[-1] if state.history else {}
-    m = unwrap_model(model)
+    m = pretrain.encoder_of(model)
     report.update(
         train_images=len(data.train),
         train_loss=last.get("train_loss"),
@@ -412,12 +462,24 @@ def final_report(cfg, data: DataSplits, state: TrainState, info, run_dir: Path) 
         machine=f"{device_name(info.device)}, {torch.get_num_threads()} threads, torch "
         f"{torch.__version__}",
     )
+    if cfg.objective != "supervised":
+        report["train_acc"] = None
     if info.main and images is not None:
         title = f"{data.name} {split}: top-1 {100 * res.top1:.2f}%"
         write_report(run_dir, report, data.class_names, title)
     elif info.main:
         write_text(run_dir / RUN_FILES["report"], json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _pretraining_figures(cfg, state: TrainState, report: dict[str, Any]) -> dict[str, Any]:
+    """A run without labels has no accuracy: its objective and validation loss (of the
+    published weights: the last, or with `report_best` the best)."""
+    rows = [h for h in state.history if "val_loss" in h]
+    at = state.best if cfg.report_best and state.best else (rows[-1] if rows else {})
+    val = at.get("val_loss")
+    return {**report, "split": "val" if val is not None else None, "objective": cfg.objective,
+            "top1": None, "loss": val, "val_loss": val}  # fmt: skip
 
 
 def _published(cfg, state: TrainState, run_dir: Path, info) -> tuple[Path, nn.Module]:
@@ -430,4 +492,6 @@ def _published(cfg, state: TrainState, run_dir: Path, info) -> tuple[Path, nn.Mo
     if not cfg.report_best or not state.best:
         return run_dir / RUN_FILES["last"], state.eval_model
     barrier()  # rank 0 wrote it
+    if cfg.objective != "supervised":  # the file holds the encoder; the figures are saved
+        return best, state.eval_model
     return best, load_checkpoint(best).to(info.device).eval()

@@ -119,13 +119,30 @@ def save_state(
 
 def publish(state: TrainState, path: Path, model_sd: dict | None = None) -> None:
     """Save the evaluation weights as a self-describing vitlab checkpoint."""
+    from vitlab.train.pretrain import save_pretrained_weights
+    from vitlab.train.selfsup import is_pretrainer
+
     model = state.eval_model
     if _sharded(state.model) and state.ema is None and model_sd is not None:
-        from vitlab.models.registry import build_model
+        model = _gathered(unwrap_model(state.model), model_sd)
+    if is_pretrainer(model):
+        save_pretrained_weights(model, path)
+    else:
+        save_checkpoint(model, path)
 
-        model = build_model(unwrap_model(state.model).cfg)
-        model.load_state_dict(model_sd)
-    save_checkpoint(model, path)
+
+def _gathered(sharded: nn.Module, model_sd: dict) -> nn.Module:
+    """A plain copy of a sharded model holding the full `model_sd` (the sharded one's
+    structure, built on the CPU)."""
+    from vitlab.models.registry import build_model
+    from vitlab.train.selfsup import is_pretrainer
+
+    if is_pretrainer(sharded):  # the objective's module, built again around a plain encoder
+        model = type(sharded)(build_model(sharded.encoder.cfg), **sharded.settings)
+    else:
+        model = build_model(sharded.cfg)
+    model.load_state_dict(model_sd)
+    return model
 
 
 def find_resume(resume: str | None, run_dir: Path) -> Path | None:

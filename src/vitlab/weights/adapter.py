@@ -125,6 +125,21 @@ def invert_rules(rules: list[Rule], ours: dict[str, torch.Tensor], what: str) ->
     return out
 
 
+def drop_parts(raw: RawCheckpoint, parts: dict[str, str]) -> dict[str, Any]:
+    """`raw`'s tensors less the parts that only pre-training uses (key prefix -> what the part
+    is: an MAE decoder, a masked-patch-prediction head), with one log line per part found."""
+    sd = dict(raw.tensors)
+    for what in dict.fromkeys(parts.values()):
+        prefixes = tuple(p for p, w in parts.items() if w == what)
+        dropped = [k for k in sd if k.startswith(prefixes)]
+        for k in dropped:
+            del sd[k]
+        if dropped:
+            log.info("dropped %s (%d tensors) of %s: fine-tuning and export use the encoder "
+                     "only", what, len(dropped), raw.path.name)  # fmt: skip
+    return sd
+
+
 def _tensor(v: Any) -> torch.Tensor:
     return v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v))
 

@@ -35,6 +35,7 @@ from vitlab.weights.adapter import (
     GUESSED,
     UNKNOWN,
     Source,
+    drop_parts,
     listing,
     written_by_vitlab,
 )
@@ -52,13 +53,25 @@ def _infer_vitlab(raw: RawCheckpoint) -> AnyConfig:
         raise CheckpointError(f"{raw.path}: vitlab metadata is damaged ({e})") from None
 
 
-def _export_vitlab(model: nn.Module, path: Path) -> Path:
+# What a pre-training run (`vitlab pretrain`) keeps in its checkpoint beside the encoder, by
+# key prefix, so that the file can also resume pre-training: loading drops them, and says so.
+PRETRAINING_PARTS = {"mae.": "the MAE decoder", "mpp.": "the masked-patch-prediction head"}
+
+
+def _native_tensors(raw: RawCheckpoint, cfg: AnyConfig) -> dict[str, torch.Tensor]:
+    """The file's model tensors, without a pre-training run's own (`PRETRAINING_PARTS`)."""
+    return drop_parts(raw, PRETRAINING_PARTS)
+
+
+def _export_vitlab(
+    model: nn.Module, path: Path, extra: dict[str, torch.Tensor] | None = None
+) -> Path:
     metadata = {
         FORMAT_KEY: FORMAT_VALUE,
         "vitlab_version": __version__,
         "config": config_to_json(model.cfg),
     }
-    return save_safetensors(model.state_dict(), path, metadata)
+    return save_safetensors({**model.state_dict(), **(extra or {})}, path, metadata)
 
 
 NATIVE = Source(
@@ -66,7 +79,7 @@ NATIVE = Source(
     description="vitlab .safetensors (config in the metadata)",
     detect=written_by_vitlab,
     infer_config=_infer_vitlab,
-    to_vitlab=lambda raw, cfg: dict(raw.tensors),
+    to_vitlab=_native_tensors,
     export=_export_vitlab,
 )
 
@@ -158,11 +171,14 @@ def load_checkpoint(
     src = detect_source(raw) if source == AUTO else get_source(source)
     target, cfg = _target(src, raw, model, overrides)
     sd = src.to_vitlab(raw, cfg)
-    new_head = "num_classes" in overrides and _head_shape(sd) not in (None, cfg.num_classes)
+    # a new head: another class count, or a head where the file has none (an encoder
+    # pre-trained without labels, or a timm/HF MAE encoder)
+    new_head = "num_classes" in overrides and (_head_shape(sd) or 0) != cfg.num_classes
     skip = _skipped_keys(sd, dont_load, new_head)
     method = posemb.method_for(src.resample, resample)
+    fresh = ("head.",) if new_head else ()  # left to reset_classifier, in the file or not
     load_into(target, {k: v for k, v in sd.items() if k not in skip}, strict=strict,
-              skip=tuple(skip), resample=method)  # fmt: skip
+              skip=(*skip, *fresh), resample=method)  # fmt: skip
     if new_head:
         target.reset_classifier(cfg.num_classes, cfg.class_names)
     target.cfg.extra.update(source=src.name, loaded_from=str(path))
@@ -306,12 +322,14 @@ def save_checkpoint(
     *,
     format: SourceName | Literal["onnx"] = "vitlab",
     class_names: Sequence[str] | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write `model` to `path`: a self-describing vitlab `.safetensors` by default, the layout
     of another ecosystem, or (`format="onnx"`) an ONNX graph checked against the model
     (`vitlab.weights.onnx.export_onnx` has the options). `class_names` are written instead of
-    the model's own (the model itself is left as it is). The write is atomic (a temporary
-    file, then a rename)."""
+    the model's own (the model itself is left as it is). `extra` tensors (vitlab format only)
+    are stored beside the model's, such as a pre-training run's decoder under `mae.*`
+    (`PRETRAINING_PARTS`). The write is atomic (a temporary file, then a rename)."""
     model = unwrap_model(model)
     if not hasattr(model, "cfg"):
         raise ConfigError("save_checkpoint takes a vitlab model (one with a .cfg)")
@@ -325,6 +343,10 @@ def save_checkpoint(
     if src.export is None:
         raise ConfigError(f"exporting to {format!r} is not supported")
     check_target(src, Path(path))
+    if extra:
+        if src is not NATIVE:
+            raise ConfigError(f"extra tensors are kept in vitlab checkpoints only, not {format}")
+        return _export_vitlab(model, Path(path), extra)
     return src.export(model, Path(path))
 
 

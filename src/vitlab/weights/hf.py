@@ -1,10 +1,16 @@
-"""Hugging Face transformers' ViT layout (`ViTModel`, `ViTForImageClassification`).
+"""Hugging Face transformers' ViT layouts: `ViTModel` and `ViTForImageClassification`
+(model_type "vit"), and the encoder of `ViTMAEModel` and `ViTMAEForPreTraining` (model_type
+"vit_mae", He et al. 2022), whose keys are ViT's (`LAYOUTS`).
 
 A directory written by `save_pretrained`: config.json (architecture, `layer_norm_eps` - 1e-12 by
 default, not timm's 1e-6 -, `hidden_act`, `id2label`) and model.safetensors or pytorch_model.bin
 with separate query/key/value projections. The key map fuses them into vitlab's one qkv matrix
 (rows ordered q, k, v) and splits it again on export. `ViTModel`'s pooler (dense + tanh on the
 class token) is the paper's pre-logits layer (`representation_size`).
+
+An MAE encoder loads as a headless ViT (class token, token pooling, no pre-logits layer): its
+stored fixed sin-cos position embeddings become learned ones, as MAE's fine-tuning has them;
+`ViTMAEForPreTraining`'s decoder (`decoder.*`) is dropped, and a log line says so.
 
 preprocessor_config.json is a `BitImageProcessor` that does what vitlab does
 (`vitlab.preprocess`): short side to int(S / crop_pct), centre crop S x S, the model's resample
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +35,7 @@ from vitlab.files import atomic_write
 from vitlab.models.config import AnyConfig, ViTConfig
 from vitlab.preprocess import RESCALE, Preprocess, crop_pct_for, preprocess_of
 from vitlab.runtime.device import unwrap_model
-from vitlab.weights.adapter import Rule, Source, apply_rules, invert_rules, rule
+from vitlab.weights.adapter import Rule, Source, apply_rules, drop_parts, invert_rules, rule
 from vitlab.weights.io import RawCheckpoint, save_safetensors
 
 # hidden_act in config.json <-> vitlab's act (transformers' ACT2FN names).
@@ -67,9 +74,43 @@ def _split3(t: torch.Tensor) -> list[torch.Tensor]:
     return [c.clone() for c in t.chunk(3, dim=0)]
 
 
+@dataclass(frozen=True)
+class Layout:
+    """A transformers model family whose encoder is vitlab's ViT under `rules`' keys: how its
+    config.json names it, a key only its files hold, and the parts of its files that only
+    pre-training uses, dropped on loading (`adapter.drop_parts`, which says so in one line)."""
+
+    model_type: str  # config.json "model_type"
+    architectures: tuple[str, ...]  # config.json "architectures"
+    marker: str | None = None  # a key that tells the layout without a config.json
+    dropped: tuple[tuple[str, str], ...] = ()  # (key prefix, what the part is)
+
+
+LAYOUTS = {
+    "vit": Layout("vit", ("ViTModel", "ViTForImageClassification")),
+    "vit_mae": Layout(
+        "vit_mae",
+        ("ViTMAEModel", "ViTMAEForPreTraining"),
+        marker="decoder.decoder_embed.weight",
+        dropped=(("decoder.", "the MAE decoder"),),
+    ),
+}
+
+
+def layout_of(raw: RawCheckpoint) -> Layout:
+    """The layout config.json's model_type or architectures name, else the one whose marker key
+    the file holds, else plain ViT's."""
+    hf = raw.extra.get("config.json", {})
+    named = set(hf.get("architectures") or ())
+    for layout in LAYOUTS.values():
+        if hf.get("model_type") == layout.model_type or named & set(layout.architectures):
+            return layout
+    keys = raw.keys()
+    return next((x for x in LAYOUTS.values() if x.marker in keys), LAYOUTS["vit"])
+
+
 def _detect(raw: RawCheckpoint) -> bool:
-    cfg = raw.extra.get("config.json", {})
-    if cfg.get("model_type") == "vit":
+    if raw.extra.get("config.json", {}).get("model_type") in LAYOUTS:
         return True
     keys = raw.keys()
     return any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in keys)
@@ -183,10 +224,12 @@ def _preprocessing(path: Path, img_size: int) -> tuple[tuple[float, ...], tuple[
 
 
 def _to_vitlab(raw: RawCheckpoint, cfg: AnyConfig) -> dict[str, torch.Tensor]:
-    keys = raw.keys()
+    layout = layout_of(raw)
+    tensors = drop_parts(raw, dict(layout.dropped))  # the MAE decoder goes
+    keys = set(tensors)
     base = _base(keys)
-    sd = apply_rules(rules(cfg, base, _names(keys, base)), raw.tensors, f"{raw.path} (hf)")
-    return sd
+    what = f"{raw.path} (hf, {layout.model_type})"
+    return apply_rules(rules(cfg, base, _names(keys, base)), tensors, what)
 
 
 def _check_exportable(cfg: AnyConfig) -> None:
@@ -277,8 +320,8 @@ def _export(model: nn.Module, path: Path) -> Path:
 
 SOURCE = Source(
     name="hf",
-    description="Hugging Face ViT directory (config.json model_type 'vit', "
-    "vit.encoder.layer.N.attention.attention.query)",
+    description="Hugging Face ViT directory (config.json model_type 'vit' or 'vit_mae', "
+    "vit.encoder.layer.N.attention.attention.query; an MAE decoder is dropped)",
     detect=_detect,
     infer_config=_infer,
     to_vitlab=_to_vitlab,

@@ -1,6 +1,9 @@
 """timm's layout. vitlab's module names follow timm's, so the key map is the identity; what this
-adapter adds is reading the architecture from the tensors and refusing what does not fit, and
-`timm_twin`: timm's own model with a vitlab model's architecture and weights, for comparisons."""
+adapter adds is reading the architecture from the tensors (and, from the config.json of a hub
+folder, the preprocessing and head count) and refusing what does not fit, and `timm_twin`:
+timm's own model with a vitlab model's architecture and weights, for comparisons. MAE encoders
+(`vit_*_patch16_224.mae`) are headless ViTs of this layout; facebookresearch/mae's files with
+the decoder beside them load as their encoder."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from vitlab.weights.adapter import (
     Source,
     config_metadata,
     count_indexed,
+    drop_parts,
     grid_from_tokens,
     guess_num_heads,
     imagenet_class_names,
@@ -121,11 +125,33 @@ def _infer(raw: RawCheckpoint) -> AnyConfig:
     cfg = infer_vit_config(sd) if _is_vit(sd) else infer_resnet_config(sd)
     if cfg.num_classes == 1000:  # an ImageNet-1k head: its class names travel with it
         cfg.class_names = imagenet_class_names()
-    return cfg
+    return _with_hub_config(cfg, raw.extra.get("config.json") or {})
+
+
+def _with_hub_config(cfg: AnyConfig, hub: dict) -> AnyConfig:
+    """What the config.json of timm's hub folders (`save_for_hf`; "timm:NAME.TAG" downloads
+    one) says and the tensors cannot: the preprocessing of its `pretrained_cfg` (mean, std, and
+    crop_pct where it centre-crops, as vitlab's resize rule does: e.g. ImageNet's mean and std
+    for the `.mae` encoders, not the 0.5 default) and the head count of its `model_args`."""
+    pre, args = hub.get("pretrained_cfg") or {}, hub.get("model_args") or {}
+    found: dict = {}
+    if "mean" in pre and "std" in pre:
+        found.update(mean=tuple(pre["mean"]), std=tuple(pre["std"]))
+    if pre.get("crop_mode", "center") == "center" and pre.get("crop_pct"):
+        found["crop_pct"] = min(float(pre["crop_pct"]), 1.0)
+    if isinstance(cfg, ViTConfig) and args.get("num_heads"):
+        found["num_heads"] = int(args["num_heads"])
+        cfg.extra.get(GUESSED, {}).pop("num_heads", None)
+    return replace(cfg, **found) if found else cfg
+
+
+# facebookresearch/mae's MaskedAutoencoderViT (e.g. its mae_visualize_vit_*.pth) keeps timm's
+# encoder keys and, beside them, its decoder: dropped on loading, in one line.
+_MAE_DECODER = {"decoder_": "the MAE decoder", "mask_token": "the MAE decoder"}
 
 
 def _to_vitlab(raw: RawCheckpoint, cfg: AnyConfig) -> dict[str, torch.Tensor]:
-    return dict(raw.tensors)
+    return drop_parts(raw, _MAE_DECODER)
 
 
 def _export(model: nn.Module, path: Path) -> Path:
