@@ -33,17 +33,19 @@ def test_the_cap_has_a_floor():
 
 
 def test_every_supervised_point_gets_the_budget_of_its_own_subset(tmp_path):
-    spec = {**DATA_SCALING, "train": _no_steps(DATA_SCALING), "budget": BUDGET}
+    budget = {**BUDGET, "min_epoch_steps": 20, "min_steps": 100}
+    spec = {**DATA_SCALING, "train": _no_steps(DATA_SCALING), "budget": budget}
     spec["sizes"] = [100, 400, "all"]
     plan = make_plan("data-scaling", preset(tmp_path, spec), tmp_path / "out")
     got = {
         p.id: (p.config["epoch_steps"], p.config["steps"], p.config["patience"])
         for p in plan.points
     }
-    # batch 32: 100 and 400 images are under the 50-step floor; all of digits' 1,617 training
-    # images (10% held out for validation) are 50 steps a pass
-    assert got["vit-n100-s0"] == got["resnet-n400-s0"] == (50, 5000, 5)
-    assert got["vit-nall-s0"] == (1617 // 32, 5000, 5)
+    # batch 32: 100 images are under the 20-step floor, 400 are 12 steps a pass (the floor
+    # too); all of digits' 1,295 training images (359 are its test split, 10% of the rest
+    # held out for validation) are 40 steps a pass
+    assert got["vit-n100-s0"] == got["resnet-n400-s0"] == (20, 2000, 5)
+    assert got["vit-nall-s0"] == (1295 // 32, 100 * 40, 5)
 
 
 def test_the_images_of_all_are_counted_as_the_run_chooses_them(tmp_path):

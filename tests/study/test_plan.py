@@ -161,7 +161,7 @@ BAD = [
     ("data-scaling", {"families.vit.self_supervised.mae": 3}, "self_supervised.mae must be a map"),
     ("data-scaling", {"families.vit.self_supervised.mae.objective": "mpp"}, "is the key of self_s"),
     ("data-scaling", {"families.vit.self_supervised.mae.train_images": 5}, "sees every training i"),
-    ("data-scaling", {"families.vit.self_supervised.mae.patience": 5}, "give it epochs or steps"),
+    ("data-scaling", {"families.vit.self_supervised.mae.train_per_class": 5}, "sees every trai"),
     ("data-scaling", {"families.vit.self_supervised.mae.foo": 5}, "mae.foo: not a `vitlab train`"),
     ("transfer", {"families.vit.self_supervised.mae.init_from": "a"}, "starts from scratch"),
     ("model-scaling", {"families.vit.self_supervised": {}}, "only a data-scaling or transfer stu"),

@@ -3,6 +3,8 @@ objective and seed one pre-training on every training image, then a fine-tuning 
 transfer, one pre-training on the source images per protocol, then a target run per k and seed;
 the page says what the arm sees."""
 
+import pytest
+
 from tests.study.fakes import finish
 from tests.study.test_study import DATA_SCALING, TRANSFER, VIT, preset
 from vitlab import study
@@ -76,3 +78,34 @@ def test_the_page_says_what_the_arm_sees(tmp_path):
     assert rows["vit-mae-pretrain-s0"]["test_top1"] is None  # on no curve
     plain = make_plan("data-scaling", preset(tmp_path, DATA_SCALING), tmp_path / "o2")
     assert study.report.build_report(plain).page.read_text().count("without labels") == 0
+
+
+@pytest.mark.slow
+def test_a_tiny_study_with_the_arm_without_labels_runs_end_to_end(tmp_path):
+    """digits: the ViT pre-trained by MAE on every training image, then fine-tuned on each
+    subset beside the same ViT from scratch, each to convergence under a tiny budget."""
+    import json
+
+    from tests.study.test_study import read_csv
+
+    vit = {**VIT, "self_supervised": {"mae": {"steps": 4, "epoch_steps": 2}}}
+    train = {k: v for k, v in DATA_SCALING["train"].items() if k not in ("steps", "epoch_steps")}
+    spec = {**DATA_SCALING, "train": train, "families": {"vit": vit}}
+    spec["budget"] = {"patience": 1, "min_epoch_steps": 2, "max_epochs": 2, "min_steps": 1}
+    plan = study.plan_study("data-scaling", preset(tmp_path, spec), tmp_path / "out")
+    outcome, rep = study.run_study(plan)
+    assert not outcome.failed and not outcome.waiting and len(outcome.trained) == 5
+    rows = {r["point"]: r for r in read_csv(rep.csv)}
+    pre = json.loads((plan.out / "points" / "vit-mae-pretrain-s0" / "report.json").read_text())
+    assert pre["objective"] == "mae" and pre["top1"] is None and pre["val_loss"] is not None
+    assert pre["train_images"] == 1295 and pre["steps"] == 4  # every training image, its steps
+    assert rows["vit-mae-pretrain-s0"]["test_top1"] == ""
+    for size in (100, 400):
+        tuned = rows[f"vit-mae-n{size}-s0"]
+        assert tuned["variant"] == "mae" and tuned["test_top1"] != ""
+        assert tuned["stopped"] in ("patience", "cap") and int(tuned["train_images"]) == size
+    log = (plan.out / "points" / "vit-mae-n100-s0" / "train.log").read_text()
+    assert "vit-mae-pretrain-s0/last.safetensors" in log
+    page = rep.page.read_text()
+    assert "pre-trained without labels" in page and "images from the whole training set" in page
+    assert "ViT (pre-trained without labels, MAE)" in page  # its own curve in the means

@@ -12,7 +12,7 @@ that reaches its cap is reported as not converged (`stopped: cap` in its report.
 
 Without a `budget` key (or `budget: null`) each point trains for the steps or epochs the preset
 gives it, as before. A pre-training without labels (objective mpp or mae) has no validation
-accuracy to stop on: it keeps the fixed budget its own keys give it.
+accuracy: it keeps the budget its own keys give it (`vitlab.study.unlabelled`).
 """
 
 from __future__ import annotations

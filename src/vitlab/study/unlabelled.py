@@ -10,8 +10,10 @@ like the family's other points. Shared by data-scaling and transfer, from a fami
 
 One pre-training point per objective (variant `mae-pretrain`, on no curve) with no
 `train_images` (every training image, labels ignored; the same `val_split`, so the validation
-images stay out), and its own fixed budget (no validation accuracy to stop on); then the arm's
-points (variant `mae`), which start from its `last.safetensors` with the study's `finetune` keys.
+images stay out), and the budget its own keys give it (epochs or steps; the study's `budget`
+stops on validation accuracy, which it has not; its keys may add `patience`, which `fit` then
+applies to its validation loss); then the arm's points (variant `mae`), which start from its
+`last.safetensors` (the encoder: a new head, so no `dont_load`) with the study's `finetune` keys.
 """
 
 from __future__ import annotations
@@ -31,8 +33,6 @@ RESERVED = {
     "train_images": "a pre-training without labels sees every training image",
     "train_per_class": "a pre-training without labels sees every training image",
     "init_from": "a pre-training without labels starts from scratch",
-    "patience": "a pre-training without labels has no validation accuracy to stop on; give it "
-    "epochs or steps",
 }
 PRETRAIN = "-pretrain"  # the variant of a pre-training point: OBJECTIVE-pretrain
 VARIANTS = OBJECTIVES  # the arms' variants (their curves)
@@ -66,9 +66,10 @@ def pretrain_point(
 
 
 def start_from(pre: Point) -> dict[str, Any]:
-    """The layer of a point that fine-tunes `pre`'s encoder: its last weights (a pre-training
-    without labels has no best-by-validation-accuracy checkpoint)."""
-    return {"init_from": str(pre.run_dir / "last.safetensors")}
+    """The layer of a point that fine-tunes `pre`'s encoder: its last weights, which hold no
+    classification head (loading gives a new one; a `dont_load` of the head from the study's
+    `finetune` keys, meant for a supervised pre-training, would match nothing: it is cleared)."""
+    return {"init_from": str(pre.run_dir / "last.safetensors"), "dont_load": []}
 
 
 def arm_note(plan: Plan, sees: str) -> list[str]:
