@@ -83,6 +83,15 @@ def test_the_points_that_start_from_a_capped_pre_training_are_left_out_too(tmp_p
     assert "1 point(s) reached the step cap</b>" in rep.page.read_text()
 
 
+def test_a_summary_with_every_point_left_out_says_so(tmp_path):
+    plan = study.plan_study("data-scaling", preset(tmp_path, DATA_SCALING), tmp_path / "out")
+    for p in plan.points:
+        finish(p, stopped="cap")
+    assert study.collect(plan.out).summary[0] == (
+        "No point on a curve has converged yet: nothing to conclude."
+    )
+
+
 def test_without_a_capped_point_nothing_is_flagged(tmp_path):
     plan = study.plan_study("data-scaling", preset(tmp_path, DATA_SCALING), tmp_path / "out")
     for p in plan.points:

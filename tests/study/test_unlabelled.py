@@ -109,3 +109,4 @@ def test_a_tiny_study_with_the_arm_without_labels_runs_end_to_end(tmp_path):
     page = rep.page.read_text()
     assert "pre-trained without labels" in page and "images from the whole training set" in page
     assert "ViT (pre-trained without labels, MAE)" in page  # its own curve in the means
+    assert "The arm pre-trained without labels (MAE, a masked autoencoder) sees" in page

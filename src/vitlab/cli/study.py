@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     for pid in outcome.waiting:
-        print(f"not run: {pid} (the point it starts from failed)", file=sys.stderr)
+        print(f"not run: {pid} (a point it needs failed)", file=sys.stderr)
     status = _print_report(rep)
     return 1 if outcome.failed or outcome.waiting else status
 

@@ -169,7 +169,12 @@ def summary(plan: Plan, rows: list[dict[str, Any]]) -> list[str]:
     the points that converged: a point that reached its step cap is left out, and said so."""
     out = left_out(plan, rows)
     cs = curves(plan, [r for r in rows if r["point"] not in out])
-    lines = get_study(plan.study).summary(cs) if cs else ["No point has finished yet."]
+    if cs:
+        lines = get_study(plan.study).summary(cs)
+    elif out:
+        lines = ["No point on a curve has converged yet: nothing to conclude."]
+    else:
+        lines = ["No point has finished yet."]
     if out:
         why = "; ".join(f"{pid} ({reason})" for pid, reason in out.items())
         lines.append(f"Left out of these sentences, as not converged: {why}.")

@@ -26,7 +26,7 @@ from vitlab.study.points import ALL, Plan, Point, family_keys, family_label, poi
 
 KEY = "self_supervised"  # the family key
 OBJECTIVES = ("mae", "mpp")
-NAMES = {"mae": "masked autoencoder", "mpp": "masked patch prediction"}
+NAMES = {"mae": "MAE, a masked autoencoder", "mpp": "MPP, the paper's masked patch prediction"}
 # TrainConfig keys a pre-training may not set: the arm sets them
 RESERVED = {
     "objective": f"the objective is the key of {KEY} (mae or mpp)",
@@ -78,5 +78,5 @@ def arm_note(plan: Plan, sees: str) -> list[str]:
     objs = list(dict.fromkeys(p.variant for p in plan.points if p.variant in VARIANTS))
     if not any(p.variant in OFF_CURVE for p in plan.points):
         return []
-    names = " and ".join(f"{o} ({NAMES[o]})" for o in objs)
+    names = "; ".join(NAMES[o] for o in objs)
     return [f"The arm pre-trained without labels ({names}) sees {sees}."]
