@@ -2,9 +2,11 @@
 rerun (sections 3, 4.2-4.4; Figures 3, 4 and 5, at the size of a laptop CPU).
 
 Each study is one module in `vitlab.study.studies` (its keys, its points, its summary and plot
-specifics), all in one registry, `STUDIES`. A study is a plan of points (`vitlab.study.plan`),
-each an ordinary `vitlab train` run, run here, in N processes or by any scheduler
-(`vitlab.study.runner`), and one report built from the points' own report.json files
+specifics), all in one registry, `STUDIES`. The layers every study shares are modules here: the
+convergence budget (`budget`), the learning rate chosen per family from a grid (`lr_grid`), and
+the arm pre-trained without labels (`unlabelled`). A study is a plan of points
+(`vitlab.study.plan`), each an ordinary `vitlab train` run, run here, in N processes or by any
+scheduler (`vitlab.study.runner`), and one report built from the points' own report.json files
 (`vitlab.study.report`).
 
 This package imports its modules when a name is first used, so that `vitlab study --help` reads
