@@ -223,15 +223,24 @@ def _cut(argv: list[str]) -> list[str]:
     return argv
 
 
-# Every point of a study cut to two steps of 8 images and one seed, on subsets the stand-ins
-# can fill.
-STUDY_CUT = ["--set", "steps=2", "--set", "epoch_steps=1", "--set", "batch_size=8", "--set",
-             "precision=fp32", "--set", "seeds=[0]"]  # fmt: skip
+# Every point of a study cut to two steps of 8 images and one seed (a fixed budget, and no
+# learning-rate grid at sizes the stand-ins do not have), on subsets the stand-ins can fill.
+STUDY_CUT = ["--set", "budget=null", "--set", "steps=2", "--set", "epoch_steps=1", "--set",
+             "batch_size=8", "--set", "precision=fp32", "--set", "seeds=[0]"]  # fmt: skip
+
+
+def _sets(*items: str) -> list[str]:
+    return [x for item in items for x in ("--set", item)]
+
+
+NO_GRID = [f"families.{f}.lr_grid=null" for f in ("vit", "resnet")]
+PROTOCOLS = ("fashion-to-digits", "fashion5-to-fashion5")
 STUDY_AXIS = {
-    "data-scaling": ["--set", "sizes=[20]"],
-    "transfer": ["--set", "shots=[1]", "--set", "protocols.fashion-to-digits.shots=[1]"],
-    "model-scaling": ["--set", "train_images=20"],
-}
+    "data-scaling": _sets("sizes=[20]", *NO_GRID, "families.hybrid.lr_grid=null"),
+    "transfer": _sets("shots=[1]", *NO_GRID, *[f"protocols.{p}.shots=[1]" for p in PROTOCOLS],
+                      *[f"protocols.{p}.source.train_images=null" for p in PROTOCOLS]),
+    "model-scaling": _sets("train_images=20"),
+}  # fmt: skip
 
 
 def _cut_study(argv: list[str]) -> list[str]:

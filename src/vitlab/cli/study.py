@@ -17,6 +17,11 @@ directory each, made by the same code as `vitlab train`), then write one report:
 
 {studies}
 
+Every point trains until its validation accuracy stops improving, under a step cap (the
+preset's `budget`; a point that reaches the cap is flagged as not converged); a family's
+learning rate can be chosen on validation accuracy from a grid (`lr_grid`), and a family can add
+the arm pre-trained without labels (`self_supervised`: mae or mpp).
+
 The plan (every point with its resolved config) is written first to OUT/study.yaml. Rerunning
 the same command continues a killed study: finished points are never retrained, a half-trained
 one resumes from its last checkpoint. The report is OUT/results.csv (one row per point and
@@ -30,13 +35,18 @@ examples:
   vitlab study data-scaling                           the quick preset (about 15 min on 2 cores)
   vitlab study data-scaling --preset full --jobs 2    the README's figures, 2 points at a time
   vitlab study transfer --set seeds=[0,1,2] --set shots=[10,all]
-  vitlab study model-scaling --set steps=200          200 steps for every point
-  vitlab study data-scaling --set families.vit.lr=1e-3 --set sizes=[1000,60000]
+  vitlab study data-scaling --set budget.patience=3   stop after 3 passes without a gain
+  vitlab study model-scaling --set budget=null --set steps=200
+                                                      no early stopping: 200 steps a point
+  vitlab study data-scaling --set families.vit.lr_grid=null --set families.vit.lr=1e-3
+                                                      the ViT at a fixed rate, no grid
+  vitlab study data-scaling --set families.vit.self_supervised=null --set sizes=[1000,30000]
+                                                      no arm without labels, two sizes
   vitlab study data-scaling --print-commands | xargs -P 4 -I{} sh -c {}
                                                       run the points with any launcher ...
   vitlab study data-scaling --collect runs/study/data-scaling-quick
                                                       ... then build the report from them
---set KEY=VALUE: a study key (sizes, shots, seeds, train.KEY, families.NAME.KEY, protocols...)
+--set KEY=VALUE: a study key (sizes, shots, seeds, budget, train.KEY, families.NAME.KEY, ...)
 changes the plan (families.NAME=null drops a family); any other key is a `vitlab train` config
 key set for every point. Every key and value is checked before anything trains.
 """
@@ -94,7 +104,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _listing(studies: dict) -> str:
     """Each study's name and description, as `vitlab study --help` lists them."""
-    wrap = textwrap.TextWrapper(width=95, initial_indent=" " * 17, subsequent_indent=" " * 17)
+    wrap = textwrap.TextWrapper(
+        width=95, initial_indent=" " * 17, subsequent_indent=" " * 17, break_on_hyphens=False
+    )
     return "\n".join(f"  {name:<14}" + wrap.fill(s.description)[16:] for name, s in studies.items())
 
 
@@ -127,8 +139,8 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(lines))
         note = f"{len(lines)} point(s) to run"
         if later:
-            note += f"; {len(later)} more wait for the pre-training they start from: print the "
-            note += "commands again when these have finished"
+            note += f"; {len(later)} more wait for the points they need (a pre-training, a "
+            note += "learning-rate grid): print the commands again when these have finished"
         print(f"# {note}; then: vitlab study {args.name} --collect {shlex.quote(str(out))}",
               file=sys.stderr)  # fmt: skip
         return 0
@@ -139,13 +151,13 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     for pid in outcome.waiting:
-        print(f"not run: {pid} (the point it starts from failed)", file=sys.stderr)
+        print(f"not run: {pid} (a point it needs failed)", file=sys.stderr)
     status = _print_report(rep)
     return 1 if outcome.failed or outcome.waiting else status
 
 
 def _print_report(rep) -> int:
-    for line in rep.summary:
+    for line in [*rep.summary, *rep.grid]:
         print(line)
     if rep.missing:
         print(f"{len(rep.missing)} point(s) not finished: {', '.join(rep.missing[:6])}"

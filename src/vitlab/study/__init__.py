@@ -2,9 +2,11 @@
 rerun (sections 3, 4.2-4.4; Figures 3, 4 and 5, at the size of a laptop CPU).
 
 Each study is one module in `vitlab.study.studies` (its keys, its points, its summary and plot
-specifics), all in one registry, `STUDIES`. A study is a plan of points (`vitlab.study.plan`),
-each an ordinary `vitlab train` run, run here, in N processes or by any scheduler
-(`vitlab.study.runner`), and one report built from the points' own report.json files
+specifics), all in one registry, `STUDIES`. The layers every study shares are modules here: the
+convergence budget (`budget`), the learning rate chosen per family from a grid (`lr_grid`), and
+the arm pre-trained without labels (`unlabelled`). A study is a plan of points
+(`vitlab.study.plan`), each an ordinary `vitlab train` run, run here, in N processes or by any
+scheduler (`vitlab.study.runner`), and one report built from the points' own report.json files
 (`vitlab.study.report`).
 
 This package imports its modules when a name is first used, so that `vitlab study --help` reads
@@ -31,7 +33,8 @@ _LAZY = {
     "Outcome": "vitlab.study.runner",
     "print_commands": "vitlab.study.runner",
 }
-_MODULES = ("curves", "keys", "plan", "points", "report", "runner", "studies")
+_MODULES = ("budget", "curves", "keys", "lr_grid", "plan", "points", "report", "runner", "studies")
+_MODULES += ("unlabelled",)
 
 __all__ = ["PRESETS", "STUDIES", "Outcome", "Plan", "StudyReport", "collect", "plan_study"]
 __all__ += ["print_commands", "run_study"]
@@ -48,10 +51,11 @@ def __getattr__(name: str) -> Any:
 def plan_study(study: str, preset: str, out: Path, sets: dict[str, Any] | None = None) -> Plan:
     """The study's plan, written to `out` (study.yaml and one point.yaml per point) before any
     work; a folder that holds a different plan of the same points is refused."""
-    from vitlab.study.plan import check_data, make_plan, write_plan
+    from vitlab.study.plan import TrainImages, check_data, make_plan, write_plan
 
-    plan = make_plan(study, preset, out, sets)
-    check_data(plan)
+    count = TrainImages()
+    plan = make_plan(study, preset, out, sets, count)
+    check_data(plan, count)
     write_plan(plan)
     return plan
 

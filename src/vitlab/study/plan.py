@@ -9,22 +9,29 @@ A study preset (`configs/studies/NAME-PRESET.yaml`) is data, not code. Every stu
 - `families`: name -> TrainConfig keys of a model family (`label:` is its name in the report);
   a family set to null is dropped (`--set families.hybrid=null`);
 - `seeds`: every point is trained once per seed (the report shows mean and spread);
+- `budget`: train each point to convergence, its validation interval and step cap scaled to its
+  training images (`vitlab.study.budget`; none: the steps the preset gives);
+- in a family, `lr_grid`: its learning rate chosen on validation accuracy from a small grid
+  (`vitlab.study.lr_grid`);
 
 and the keys of its own (its axis and stages: see its module in `vitlab.study.studies`).
 A point's config is `train`, the layers the study adds (the family, its stages, its axis
-value), the seed, then `--set` keys that are not study keys (they apply to every point).
+value), the seed, then `--set` keys that are not study keys (they apply to every point); then
+the budget's steps, and at run time the learning rate its grid chose.
 Every key and value is checked by `make_plan`, before anything trains. `study.yaml` holds the
 whole plan; each point's run directory holds `point.yaml`, the config `vitlab train --config`
-runs it with.
+runs it with (with the learning rate its grid chose, once the grid has finished).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vitlab.errors import ConfigError, VitlabError
+from vitlab.study import budget, lr_grid
 from vitlab.study.keys import (
     TRAIN_KEYS,
     check_mapping,
@@ -36,12 +43,13 @@ from vitlab.study.keys import (
     drop_nulls,
     per_point,
 )
-from vitlab.study.points import ALL, Plan, Point, family_label
+from vitlab.study.points import ALL, FAMILY_KEYS, Plan, Point, family_label
 from vitlab.study.studies import STUDIES, Study, get_study
 from vitlab.train.config import TrainConfig, build_config, configs_dir, read_yaml
 
 __all__ = ["ALL", "PLAN_FILE", "POINT_FILE", "PRESETS", "Plan", "Point", "check_data"]
-__all__ += ["deep_set", "make_plan", "read_plan", "read_spec", "write_plan"]
+__all__ += ["TrainImages", "deep_set", "make_plan", "read_plan", "read_spec", "write_plan"]
+__all__ += ["write_point"]
 
 PRESETS = ("quick", "full")
 POINT_FILE = "point.yaml"
@@ -131,8 +139,12 @@ def _check_spec(kind: Study, spec: dict[str, Any]) -> None:
         raise ConfigError(f"study is {kind.name}; run `vitlab study NAME` for another study")
     if "description" in spec:
         check_text("description", spec["description"])
-    reserved = dict(kind.reserved)
+    budget.check_budget(spec)
+    reserved = {**dict(kind.reserved), **budget.reserved(spec)}
     check_train_keys("train", spec.get("train", {}), reserved)
+    for key in spec.get("everywhere", {}):
+        if why := per_point(key, reserved):
+            raise ConfigError(f"--set {key}: {why}")
     check_seeds(spec.get("seeds", [0]))
     families = check_mapping(
         "families", spec.get("families"), "names to keys", "e.g. {vit: {model: vit_s16}}"
@@ -154,35 +166,64 @@ def _check_family(kind: Study, name: str, keys: Any, reserved: dict[str, str]) -
     check_mapping(where, keys, hint="or null to drop the family")
     if "label" in keys:
         check_text(f"{where}.label", keys["label"])
+    if keys.get(lr_grid.KEY) is not None:  # null: no grid
+        lr_grid.check_grid(f"{where}.{lr_grid.KEY}", keys[lr_grid.KEY])
+        reserved = {**reserved, **lr_grid.reserved(where)}
     for key in keys:
         other = [s.name for s in STUDIES.values() if key in s.family_keys]
         if other and key not in kind.family_keys:
             raise ConfigError(
                 f"{where}.{key}: only a {' or '.join(other)} study's families take it"
             )
-    own = {k: v for k, v in keys.items() if k not in ("label", *kind.family_keys)}
+    own = {k: v for k, v in keys.items() if k not in (*FAMILY_KEYS, *kind.family_keys)}
     check_train_keys(where, own, reserved)
 
 
 # ------------------------------------------------------------------------------ the points
-def make_plan(study: str, preset: str, out: Path, sets: dict[str, Any] | None = None) -> Plan:
+def make_plan(
+    study: str,
+    preset: str,
+    out: Path,
+    sets: dict[str, Any] | None = None,
+    count: Callable[[TrainConfig], int] | None = None,
+) -> Plan:
     """Read the preset, apply `sets`, check every key, and expand it into points whose configs
-    all validate: a mistake is one ConfigError before any point trains."""
+    all validate, with their learning-rate grids and their budget: a mistake is one
+    ConfigError before any point trains. `count`: how many training images a point's run
+    chooses (the budget needs it where `train_images` does not say; default: `TrainImages`)."""
     spec = read_spec(study, preset, sets or {})
+    kind = get_study(study)
     plan = Plan(study, preset, Path(out), spec)
-    plan.points = get_study(study).expand(plan)
+    plan.points = lr_grid.add_grids(plan, kind.expand(plan), kind.off_curve)
+    _check_points(plan)
+    count = count or TrainImages()
+    try_each(plan, lambda p: p.config.update(budget.point_budget(plan.spec, p.config, count)))
+    return plan
+
+
+def try_each(plan: Plan, do: Callable[[Point], None]) -> None:
+    """`do` for each point; a user-facing error is said about the point (`point ID: ...`)."""
+    for p in plan.points:
+        try:
+            do(p)
+        except VitlabError as e:
+            raise ConfigError(f"point {p.id}: {e}") from None
+
+
+def _check_points(plan: Plan) -> None:
+    """Distinct ids, and configs that validate (each replaced by its full TrainConfig)."""
     seen: set[str] = set()
     for p in plan.points:
         if p.id in seen:
             raise ConfigError(f"two points of the plan are both named {p.id}; rename a family")
         seen.add(p.id)
-        try:
-            cfg = build_config(None, p.config)
-            _check_model(cfg)
-        except VitlabError as e:
-            raise ConfigError(f"point {p.id}: {e}") from None
+
+    def check(p: Point) -> None:
+        cfg = build_config(None, p.config)
+        _check_model(cfg)
         p.config = cfg.to_dict()
-    return plan
+
+    try_each(plan, check)
 
 
 def _check_model(cfg: TrainConfig) -> None:
@@ -209,8 +250,19 @@ def write_plan(plan: Plan) -> None:
     plan.out.mkdir(parents=True, exist_ok=True)
     write_text(old, yaml.safe_dump(plan.to_dict(), sort_keys=False))
     for p in plan.points:
-        p.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(p.run_dir / POINT_FILE, yaml.safe_dump(p.config, sort_keys=False))
+        write_point(plan, p)
+
+
+def write_point(plan: Plan, p: Point) -> None:
+    """The point's `point.yaml`: its config, with the learning rate its grid chose once the
+    grid has finished (the runner writes it again just before the point runs)."""
+    import yaml
+
+    from vitlab.files import write_text
+
+    p.run_dir.mkdir(parents=True, exist_ok=True)
+    config = lr_grid.resolved_config(plan, p)
+    write_text(p.run_dir / POINT_FILE, yaml.safe_dump(config, sort_keys=False))
 
 
 def read_plan(out: Path) -> Plan:
@@ -257,22 +309,29 @@ def _canonical(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k not in RESUMABLE_CHANGES}
 
 
-def check_data(plan: Plan) -> None:
-    """Every point's data exists and holds the subset it asks for (a subset larger than the
-    data, k larger than a class), said before any point trains; each dataset is read once and
-    each point's images chosen as its run will choose them (`vitlab.train.run.choose_images`)."""
-    from vitlab.data.datasets import load_data
-    from vitlab.train.run import choose_images
+class TrainImages:
+    """How many training images a run chooses (`vitlab.train.run.choose_images`), each dataset
+    read once: what the budget scales with, and what `check_data` checks."""
 
-    loaded: dict[tuple, Any] = {}
-    for p in plan.points:
-        c = TrainConfig(**p.config)
+    def __init__(self) -> None:
+        self.loaded: dict[tuple, Any] = {}
+
+    def __call__(self, c: TrainConfig) -> int:
+        from vitlab.data.datasets import load_data
+        from vitlab.train.run import choose_images
+
         key = (c.data, c.data_root, c.download, c.val_split, c.seed)
-        try:
-            if key not in loaded:
-                loaded[key] = load_data(
-                    c.data, c.data_root, download=c.download, val_split=c.val_split, seed=c.seed
-                )
-            choose_images(loaded[key], c)
-        except VitlabError as e:
-            raise ConfigError(f"point {p.id}: {e}") from None
+        if key not in self.loaded:
+            self.loaded[key] = load_data(
+                c.data, c.data_root, download=c.download, val_split=c.val_split, seed=c.seed
+            )
+        return len(choose_images(self.loaded[key], c).train)
+
+
+def check_data(plan: Plan, count: TrainImages | None = None) -> None:
+    """Every point's data exists and holds the subset it asks for (a subset larger than the
+    data, k larger than a class), said before any point trains; each dataset is read once (by
+    `count`, which `make_plan` may have filled already) and each point's images chosen as its
+    run will choose them."""
+    count = count or TrainImages()
+    try_each(plan, lambda p: count(TrainConfig(**p.config)))

@@ -25,9 +25,12 @@ class Point:
     x: int | str  # the planned x: a size or k (an int or "all"), or a model's name
     config: dict[str, Any]  # the TrainConfig, resolved
     variant: str = ""  # the arm of a study that has several (transfer: "pretrained", "scratch";
-    # "pretrain" for a run that only feeds others)
+    # "pretrain" for a run that only feeds others; "mae", "mpp": the arm pre-trained without
+    # labels; "lr-grid": a learning-rate grid point)
     protocol: str = ""  # a study's sub-experiment, one plot each (transfer: the protocol's name)
-    needs: tuple[str, ...] = ()  # ids of the points whose weights this one starts from
+    needs: tuple[str, ...] = ()  # ids of the points that must finish before this one starts
+    # ids of the learning-rate grid points it takes its rate from (`vitlab.study.lr_grid`)
+    lr_from: tuple[str, ...] = ()
 
     @property
     def run_dir(self) -> Path:
@@ -35,12 +38,15 @@ class Point:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("id", "family", "label", "seed", "x", "variant")}
-        d.update(protocol=self.protocol, needs=list(self.needs), config=self.config)
+        d.update(protocol=self.protocol, needs=list(self.needs), lr_from=list(self.lr_from))
+        d.update(config=self.config)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Point:
-        return cls(**{**d, "needs": tuple(d.get("needs", ()))})
+        return cls(
+            **{**d, "needs": tuple(d.get("needs", ())), "lr_from": tuple(d.get("lr_from", ()))}
+        )
 
 
 @dataclass
@@ -72,9 +78,15 @@ def family_label(name: str, family: dict[str, Any]) -> str:
     return str(family.get("label", name))
 
 
+# a family's keys that are not TrainConfig keys: its report label, its learning-rate grid
+# (`vitlab.study.lr_grid`), and the keys some studies add (`Study.family_keys`)
+FAMILY_KEYS = ("label", "lr_grid")
+
+
 def family_keys(family: dict[str, Any]) -> dict[str, Any]:
-    """A family's TrainConfig keys (without its report label and its models)."""
-    return {k: v for k, v in family.items() if k not in ("label", "models")}
+    """A family's TrainConfig keys (without its label, grid, models or arm without labels)."""
+    skip = (*FAMILY_KEYS, "models", "self_supervised")
+    return {k: v for k, v in family.items() if k not in skip}
 
 
 def point_config(

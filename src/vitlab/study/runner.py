@@ -2,9 +2,11 @@
 else's scheduler (Slurm job arrays, `xargs -P`, a cluster launcher). No scheduler of our own.
 
 A point is done when its run directory holds `report.json` (the last thing `fit` writes); a
-point with `last.state.pt` but no report resumes from that checkpoint; a point that loads
-another's weights (transfer) waits until that one is done. So a killed study, rerun, continues
-where it stopped and never retrains a finished point.
+point with `last.state.pt` but no report resumes from that checkpoint; a point that needs others
+(it loads a pre-training's weights, or takes its learning rate from a grid) waits until they are
+done, and its point.yaml is written again just before it runs, with the rate its grid chose
+(`vitlab.study.lr_grid`). So a killed study, rerun, continues where it stopped and never
+retrains a finished point.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from vitlab.errors import VitlabError
 from vitlab.progress import progress_bar, say
-from vitlab.study.plan import POINT_FILE, Plan, Point
+from vitlab.study.plan import POINT_FILE, Plan, Point, write_point
 from vitlab.train.state import RUN_FILES, STATE_FILE
 
 log = logging.getLogger("vitlab")
@@ -55,7 +57,7 @@ def command(p: Point, python: bool = False) -> list[str]:
 
 def print_commands(plan: Plan) -> tuple[list[str], list[Point]]:
     """One shell line per unfinished point that can start now, and the points that wait for
-    another one (a pre-training) to finish first."""
+    others (a pre-training, a learning-rate grid) to finish first."""
     done = {p.id for p in plan.points if is_done(p)}
     ready = [p for p in plan.points if p.id not in done and set(p.needs) <= done]
     later = [p for p in plan.points if p.id not in done and not set(p.needs) <= done]
@@ -92,10 +94,13 @@ def run_points(
                     on_done(p)
             bar.update(1)
 
+        def start(p: Point) -> None:  # its point.yaml, with the rate its grid chose
+            write_point(plan, p)
+
         if jobs == 1:
-            _one_at_a_time(todo, set(out.skipped), finished)
+            _one_at_a_time(todo, set(out.skipped), start, finished)
         else:
-            _in_processes(todo, set(out.skipped), jobs, finished)
+            _in_processes(todo, set(out.skipped), jobs, start, finished)
     done = set(out.skipped) | set(out.trained)
     out.waiting = [p.id for p in todo if p.id not in done and p.id not in out.failed]
     out.minutes = (time.perf_counter() - t0) / 60
@@ -106,18 +111,21 @@ def _ready(todo: list[Point], done: set[str]) -> list[Point]:
     return [p for p in todo if set(p.needs) <= done]
 
 
-def _one_at_a_time(todo: list[Point], done: set[str], finished: Callable) -> None:
+def _one_at_a_time(todo: list[Point], done: set[str], start: Callable, finished: Callable) -> None:
     todo = list(todo)
     while ready := _ready(todo, done):
         p = ready[0]
         todo.remove(p)
+        start(p)
         error = _in_process(p)
         if not error:
             done.add(p.id)
         finished(p, error)
 
 
-def _in_processes(todo: list[Point], done: set[str], jobs: int, finished: Callable) -> None:
+def _in_processes(
+    todo: list[Point], done: set[str], jobs: int, start: Callable, finished: Callable
+) -> None:
     run = _subprocess(threads_per_job(jobs))
     todo = list(todo)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -125,6 +133,7 @@ def _in_processes(todo: list[Point], done: set[str], jobs: int, finished: Callab
         while True:
             for p in _ready(todo, done)[: jobs - len(running)]:
                 todo.remove(p)
+                start(p)
                 running[pool.submit(run, p)] = p
             if not running:  # nothing left, or what is left needs a point that failed
                 return
@@ -178,13 +187,30 @@ def _warnings_only(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING or record.name != "vitlab"
 
 
+STOPPED = {"patience": "stopped by patience", "cap": "reached its cap: not converged"}
+STOPPED["budget"] = "fixed budget"
+
+
 def finished_line(p: Point) -> str:
-    """One line about a finished point, from its report.json."""
+    """One line about a finished point, from its report.json: its test figure, its best
+    validation, the steps it trained of its cap and why it stopped, its minutes."""
     r = json.loads((p.run_dir / RUN_FILES["report"]).read_text())
     best = r.get("best") or {}
-    top1 = f"test top-1 {100 * r['top1']:.2f}%" if r.get("top1") is not None else "no test split"
-    at = f", best validation {100 * best['val_acc']:.2f}% at step {best['step']}" if best else ""
-    return f"{p.id}: {top1}{at}, {r['wall_minutes']:.1f} min"
+    if r.get("top1") is not None:
+        top1 = f"test top-1 {100 * r['top1']:.2f}%"
+    elif r.get("val_loss") is not None:
+        top1 = f"{r.get('objective', 'pre-training')} validation loss {r['val_loss']:.4f}"
+    else:
+        top1 = "no test split"
+    at = ""
+    if best.get("val_acc") is not None:
+        at = f", best validation {100 * best['val_acc']:.2f}% at step {best['step']}"
+    steps = f", {r['steps']} steps"
+    if r.get("max_steps") is not None:
+        steps += f" of {r['max_steps']}"
+    if r.get("stopped") is not None:
+        steps += f" ({STOPPED.get(r['stopped'], r['stopped'])})"
+    return f"{p.id}: {top1}{at}{steps}, {r['wall_minutes']:.1f} min"
 
 
 def _subprocess(threads: int) -> Callable[[Point], str | None]:

@@ -11,7 +11,7 @@ from vitlab.study.curves import Curve
 from vitlab.study.points import Plan, Point
 
 # The keys every study preset has; a study adds its own (`Study.keys`).
-COMMON_KEYS = ("study", "description", "train", "families", "seeds")
+COMMON_KEYS = ("study", "description", "train", "families", "seeds", "budget")
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,10 @@ class Axis:
 class Study:
     """One study: all that differs between studies; the plan, the report and `vitlab study`
     read only this. Arms (a study that trains each model from scratch, pre-trained, distilled
-    ...) are the points' `variant`s, made by `expand` and listed in `variants`; a budget that
-    depends on the point (steps scaled to its data) is a layer `expand` adds to its config;
-    the keys that configure either are the study's `keys`, checked by its `check`."""
+    ...) are the points' `variant`s, made by `expand` and listed in `variants`; the keys that
+    configure them are the study's `keys`, checked by its `check`. The layers every study
+    shares (the convergence budget, the learning-rate grids) are applied to what `expand`
+    returns by the plan (`vitlab.study.budget`, `vitlab.study.lr_grid`)."""
 
     name: str
     description: str  # one paragraph, for `vitlab study --help`
@@ -47,6 +48,8 @@ class Study:
     variants: tuple[str, ...] = ()
     off_curve: tuple[str, ...] = ()  # variants that are on no curve (a run that feeds others)
     label_points: bool = False  # the plot writes each point's planned x beside it
+    # sentences for the report page about what the plan's arms see (none by default)
+    notes: Callable[[Plan], list[str]] = lambda plan: []
 
     @property
     def all_keys(self) -> tuple[str, ...]:

@@ -1,8 +1,15 @@
 """data-scaling: model families trained on class-balanced subsets of growing size, test top-1
 against training images (the paper's sections 4.2-4.3, Figures 3 and 4).
 
-Its own preset key: `sizes` (training images per point: whole numbers, or `all`). Each size
-becomes the points' `train_images`.
+Its own preset keys: `sizes` (training images per point: whole numbers, or `all`; each size
+becomes the points' `train_images`) and `finetune` (TrainConfig keys of the points that start
+from a pre-training without labels).
+
+A family with `self_supervised` (`vitlab.study.unlabelled`) adds the arm "pre-trained without
+labels": per objective and seed one pre-training on every training image (the validation images
+held out as for every point), then per size a point that fine-tunes it on that size's labelled
+subset. The convergence budget and the learning-rate grids are the study layers every study
+shares (`vitlab.study.budget`, `vitlab.study.lr_grid`).
 """
 
 from __future__ import annotations
@@ -10,81 +17,134 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from vitlab.study.curves import Curve, num, pct
-from vitlab.study.keys import check_axis
+from vitlab.study import budget, unlabelled
+from vitlab.study.curves import Curve, no_difference, num, pct, versus
+from vitlab.study.keys import check_axis, check_train_keys
 from vitlab.study.points import ALL, Plan, Point, family_keys, family_label, point_config
 from vitlab.study.studies.base import Axis, Study
 
 DESCRIPTION = (
-    "ViT, BiT ResNet and a hybrid trained on class-balanced subsets of growing size, each for "
-    "the same number of optimiser steps, the checkpoint of best validation accuracy tested on "
-    "the full test set (Figures 3 and 4, small)"
+    "ViT, BiT ResNet and a hybrid trained on class-balanced subsets of growing size until "
+    "validation accuracy stops improving, and a ViT pre-trained without labels on every training "
+    "image then fine-tuned on each subset; the best-validation checkpoint tested on the full "
+    "test set (Figures 3 and 4, small)"
 )
+RESERVED = {"train_images": "each point's training images come from `sizes`"}
+FINETUNE_RESERVED = {
+    **RESERVED,
+    "init_from": "the fine-tuning points start from their pre-training without labels",
+}
 
 
 def check(spec: dict[str, Any]) -> None:
     check_axis("sizes", spec.get("sizes"))
+    reserved = {**FINETUNE_RESERVED, **budget.reserved(spec)}
+    check_train_keys("finetune", spec.get("finetune", {}), reserved)
+    for fam, keys in spec["families"].items():
+        if keys.get(unlabelled.KEY) is not None:  # null: no such arm
+            unlabelled.check_arm(f"families.{fam}.{unlabelled.KEY}", keys[unlabelled.KEY])
 
 
 def expand(plan: Plan) -> list[Point]:
-    """One point per family, size and seed."""
+    """Per family: one point per size and seed; then per objective of its arm without labels
+    and per seed, the pre-training and one fine-tuning point per size."""
     points = []
     for fam, keys in plan.spec["families"].items():
+        label = family_label(fam, keys)
         for size in plan.spec["sizes"]:
             for seed in plan.seeds():
                 pid = f"{fam}-n{size}-s{seed}"
-                axis = {"train_images": None if size == ALL else size}
-                cfg = point_config(plan, family_keys(keys), axis, run_id=pid, seed=seed)
-                points.append(Point(pid, fam, family_label(fam, keys), seed, size, cfg))
+                cfg = point_config(plan, family_keys(keys), _axis(size), run_id=pid, seed=seed)
+                points.append(Point(pid, fam, label, seed, size, cfg))
+        for obj in unlabelled.arms(keys):
+            for seed in plan.seeds():
+                pid = f"{fam}-{obj}-pretrain-s{seed}"
+                pre = unlabelled.pretrain_point(plan, fam, keys, obj, seed, data=None, pid=pid)
+                points.append(pre)
+                points += _finetune_points(plan, fam, keys, obj, seed, pre)
     return points
+
+
+def _axis(size: int | str) -> dict[str, Any]:
+    return {"train_images": None if size == ALL else size}
+
+
+def _finetune_points(
+    plan: Plan, fam: str, keys: dict[str, Any], obj: str, seed: int, pre: Point
+) -> list[Point]:
+    points = []
+    start = unlabelled.start_from(pre)
+    for size in plan.spec["sizes"]:
+        pid = f"{fam}-{obj}-n{size}-s{seed}"
+        layers = [family_keys(keys), plan.spec.get("finetune"), start, _axis(size)]
+        cfg = point_config(plan, *layers, run_id=pid, seed=seed)
+        label = family_label(fam, keys)
+        points.append(Point(pid, fam, label, seed, size, cfg, obj, needs=(pre.id,)))
+    return points
+
+
+def notes(plan: Plan) -> list[str]:
+    return unlabelled.arm_note(
+        plan,
+        "labels only from each point's subset, and images from the whole training set: its "
+        "pre-training uses every training image without its label (the validation images held "
+        "out, as for every point)",
+    )
 
 
 # ------------------------------------------------------------------------------ the summary
 def summary(cs: list[Curve]) -> list[str]:
-    """Each family against the first at the smallest and largest size, where the curves
-    cross; then each family's gain from the smallest to the largest size."""
+    """Each curve against the first at the smallest and largest size, where the curves cross,
+    and each arm without labels against the other families; then each curve's gain from the
+    smallest to the largest size."""
     ref, lines = cs[0], []
-    for other in cs[1:]:
-        common = [x for x in other.names if x in ref.names]
-        if not common:
-            continue
-        ia = [other.names.index(x) for x in common]
-        ib = [ref.names.index(x) for x in common]
-        lo, hi = ref.xs[ib[0]], ref.xs[ib[-1]]
-        text = lead(other, ref, ia[0], ib[0], f"{num(lo)} images")
-        if len(common) > 1:
-            text += "; " + lead(other, ref, ia[-1], ib[-1], f"{num(hi)} images")
-        diffs = [other.means[i] - ref.means[j] for i, j in zip(ia, ib)]
-        x = crossing([ref.xs[j] for j in ib], diffs)
-        if x is not None:
-            text += f". The curves cross at about {num(x)} training images"
-        elif len(common) > 1:
-            ahead = other.label if diffs[0] > 0 else ref.label
-            text += (
-                f". The curves do not cross between {num(lo)} and {num(hi)} images ({ahead} ahead)"
-            )
-        lines.append(text[0].upper() + text[1:] + ".")
+    pairs = [(other, ref) for other in cs[1:]]
+    pairs += [(a, b) for a in cs if a.variant for b in cs if not b.variant and b.label != a.label]
+    for a, b in pairs:
+        if text := compare(a, b):
+            lines.append(text[0].upper() + text[1:] + ".")
     for c in cs:
         lines.append(
-            f"{c.label}: {pct(c.means[0])} with {num(c.xs[0])} images, {pct(c.means[-1])} "
+            f"{c.name}: {pct(c.means[0])} with {num(c.xs[0])} images, {pct(c.means[-1])} "
             f"with {num(c.xs[-1])} ({c.means[-1] - c.means[0]:+.1f} points)."
         )
     return lines
 
 
-def lead(a: Curve, b: Curve, i: int, j: int, what: str) -> str:
-    """Which of `a` (its i-th point) and `b` (its j-th) is ahead, by how much, and whether
-    that is within the seeds' spread."""
+def compare(other: Curve, ref: Curve) -> str:
+    """`other` against `ref` at the sizes both have: the ends, and where they cross."""
+    common = [x for x in other.names if x in ref.names]
+    if not common:
+        return ""
+    ia = [other.names.index(x) for x in common]
+    ib = [ref.names.index(x) for x in common]
+    lo, hi = ref.xs[ib[0]], ref.xs[ib[-1]]
+    text = lead(other, ref, ia[0], ib[0], f"{num(lo)} images")
+    if len(common) > 1:
+        text += "; " + lead(other, ref, ia[-1], ib[-1], f"{num(hi)} images")
+    diffs = [differ(other, ref, i, j) for i, j in zip(ia, ib)]
+    x = crossing([ref.xs[j] for j in ib], diffs)
+    if x is not None:
+        text += f". The curves cross at about {num(x)} training images"
+    elif len(common) > 1 and any(diffs):
+        ahead = other.name if next(d for d in diffs if d) > 0 else ref.name
+        text += f". The curves do not cross between {num(lo)} and {num(hi)} images ({ahead} ahead)"
+    elif len(common) > 1:
+        text += f". They show no difference at any size from {num(lo)} to {num(hi)} images"
+    return text
+
+
+def differ(a: Curve, b: Curve, i: int, j: int) -> float:
+    """`a`'s i-th mean less `b`'s j-th, or 0 where that is no difference (`no_difference`)."""
     d = a.means[i] - b.means[j]
+    return 0.0 if no_difference(d, max(a.spreads[i], b.spreads[j])) else d
+
+
+def lead(a: Curve, b: Curve, i: int, j: int, what: str) -> str:
+    """Which of `a` (its i-th point) and `b` (its j-th) is ahead and by how much, or that the
+    difference is within the seeds' spread (no difference)."""
     spread = max(a.spreads[i], b.spreads[j])
-    first, second = (a, b) if d >= 0 else (b, a)
-    noise = f" (within the seed spread of {spread:.1f})" if abs(d) <= spread and spread else ""
-    if round(abs(d), 1) == 0:
-        return f"at {what} {a.label} and {b.label} are level ({pct(a.means[i])}){noise}"
-    return (
-        f"at {what} {first.label} leads {second.label} by {abs(d):.1f} points "
-        f"({pct(max(a.means[i], b.means[j]))} vs {pct(min(a.means[i], b.means[j]))}){noise}"
-    )
+    return versus(a.name, a.means[i], b.name, b.means[j], spread, what)
 
 
 def crossing(xs: list[float], diffs: list[float]) -> float | None:
@@ -101,9 +161,13 @@ STUDY = Study(
     name="data-scaling",
     description=DESCRIPTION,
     axis=Axis("train_images", "training images"),
-    keys=("sizes",),
+    keys=("sizes", "finetune"),
     check=check,
     expand=expand,
     summary=summary,
-    reserved=(("train_images", "each point's training images come from `sizes`"),),
+    family_keys=(unlabelled.KEY,),
+    reserved=tuple(RESERVED.items()),
+    variants=("", *unlabelled.VARIANTS),
+    off_curve=unlabelled.OFF_CURVE,
+    notes=notes,
 )
