@@ -85,3 +85,26 @@ def test_torchrun_two_processes_train_and_write_once(tmp_path, strategy):
     state = torch.load(out / "last.state.pt", weights_only=True)
     assert all(torch.equal(v, state["model"][k]) for k, v in model.state_dict().items())
     assert state["step"] == 8  # 256 images / global batch 32
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_torchrun_pretraining_writes_the_encoder_and_its_decoder_once(tmp_path, strategy):
+    out = tmp_path / strategy
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    cmd = [*torchrun, "-m", "vitlab", "-q", "pretrain", "--objective", "mae", "--model",
+           "vit_test", "--data", "synthetic", "--img-size", "16", "--batch-size", "32",
+           "--epochs", "1", "--strategy", strategy, "--out", str(out), "--set",
+           "model_args.patch_size=4", "--set", "val_split=0.25"]  # fmt: skip
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("pre-trained (mae)") == 1  # printed by rank 0 only
+    assert [p.name for p in (out / "reconstructions").iterdir()] == ["epoch_001.png"]
+    from safetensors.torch import load_file
+
+    saved = load_file(out / "last.safetensors")  # gathered, unsharded
+    state = torch.load(out / "last.state.pt", weights_only=True)
+    assert state["step"] == 6  # 192 images / global batch 32
+    for k, v in saved.items():
+        key = k if k.startswith("mae.") else f"encoder.{k}"
+        assert torch.equal(v, state["model"][key]), k

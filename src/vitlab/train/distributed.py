@@ -63,7 +63,8 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: Literal["ddp", "fsdp"
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for block in getattr(model, "blocks", []):
+        inner = getattr(model, "encoder", model)  # a pre-training module's encoder
+        for block in getattr(inner, "blocks", []):
             fully_shard(block)
         return fully_shard(model)
     ids = [info.device.index] if info.device.type == "cuda" else None

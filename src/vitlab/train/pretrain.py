@@ -87,17 +87,27 @@ def evaluate_loss(
 
 
 @torch.no_grad()
-def save_reconstructions(model: nn.Module, images: torch.Tensor, ctx, path: Path) -> Path:
+def save_reconstructions(
+    model: nn.Module, images: torch.Tensor, ctx, path: Path, write: bool = True
+) -> Path | None:
     """MAE's picture: per image (rows), the original, the visible patches (dropped ones grey)
-    and the reconstruction (visible patches pasted back), from uint8 `images`, fixed masks."""
+    and the reconstruction (visible patches pasted back), from uint8 `images`, fixed masks.
+
+    Every rank calls it (an FSDP forward is a collective); only a rank with `write` draws.
+    The masks come from a fixed seed without touching the training's random stream."""
     from vitlab.figures import new_grid
 
     mae: MaskedAutoencoder = unwrap_model(model)
     was = mae.training
     mae.eval()
-    torch.manual_seed(0)
     x = normalize(images.to(ctx.info.device), ctx.mean, ctx.std)
-    pred, dropped = mae.reconstruct(x)
+    cuda = [ctx.info.device] if ctx.info.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(0)
+        pred, dropped = mae.reconstruct(x)
+    mae.train(was)
+    if not write:
+        return None
     s, c = mae.cfg.feature_stride, mae.cfg.in_chans
     pred = pred.float()
     if mae.norm_pix_loss:  # back to pixels with each patch's own mean and spread
@@ -106,7 +116,6 @@ def save_reconstructions(model: nn.Module, images: torch.Tensor, ctx, path: Path
     grid = (x.shape[-2] // s, x.shape[-1] // s)
     drop = unpatchify(dropped[..., None].float().expand(-1, -1, s * s * c), s, grid, c)
     recon = unpatchify(pred, s, grid, c) * drop + x * (1 - drop)
-    mae.train(was)
     rows = [_to_pixels(v, ctx) for v in (x, x * (1 - drop) + drop * _grey(x, ctx), recon)]
     fig, axes = new_grid(len(x), 3, size=1.3)
     for r in range(len(x)):

@@ -335,10 +335,10 @@ def _train_epochs(cfg, data, state: TrainState, info, total: int, spe: int, run_
         if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or state.step >= total):
             metrics = _validate(cfg, state.eval_model, val_loader, ctx, split)
             row.update({f"{split}_{k}": v for k, v in metrics.items()})
-        if cfg.objective == "mae" and info.main:
+        if cfg.objective == "mae":  # every rank: an FSDP forward is a collective
             shown = shown if shown is not None else _first_images(val_loader or loader)
             path = pretrain.reconstruction_path(run_dir, epoch + 1)
-            pretrain.save_reconstructions(state.eval_model, shown, ctx, path)
+            pretrain.save_reconstructions(state.eval_model, shown, ctx, path, write=info.main)
         _log_epoch(info, row, split)
         state.history.append(row)
         state.wall_time += time.perf_counter() - t0  # the checkpoint below saves it
