@@ -25,6 +25,7 @@ def _base(cmd, s, out):
     return {
         "train": ["train", "--model", "vit_test", *train, "--set", "model_args.patch_size=4"],
         "finetune": ["finetune", "--from", m, *train],
+        "pretrain": ["pretrain", "--model", "vit_test", *train, "--set", "model_args.patch_size=4"],
         "eval": ["eval", "--checkpoint", m, "--data", "synthetic", "--batch-size", "32"],
         "predict": ["predict", "--checkpoint", m, photo],
         "inspect": [

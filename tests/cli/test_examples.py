@@ -21,6 +21,8 @@ from vitlab.cli.main import COMMANDS, build_parser, main
 from vitlab.data import datasets
 from vitlab.data.sets import ArraySet, DataSplits
 from vitlab.models.config import replace
+from vitlab.train.pretrain import save_pretrained_weights
+from vitlab.train.selfsup import build_pretrainer
 from vitlab.weights.quantize import quantize_onnx
 
 pytestmark = pytest.mark.slow
@@ -92,6 +94,8 @@ def _write_models(ws: Path) -> None:
                                        stem_type="small", stem_width=8, gn_groups=8,
                                        class_names=FASHION))  # fmt: skip
     vitlab.save_checkpoint(bit, ws / "runs" / "bit" / "last.safetensors")
+    mae = build_pretrainer(demo, "mae", decoder=(32, 1, 2))  # the encoder and its decoder
+    save_pretrained_weights(mae, ws / "runs" / "mae" / "last.safetensors")
     vitlab.save_checkpoint(demo, ws / "demo.onnx", format="onnx")
     quantize_onnx(ws / "demo.onnx", ws / "demo-int8.onnx", method="dynamic")
     rgb = _rgb_vit()
@@ -125,6 +129,8 @@ def _write_images(ws: Path) -> None:
             photo(ws / "photos" / f"class{c}" / f"{i}.png", 5 * c)
     for name in ("shirt.png", "boot.jpg", "cat.jpg", "dog.jpg"):
         photo(ws / name)
+    for i in range(8):  # a flat folder without labels, for `vitlab pretrain`
+        photo(ws / "all_photos" / f"{i}.jpg")
 
 
 def _write_fashion_mnist(folder: Path) -> None:
@@ -213,7 +219,7 @@ def _cut(argv: list[str]) -> list[str]:
     """Training to two steps (uncompiled, fp32; the batch as written, which the run fits to
     the stand-in data), benchmarks to one timed step of two images; every other argument as
     written."""
-    if argv[0] in ("train", "finetune"):
+    if argv[0] in ("train", "finetune", "pretrain"):
         return [*argv, "--steps", "2", "--set", "compile=false", "--set", "precision=fp32"]
     if argv[0] == "study":
         return _cut_study(argv)

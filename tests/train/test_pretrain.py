@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 import vitlab
 from tests.train.common import small_cfg
+from vitlab.data.datasets import DatasetError
 from vitlab.errors import ConfigError
 from vitlab.train.run import fit
 from vitlab.train.selfsup import (
@@ -176,7 +177,7 @@ def test_pretraining_reads_a_flat_folder_of_images(tmp_path):
     cfg = small_cfg(tmp_path, data=f"imagefolder:{folder}", objective="mpp", **PRE)
     r = fit(cfg).report
     assert r["train_images"] == 18 and r["val_loss"] > 0
-    with pytest.raises(ConfigError, match="flat folder of unlabelled images is for `vitlab pre"):
+    with pytest.raises(DatasetError, match="flat folder of images without labels is for `vitlab"):
         fit(small_cfg(tmp_path / "sup", data=f"imagefolder:{folder}"))
 
 

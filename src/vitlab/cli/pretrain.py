@@ -31,9 +31,9 @@ under their own keys: fine-tuning, export and `vitlab.load_checkpoint` drop thos
 
 EPILOG = """\
 examples:
-  vitlab pretrain --config fashion_mnist_mae --out runs/mae        MAE on 60,000 unlabelled images
-  vitlab finetune --config fashion_mnist_finetune --from runs/mae/last.safetensors \\
-      --set train_images=1000 --out runs/ft1k                      then 1,000 labelled ones
+  vitlab pretrain --config fashion_mnist_mae --out runs/mae        MAE on 57,000 unlabelled images
+  vitlab finetune --config fashion_mnist_finetune --from runs/mae/last.safetensors
+                                                    then fine-tune on the labelled ones
   vitlab pretrain --objective mpp --model vit_mini_p8 --data imagefolder:all_photos --img-size 64
   vitlab pretrain --config fashion_mnist_mae --out runs/mae --resume   continue a run
 

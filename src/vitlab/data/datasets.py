@@ -73,11 +73,12 @@ def load_data(
 
     `val_split` holds out that fraction of the training set (stratified, seeded) as validation
     where the dataset has no validation split of its own (not for `wds:`, an error there).
-    `labelled=False` (pre-training) also accepts WebDataset shards without labels."""
+    `labelled=False` (pre-training) also accepts a flat folder of images and WebDataset shards
+    without labels (one "unlabelled" class); with labels wanted, both are errors."""
     name, _, arg = spec.partition(":")
     loaders = {
         "fashion-mnist": lambda: _fashion_mnist(root, download),
-        "imagefolder": lambda: _imagefolder(arg or root),
+        "imagefolder": lambda: _imagefolder(arg or root, labelled),
         "cifar10": lambda: _cifar(root, download, 10),
         "cifar100": lambda: _cifar(root, download, 100),
         "pets": lambda: _pets(root, download),
@@ -265,15 +266,22 @@ def _flowers(root: str | Path | None, download: bool) -> DataSplits:
 
 
 # ------------------------------------------------------------------------------ imagefolder
-def _imagefolder(path: str | Path | None) -> DataSplits:
+def _imagefolder(path: str | Path | None, labelled: bool = True) -> DataSplits:
     if not path:
         raise DatasetError("imagefolder needs a path: --data imagefolder:PATH")
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder; expected {root}/CLASS/IMAGE files")
     parts = {s: root / s for s in ("train", "val", "validation", "test") if (root / s).is_dir()}
-    if "train" not in parts and _flat(root):
-        return DataSplits(f"imagefolder:{root}", _flat(root), None, None, (UNLABELLED,), 3, 0)
+    flat = _flat(root) if "train" not in parts else None
+    if flat is not None and labelled:
+        raise DatasetError(
+            f"{root} holds images but no class folders: a classifier needs "
+            f"{root}/CLASS_NAME/IMAGE files (a flat folder of images without labels is for "
+            "`vitlab pretrain`)"
+        )
+    if flat is not None:
+        return DataSplits(f"imagefolder:{root}", flat, None, None, (UNLABELLED,), 3, 0)
     if "train" not in parts:
         train, names = _folder(root)
         return DataSplits(f"imagefolder:{root}", train, None, None, names, 3, 0)
