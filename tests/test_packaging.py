@@ -71,5 +71,6 @@ def test_wheel_install_runs_a_preset_and_a_study_from_another_folder(
     assert (out / "last.safetensors").is_file()
     # the packaged quick preset, on digits (Fashion-MNIST may not be on this machine)
     study = ("study", "data-scaling", "--print-commands", "--set", "data=digits",
-             "--set", "sizes=[100,400]", "--set", "families.vit.lr_grid=null", "--out", str(tmp_path / "study"))  # fmt: skip
+             "--set", "sizes=[100,400]", "--set", "families.vit.lr_grid=null",
+             "--out", str(tmp_path / "study"))  # fmt: skip
     assert "vitlab train --config" in vitlab(*study)
