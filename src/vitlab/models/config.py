@@ -136,6 +136,10 @@ class ViTConfig:
     backbone: ResNetConfig | None = None
     # Interop details, defaulting to the paper's (vit_jax) layout.
     class_token: bool | None = None  # None: a class token exactly when pool == "token"
+    # DeiT's distillation token (Touvron et al. 2021): a second prefix token, after the class
+    # token, with its own position embedding and head (`head_dist`) that learns a teacher's
+    # labels; the model's logits are the mean of the two heads'.
+    distill_token: bool = False
     pos_embed_cls: bool = True  # the class token has its own position embedding (vit_jax, timm)
     fc_norm: bool = False  # LayerNorm after pooling instead of before (timm's "avg" models)
     zero_head: bool = False  # zero-initialise the head (the paper's fine-tuning, section 3.2)
@@ -155,6 +159,11 @@ class ViTConfig:
         _check_common(self)
         if self.pool == "token" and not self.class_token:
             raise ConfigError("pool='token' needs class_token=True; use pool='gap' without one")
+        if self.distill_token and self.representation_size:
+            raise ConfigError(
+                "distill_token with representation_size is not a DeiT layout (DeiT has no "
+                "pre-logits layer); set representation_size=None"
+            )
         if self.embed_dim % self.num_heads:
             raise ConfigError(
                 f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}; "
@@ -191,7 +200,8 @@ class ViTConfig:
 
     @property
     def num_prefix_tokens(self) -> int:
-        return int(bool(self.class_token))
+        """Tokens before the patches: the class token, then the distillation token."""
+        return int(bool(self.class_token)) + int(self.distill_token)
 
     def num_tokens(self, img_size: int | tuple[int, int] | None = None) -> int:
         gh, gw = self.grid_size(img_size)

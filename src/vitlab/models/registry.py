@@ -17,7 +17,14 @@ import torch
 from torch import nn
 
 from vitlab.errors import UnknownModelError
-from vitlab.models.config import AnyConfig, ResNetConfig, ViTConfig, replace
+from vitlab.models.config import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AnyConfig,
+    ResNetConfig,
+    ViTConfig,
+    replace,
+)
 
 
 @dataclass(frozen=True)
@@ -108,8 +115,28 @@ def _register_small_vits() -> None:
         register(Variant(name=name, config=cfg, description=desc))
 
 
+def _register_deits() -> None:
+    """DeiT's distilled ViTs (Touvron et al. 2021): Ti/S/B at patch 16 with a distillation
+    token and its head; ImageNet's mean and std, crop 0.875, as their timm weights expect."""
+    for size in ("Ti", "S", "B"):
+        timm_size, depth, dim, mlp, heads, _ = _SIZES[size]
+        cfg = ViTConfig(
+            patch_size=16, embed_dim=dim, depth=depth, num_heads=heads, mlp_dim=mlp,
+            distill_token=True, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=0.875,
+        )  # fmt: skip
+        register(
+            Variant(
+                name=f"deit_{size.lower()}16_distilled",
+                config=cfg,
+                description=f"DeiT-{size}/16 distilled: ViT-{size}/16 with a distillation token",
+                aliases=(f"deit_{timm_size}_distilled_patch16_224", f"DeiT-{size}/16-distilled"),
+            )
+        )
+
+
 _register_paper_vits()
 _register_small_vits()
+_register_deits()
 
 
 def _register_cnns() -> None:

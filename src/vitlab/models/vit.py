@@ -22,6 +22,9 @@ class VisionTransformer(nn.Module, VitlabModule):
     Forward runs in stages: `forward_features` (tokens after the final LayerNorm) -> `pool`
     (class token or global average) -> `forward_head` (pre-logits and classifier).
     `forward_intermediates` returns every block's tokens and attention probabilities.
+    With `cfg.distill_token` (DeiT) a distillation token follows the class token and feeds its
+    own head, `head_dist`; `forward` returns the mean of both heads' logits, `forward_heads`
+    each head's (what distillation training needs).
     """
 
     def __init__(self, cfg: ViTConfig) -> None:
@@ -35,6 +38,7 @@ class VisionTransformer(nn.Module, VitlabModule):
 
             self.patch_embed = HybridEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.distill_token else None
         grid = cfg.grid_size()
         if cfg.pos_embed == "learn":
             n = grid[0] * grid[1] + (cfg.num_prefix_tokens if cfg.pos_embed_cls else 0)
@@ -72,6 +76,8 @@ class VisionTransformer(nn.Module, VitlabModule):
         )
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(rep or D, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        if cfg.distill_token:
+            self.head_dist = nn.Linear(D, cfg.num_classes) if cfg.num_classes else nn.Identity()
         self.grad_checkpointing = False
         if self.pos_embed.device.type != "meta":  # meta tensors hold no values to initialise
             self.init_weights()
@@ -80,7 +86,8 @@ class VisionTransformer(nn.Module, VitlabModule):
     @torch.no_grad()
     def init_weights(self) -> None:
         """The reference (vit_jax) initialisation: Xavier-uniform linears, tiny MLP biases,
-        N(0, 0.02) position embeddings, zero class token, zero head when `cfg.zero_head`."""
+        N(0, 0.02) position embeddings, zero class token, zero head when `cfg.zero_head`; the
+        distillation token N(0, 0.02) as DeiT's (zero, it would start as the class token)."""
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear):
                 if name.endswith("qkv"):  # three D x D kernels fused: bound of each
@@ -102,9 +109,17 @@ class VisionTransformer(nn.Module, VitlabModule):
             nn.init.normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.zeros_(self.cls_token)
-        if self.cfg.zero_head and isinstance(self.head, nn.Linear):
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        if self.dist_token is not None:
+            nn.init.normal_(self.dist_token, std=0.02)
+        if self.cfg.zero_head:
+            for head in self._heads():
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
+
+    def _heads(self) -> list[nn.Linear]:
+        """The classifier(s): `head`, and `head_dist` with a distillation token."""
+        heads = [self.head, getattr(self, "head_dist", None)]
+        return [h for h in heads if isinstance(h, nn.Linear)]
 
     def reset_classifier(
         self, num_classes: int, class_names: tuple[str, ...] | None = None
@@ -116,9 +131,12 @@ class VisionTransformer(nn.Module, VitlabModule):
         dev = self.pos_embed.device
         in_dim = self.cfg.representation_size or self.cfg.embed_dim
         self.head = nn.Linear(in_dim, num_classes, device=dev) if num_classes else nn.Identity()
-        if num_classes:
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        if self.cfg.distill_token:
+            D = self.cfg.embed_dim
+            self.head_dist = nn.Linear(D, num_classes, device=dev) if num_classes else nn.Identity()
+        for head in self._heads():
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
 
     # -------------------------------------------------------------------------------- forward
     def _pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
@@ -146,25 +164,27 @@ class VisionTransformer(nn.Module, VitlabModule):
         self, x: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The parts of equation 1 before they are joined: (B, N, D) patch tokens, their (1, N, D)
-        position embeddings, and the (1, 1, D) class token with its own position embedding
-        (None without a class token). Masked pre-training (`vitlab.train.selfsup`) corrupts or
-        drops patch tokens between these and `forward_tokens`."""
+        position embeddings, and the (1, P, D) prefix tokens (the class token, then DeiT's
+        distillation token) with their own position embeddings (None without any). Masked
+        pre-training (`vitlab.train.selfsup`) corrupts or drops patch tokens between these and
+        `forward_tokens`."""
         x = self.patch_embed(x)  # (B, gh, gw, D)
         B, gh, gw, D = x.shape
-        pos = self._pos_embed_for((gh, gw))  # (1, N or N + 1, D)
+        pos = self._pos_embed_for((gh, gw))  # (1, N or P + N, D)
         n = gh * gw
         x = x.reshape(B, n, D)  # (B, N, D)
-        cls = None
-        if self.cls_token is not None:  # the class token's own position embedding (vit_jax)
-            cls = self.cls_token + pos[:, :1] if pos.shape[1] > n else self.cls_token
-        return x, pos[:, pos.shape[1] - n :], cls
+        tokens = [t for t in (self.cls_token, self.dist_token) if t is not None]
+        prefix = torch.cat(tokens, dim=1) if tokens else None  # (1, P, D)
+        if prefix is not None and pos.shape[1] > n:  # their own position embeddings (vit_jax)
+            prefix = prefix + pos[:, : pos.shape[1] - n]
+        return x, pos[:, pos.shape[1] - n :], prefix
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Equation 1: patches -> tokens, class token prepended, position embeddings added."""
-        x, pos, cls = self.embed_patches(x)
+        """Equation 1: patches -> tokens, prefix tokens prepended, position embeddings added."""
+        x, pos, prefix = self.embed_patches(x)
         x = x + pos
-        if cls is not None:
-            x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, D)
+        if prefix is not None:
+            x = torch.cat([prefix.expand(x.shape[0], -1, -1), x], dim=1)  # (B, P + N, D)
         return self.pos_drop(x)
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,8 +218,26 @@ class VisionTransformer(nn.Module, VitlabModule):
         x = self.pre_logits(self.fc_norm(x))
         return x if pre_logits else self.head(self.head_drop(x))
 
+    def forward_dist_head(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, P + N, D) final tokens -> (B, num_classes) logits of the distillation head, read
+        from the distillation token (DeiT)."""
+        t = x[:, int(bool(self.cfg.class_token))]  # (B, D): the token after the class token
+        return self.head_dist(self.head_drop(self.fc_norm(t)))
+
+    def forward_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) -> the class head's and the distillation head's (B, num_classes) logits;
+        without a distillation token, the class head's logits twice (plain distillation)."""
+        feats = self.forward_features(x)
+        logits = self.forward_head(self.pool(feats))
+        if self.dist_token is None:
+            return logits, logits
+        return logits, self.forward_dist_head(feats)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.pool(self.forward_features(x)))
+        if self.dist_token is None:
+            return self.forward_head(self.pool(self.forward_features(x)))
+        cls_logits, dist_logits = self.forward_heads(x)
+        return (cls_logits + dist_logits) / 2  # DeiT's inference: the mean of the two heads
 
     def forward_intermediates(self, x: torch.Tensor, return_attn: bool = True) -> dict[str, Any]:
         """Every named activation, for inspection.
@@ -207,8 +245,9 @@ class VisionTransformer(nn.Module, VitlabModule):
         Returns a dict with `embed` (B, N, D) tokens entering block 0, `blocks` (a list of
         (B, N, D) tokens after each block), `attn` (a list of (B, heads, N, N) attention
         probabilities, rows summing to 1; empty when `return_attn=False`), `norm` (tokens after
-        the final LayerNorm), `pooled` (B, D), `pre_logits` and `logits`. N counts the class
-        token when the model has one; `grid` is the (gh, gw) patch grid.
+        the final LayerNorm), `pooled` (B, D), `pre_logits` and `logits`. N counts the prefix
+        tokens (class, distillation) when the model has them; `grid` is the (gh, gw) patch grid.
+        With a distillation token, `logits` is the mean of `logits_cls` and `logits_dist`.
         """
         out: dict[str, Any] = {"blocks": [], "attn": []}
         tokens = self.embed(x)
@@ -225,6 +264,10 @@ class VisionTransformer(nn.Module, VitlabModule):
         out["pooled"] = self.pool(out["norm"])
         out["pre_logits"] = self.forward_head(out["pooled"], pre_logits=True)
         out["logits"] = self.head(out["pre_logits"])
+        if self.dist_token is not None:
+            out["logits_cls"] = out["logits"]
+            out["logits_dist"] = self.forward_dist_head(out["norm"])
+            out["logits"] = (out["logits_cls"] + out["logits_dist"]) / 2
         return out
 
     # ----------------------------------------------------------------------------- resolution
@@ -252,4 +295,4 @@ class VisionTransformer(nn.Module, VitlabModule):
     # ---------------------------------------------------------------------------------- facts
     def no_weight_decay(self) -> set[str]:
         """Parameter names that weight decay should skip (also: every bias and norm weight)."""
-        return {"pos_embed", "cls_token"}
+        return {"pos_embed", "cls_token", "dist_token"}

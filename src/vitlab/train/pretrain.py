@@ -40,8 +40,9 @@ def wrap(cfg: TrainConfig, encoder: nn.Module) -> nn.Module:
     """`encoder` inside the module of `cfg.objective`; the encoder's parts that pre-training
     never reaches (its head, pre-logits and post-pooling norm) are frozen, so that DDP finds
     every trained parameter used."""
-    for part in ("head", "pre_logits", "fc_norm"):
-        getattr(encoder, part).requires_grad_(False)
+    for part in ("head", "head_dist", "pre_logits", "fc_norm"):
+        if hasattr(encoder, part):  # head_dist: a DeiT layout's distillation head
+            getattr(encoder, part).requires_grad_(False)
     decoder = (cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads)
     return build_pretrainer(
         encoder, cfg.objective, cfg.mask_ratio, cfg.mpp_bits, decoder, cfg.norm_pix_loss

@@ -247,9 +247,9 @@ class MaskedAutoencoder(nn.Module):
             images = _zero_cells(images, dropped.bool(), s)
         x, pos, cls = enc.embed_patches(images)
         x = (x + pos).gather(1, order[:, :keep].unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        prefix = 0 if cls is None else 1
+        prefix = 0 if cls is None else cls.shape[1]
         if cls is not None:
-            x = torch.cat([cls.expand(B, -1, -1), x], dim=1)  # (B, 1 + keep, D)
+            x = torch.cat([cls.expand(B, -1, -1), x], dim=1)  # (B, P + keep, D)
         latent = enc.forward_tokens(enc.pos_drop(x))
         return self.mae(latent, restore, grid, prefix), dropped
 

@@ -176,7 +176,7 @@ def load_checkpoint(
     new_head = "num_classes" in overrides and (_head_shape(sd) or 0) != cfg.num_classes
     skip = _skipped_keys(sd, dont_load, new_head)
     method = posemb.method_for(src.resample, resample)
-    fresh = ("head.",) if new_head else ()  # left to reset_classifier, in the file or not
+    fresh = ("head.", "head_dist.") if new_head else ()  # left to reset_classifier
     load_into(target, {k: v for k, v in sd.items() if k not in skip}, strict=strict,
               skip=(*skip, *fresh), resample=method)  # fmt: skip
     if new_head:
@@ -248,7 +248,7 @@ def _say_guesses(inferred: AnyConfig, overrides: dict[str, Any], path: Path) -> 
 def _skipped_keys(sd: dict[str, torch.Tensor], dont_load: Sequence[str], new_head: bool) -> set:
     """The file's keys left at the model's initial values: `dont_load` matches (each pattern
     must match something, or it is a typo), and the old head when a new one replaces it."""
-    skip = {k for k in sd if new_head and k.startswith("head.")}
+    skip = {k for k in sd if new_head and k.startswith(("head.", "head_dist."))}
     for pattern in dont_load:
         try:
             hits = {k for k in sd if re.fullmatch(pattern, k)}

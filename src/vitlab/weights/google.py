@@ -423,6 +423,9 @@ def _check_exportable(cfg: AnyConfig) -> None:
         "fc_norm=False": not getattr(cfg, "fc_norm", True),
         "a post-activation hybrid stem": getattr(cfg, "backbone", None) is None
         or not cfg.backbone.preact,
+        "no distillation token (vit_jax has none; export DeiT layouts as 'timm' or 'hf')": not (
+            getattr(cfg, "distill_token", False)
+        ),
     }
     broken = [what for what, ok in problems.items() if not ok]
     if broken:

@@ -1,6 +1,8 @@
 """Hugging Face transformers' ViT layouts: `ViTModel` and `ViTForImageClassification`
-(model_type "vit"), and the encoder of `ViTMAEModel` and `ViTMAEForPreTraining` (model_type
-"vit_mae", He et al. 2022), whose keys are ViT's (`LAYOUTS`).
+(model_type "vit"), the encoder of `ViTMAEModel` and `ViTMAEForPreTraining` (model_type
+"vit_mae", He et al. 2022), whose keys are ViT's, and DeiT's distilled `DeiTModel` and
+`DeiTForImageClassificationWithTeacher` (model_type "deit", Touvron et al. 2021): ViT's keys
+under `deit.`, plus the distillation token and its head (`LAYOUTS`).
 
 A directory written by `save_pretrained`: config.json (architecture, `layer_norm_eps` - 1e-12 by
 default, not timm's 1e-6 -, `hidden_act`, `id2label`) and model.safetensors or pytorch_model.bin
@@ -88,6 +90,11 @@ class Layout:
 
 LAYOUTS = {
     "vit": Layout("vit", ("ViTModel", "ViTForImageClassification")),
+    "deit": Layout(
+        "deit",
+        ("DeiTModel", "DeiTForImageClassificationWithTeacher", "DeiTForImageClassification"),
+        marker="deit.embeddings.distillation_token",
+    ),
     "vit_mae": Layout(
         "vit_mae",
         ("ViTMAEModel", "ViTMAEForPreTraining"),
@@ -117,8 +124,9 @@ def _detect(raw: RawCheckpoint) -> bool:
 
 
 def _base(keys: set[str]) -> str:
-    """The "vit." prefix inside ViTForImageClassification; none for a bare ViTModel."""
-    return "vit." if "vit.embeddings.cls_token" in keys else ""
+    """The "vit." ("deit.") prefix inside ViTForImageClassification (DeiT's classifiers); none
+    for a bare ViTModel or DeiTModel."""
+    return next((b for b in ("vit.", "deit.") if f"{b}embeddings.cls_token" in keys), "")
 
 
 def _names(keys: set[str], base: str) -> dict[str, str]:
@@ -129,6 +137,7 @@ def rules(cfg: ViTConfig, base: str = "vit.", names: dict[str, str] | None = Non
     """vitlab <-> transformers keys for `cfg` (the declarative map)."""
     n = names or _BLOCK_NAMES["file"]
     e = f"{base}embeddings."
+    head = "cls_classifier" if cfg.distill_token else "classifier"
     out = [
         rule("cls_token", f"{e}cls_token"),
         rule("pos_embed", f"{e}position_embeddings"),
@@ -136,9 +145,15 @@ def rules(cfg: ViTConfig, base: str = "vit.", names: dict[str, str] | None = Non
         rule("patch_embed.proj.bias", f"{e}patch_embeddings.projection.bias"),
         rule("norm.weight", f"{base}layernorm.weight"),
         rule("norm.bias", f"{base}layernorm.bias"),
-        rule("head.weight", "classifier.weight", optional=True),
-        rule("head.bias", "classifier.bias", optional=True),
+        rule("head.weight", f"{head}.weight", optional=True),
+        rule("head.bias", f"{head}.bias", optional=True),
     ]
+    if cfg.distill_token:  # DeiT: the distillation token and its head
+        out += [
+            rule("dist_token", f"{e}distillation_token"),
+            rule("head_dist.weight", "distillation_classifier.weight", optional=True),
+            rule("head_dist.bias", "distillation_classifier.bias", optional=True),
+        ]
     if cfg.representation_size:
         out += [
             rule("pre_logits.fc.weight", f"{base}pooler.dense.weight"),
@@ -182,7 +197,14 @@ def _infer(raw: RawCheckpoint) -> AnyConfig:
         raise CheckpointError(f"{raw.path}: hidden_act={act!r} is not one of {', '.join(_ACTS)}")
     keys = raw.keys()
     base = _base(keys)
-    head = raw.tensors.get("classifier.weight")
+    deit = layout_of(raw).model_type == "deit"
+    if deit and "classifier.weight" in keys:
+        raise CheckpointError(
+            f"{raw.path}: DeiTForImageClassification classifies from the class token alone, "
+            "beside a distillation token it never reads; vitlab loads "
+            "DeiTForImageClassificationWithTeacher (both heads) and DeiTModel (no head)"
+        )
+    head = raw.tensors.get("cls_classifier.weight" if deit else "classifier.weight")
     num_classes = 0 if head is None else int(head.shape[0])
     pooled = f"{base}pooler.dense.weight" in keys
     dim = int(hf["hidden_size"])
@@ -199,6 +221,7 @@ def _infer(raw: RawCheckpoint) -> AnyConfig:
         num_heads=int(hf["num_attention_heads"]),
         mlp_dim=int(hf["intermediate_size"]),
         representation_size=int(hf.get("pooler_output_size") or dim) if pooled else None,
+        distill_token=deit,
         qkv_bias=bool(hf.get("qkv_bias", True)),
         layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
         act=_ACTS[act],
@@ -247,11 +270,15 @@ def _check_exportable(cfg: AnyConfig) -> None:
 
 
 def hf_config(cfg: ViTConfig) -> dict[str, Any]:
-    """config.json for transformers' ViT (written by hand: transformers is not required)."""
+    """config.json for transformers' ViT, or DeiT with a distillation token (written by hand:
+    transformers is not required)."""
     names = cfg.class_names or tuple(f"LABEL_{i}" for i in range(cfg.num_classes))
+    family, classifier = "ViT", "ViTForImageClassification"
+    if cfg.distill_token:
+        family, classifier = "DeiT", "DeiTForImageClassificationWithTeacher"
     return {
-        "architectures": ["ViTForImageClassification" if cfg.num_classes else "ViTModel"],
-        "model_type": "vit",
+        "architectures": [classifier if cfg.num_classes else f"{family}Model"],
+        "model_type": family.lower(),
         "hidden_size": cfg.embed_dim,
         "num_hidden_layers": cfg.depth,
         "num_attention_heads": cfg.num_heads,
@@ -295,13 +322,14 @@ def preprocessor_config(p: Preprocess) -> dict[str, Any]:
 
 
 def _export(model: nn.Module, path: Path) -> Path:
-    """A directory `ViTForImageClassification.from_pretrained` (or `ViTModel`) and
+    """A directory `ViTForImageClassification.from_pretrained` (or `ViTModel`; DeiT's
+    `DeiTForImageClassificationWithTeacher` or `DeiTModel` with a distillation token) and
     `transformers.pipeline` read, with a preprocessor_config.json that preprocesses as vitlab
     does (`preprocessor_config`)."""
     model = unwrap_model(model)
     cfg = model.cfg
     _check_exportable(cfg)
-    base = "vit." if cfg.num_classes else ""
+    base = ("deit." if cfg.distill_token else "vit.") if cfg.num_classes else ""
     sd = invert_rules(rules(cfg, base), model.state_dict(), "the Hugging Face layout")
     path = Path(path)
     save_safetensors(sd, path / "model.safetensors", {"format": "pt"})
@@ -320,8 +348,8 @@ def _export(model: nn.Module, path: Path) -> Path:
 
 SOURCE = Source(
     name="hf",
-    description="Hugging Face ViT directory (config.json model_type 'vit' or 'vit_mae', "
-    "vit.encoder.layer.N.attention.attention.query; an MAE decoder is dropped)",
+    description="Hugging Face ViT directory (config.json model_type 'vit', 'vit_mae' or "
+    "'deit', vit.encoder.layer.N.attention.attention.query; an MAE decoder is dropped)",
     detect=_detect,
     infer_config=_infer,
     to_vitlab=_to_vitlab,

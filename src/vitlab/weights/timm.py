@@ -3,7 +3,9 @@ adapter adds is reading the architecture from the tensors (and, from the config.
 folder, the preprocessing and head count) and refusing what does not fit, and `timm_twin`:
 timm's own model with a vitlab model's architecture and weights, for comparisons. MAE encoders
 (`vit_*_patch16_224.mae`) are headless ViTs of this layout; facebookresearch/mae's files with
-the decoder beside them load as their encoder."""
+the decoder beside them load as their encoder. DeiT's distilled models
+(`deit_*_distilled_patch16_224`) add `dist_token`, `head_dist` and two prefix position
+embeddings, which are vitlab's names too."""
 
 from __future__ import annotations
 
@@ -67,8 +69,9 @@ def infer_vit_config(sd: dict[str, torch.Tensor]) -> ViTConfig:
         in_chans = backbone.in_chans
     depth = count_indexed(keys, r"blocks\.(\d+)\.")
     mlp = sd["blocks.0.mlp.fc1.weight"].shape[0]
-    class_token = "cls_token" in keys
-    side, pos_cls = grid_from_tokens(sd["pos_embed"].shape[1], int(class_token))
+    class_token, distill_token = "cls_token" in keys, "dist_token" in keys
+    n_prefix = int(class_token) + int(distill_token)
+    side, pos_cls = grid_from_tokens(sd["pos_embed"].shape[1], n_prefix)
     fc_norm = "fc_norm.weight" in keys
     head = sd.get("head.weight")
     heads, guessed = guess_num_heads(dim, depth, mlp)
@@ -84,6 +87,7 @@ def infer_vit_config(sd: dict[str, torch.Tensor]) -> ViTConfig:
         mlp_dim=mlp,
         pool="token" if class_token and not fc_norm else "gap",
         class_token=class_token,
+        distill_token=distill_token,
         pos_embed_cls=pos_cls,
         fc_norm=fc_norm,
         qkv_bias="blocks.0.attn.qkv.bias" in keys,
@@ -240,8 +244,9 @@ SOURCE = Source(
 
 # ------------------------------------------------------------------------------ the twin
 def timm_twin(model: nn.Module) -> nn.Module:
-    """timm's VisionTransformer with vitlab's architecture and the very same weights (loaded
-    strictly, so any difference in structure is an error, not a silent mismatch)."""
+    """timm's VisionTransformer (VisionTransformerDistilled for a distillation token) with
+    vitlab's architecture and the very same weights (loaded strictly, so any difference in
+    structure is an error, not a silent mismatch)."""
     timm_vit = require("timm.models.vision_transformer", "timm", "Comparing with timm")
 
     model = unwrap_model(model)
@@ -253,7 +258,10 @@ def timm_twin(model: nn.Module) -> nn.Module:
             "timm's VisionTransformer has no sin-cos embedding or pre-logits layer; compare a "
             "plain variant such as vit_s16"
         )
-    twin = timm_vit.VisionTransformer(
+    kind = timm_vit.VisionTransformer
+    if cfg.distill_token:
+        kind = require("timm.models.deit", "timm", "Comparing with timm").VisionTransformerDistilled
+    twin = kind(
         img_size=cfg.img_size,
         patch_size=cfg.patch_size,
         in_chans=cfg.in_chans,

@@ -119,6 +119,7 @@ def _check_exportable(cfg: AnyConfig) -> None:
         "LayerNorm eps 1e-6": getattr(cfg, "layer_norm_eps", None) == 1e-6,
         "qkv biases": getattr(cfg, "qkv_bias", False),
         "3 input channels": cfg.in_chans == 3,
+        "no distillation token": not getattr(cfg, "distill_token", False),
     }
     broken = [what for what, ok in fixed.items() if not ok]
     if broken:
