@@ -164,6 +164,12 @@ def format_report(report: dict[str, Any]) -> str:
             f"{report['split']} top-1 {100 * report['top1']:.2f}%  top-5 "
             f"{100 * report['top5']:.2f}%  ({report['n']} images, {report['model']})"
         ]
+    t = report.get("teacher")
+    if t:
+        lines.append(
+            f"teacher     top-1 {100 * t['top1']:.2f}%  top-5 {100 * t['top5']:.2f}%  "
+            f"({t['checkpoint']}, {t['distill']} distillation)"
+        )
     per = sorted(report.get("per_class", {}).items(), key=lambda kv: kv[1])
     if per:
         weakest = ", ".join(f"{k} {100 * v:.1f}%" for k, v in per[:3])

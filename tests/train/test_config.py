@@ -11,7 +11,7 @@ from vitlab.train.config import (
 )
 
 PRESETS = ["fashion_mnist_vit", "fashion_mnist_vit_long", "fashion_mnist_bit"]
-PRESETS += ["imagenet_vit_b16", "finetune_paper"]
+PRESETS += ["imagenet_vit_b16", "finetune_paper", "fashion_mnist_deit"]
 
 
 def test_every_promised_preset_exists_and_builds():

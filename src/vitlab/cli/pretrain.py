@@ -58,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="what to learn without labels (default: the preset's, else mae)",
     )
     add_config_flags(p, TrainConfig, PRETRAIN_FLAGS)
-    add_common(p, None)
+    add_common(p, None, distill=False)
 
 
 def run(args: argparse.Namespace) -> int:

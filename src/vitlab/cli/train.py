@@ -12,6 +12,7 @@ from vitlab.cli.common import add_config_flags, add_data_args, as_flag_error, pa
 from vitlab.errors import ConfigError
 from vitlab.train.config import (
     DATA_FIELDS,
+    DISTILL_FLAGS,
     FLAGS,
     TrainConfig,
     accumulation_for,
@@ -46,6 +47,8 @@ examples:
   vitlab train --config fashion_mnist_vit --set lr=1e-3 --set model_args.depth=6
   vitlab train --data imagefolder:photos --model vit_mini_p8 --epochs 30 --out runs/photos
   vitlab train --config fashion_mnist_vit --out runs/demo --resume auto   continue a run
+  vitlab train --config fashion_mnist_deit --teacher runs/bit/last.safetensors
+                                      the demo's ViT with a distillation token, a CNN teacher
   torchrun --nproc_per_node=2 -m vitlab train --config fashion_mnist_vit   two processes (DDP)
 
 presets: {presets}
@@ -55,9 +58,12 @@ config keys (--set KEY=VALUE; model_args.KEY for the model's own fields):
 """
 
 
-def add_common(p: argparse.ArgumentParser, default_config: str | None) -> None:
-    """The flags `train` and `finetune` share: --config, the data group, one flag per entry of
-    `vitlab.train.config.FLAGS` (typed from its TrainConfig field), and the run's handling."""
+def add_common(
+    p: argparse.ArgumentParser, default_config: str | None, distill: bool = True
+) -> None:
+    """The flags `train`, `finetune` and `pretrain` share: --config, the data group, one flag
+    per entry of `vitlab.train.config.FLAGS` (typed from its TrainConfig field; with `distill`
+    also of DISTILL_FLAGS), and the run's handling."""
     p.add_argument(
         "--config",
         default=default_config,
@@ -65,7 +71,7 @@ def add_common(p: argparse.ArgumentParser, default_config: str | None) -> None:
         help=f"a preset name or a YAML file (default: {default_config or 'none'})",
     )
     add_data_args(p)
-    add_config_flags(p, TrainConfig, FLAGS)
+    add_config_flags(p, TrainConfig, {**FLAGS, **(DISTILL_FLAGS if distill else {})})
     p.add_argument(
         "--resume",
         nargs="?",
@@ -111,7 +117,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> TrainConfig:
     """Preset (or, resuming without --config, the run's own config.yaml), then flags, then
     --set (later wins); a default that changes the result is said out loud."""
-    flags = {key: getattr(args, key) for key in (*DATA_FIELDS, *FLAGS)}
+    keys = (*DATA_FIELDS, *FLAGS, *DISTILL_FLAGS)  # pretrain has no distillation flags
+    flags = {key: getattr(args, key, None) for key in keys}
     given = {k: v for k, v in flags.items() if v is not None and v is not False}  # switches: on
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in given.items()}
     set_keys = parse_set(args.set)

@@ -79,6 +79,7 @@ class VisionTransformer(nn.Module, VitlabModule):
         if cfg.distill_token:
             self.head_dist = nn.Linear(D, cfg.num_classes) if cfg.num_classes else nn.Identity()
         self.grad_checkpointing = False
+        self.distilled_training = False
         if self.pos_embed.device.type != "meta":  # meta tensors hold no values to initialise
             self.init_weights()
 
@@ -233,10 +234,18 @@ class VisionTransformer(nn.Module, VitlabModule):
             return logits, logits
         return logits, self.forward_dist_head(feats)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """With a distillation token: in training mode, `forward` returns both heads' logits
+        (class, distillation), which distillation training needs (and DDP sees as one forward);
+        in eval mode it still returns their mean."""
+        self.distilled_training = enable
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.dist_token is None:
             return self.forward_head(self.pool(self.forward_features(x)))
         cls_logits, dist_logits = self.forward_heads(x)
+        if self.distilled_training and self.training:
+            return cls_logits, dist_logits
         return (cls_logits + dist_logits) / 2  # DeiT's inference: the mean of the two heads
 
     def forward_intermediates(self, x: torch.Tensor, return_attn: bool = True) -> dict[str, Any]:

@@ -23,6 +23,7 @@ Schedule = Literal["cosine", "linear", "constant"]
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
 Strategy = Literal["ddp", "fsdp"]
 Objective = Literal["supervised", "mpp", "mae"]
+Distill = Literal["hard", "soft"]
 
 
 @dataclass
@@ -47,6 +48,14 @@ class TrainConfig:
     decoder_depth: int = 2
     decoder_heads: int = 4
     norm_pix_loss: bool = True  # mae: targets are each patch's pixels normalised per patch
+    # distillation (DeiT, `vitlab.train.distill`): a teacher checkpoint (any vitlab reads, .onnx
+    # too) whose outputs the student's distillation head (or its only head) learns: hard (its
+    # arg-max) or soft (its softened distribution, temperature distill_tau); distill_alpha
+    # weighs the teacher's term against the labels' (null: 0.5 hard, 0.1 soft)
+    teacher: str | None = None
+    distill: Distill = "hard"
+    distill_alpha: float | None = None
+    distill_tau: float = 3.0
     # data
     data: str = "synthetic"
     data_root: str | None = None
@@ -161,6 +170,16 @@ class TrainConfig:
                 "mask_ratio must be in (0, 1) (or null: the objective's default)",
             ),
             (1 <= self.mpp_bits <= 8, "mpp_bits must be in [1, 8]"),
+            (
+                self.distill_alpha is None or 0.0 <= self.distill_alpha <= 1.0,
+                "distill_alpha must be in [0, 1] (or null: 0.5 hard, 0.1 soft)",
+            ),
+            (self.distill_tau > 0, "distill_tau must be > 0"),
+            (
+                not self.teacher or self.objective == "supervised",
+                f"a teacher teaches a classifier; objective={self.objective} learns without "
+                "labels: drop teacher (distil when fine-tuning the pre-trained model)",
+            ),
             (self.decoder_dim % 4 == 0, "decoder_dim must be a multiple of 4 (sin-cos positions)"),
             (
                 self.decoder_dim >= 1 and self.decoder_depth >= 1 and self.decoder_heads >= 1,
@@ -217,6 +236,11 @@ FLAGS: dict[str, Flag] = {
     "patience": Flag("stop after N validation passes without a better accuracy (early stopping)"),
     "seed": Flag("random seed"),
     "out": Flag("run directory", "RUN_DIR", folder="write"),
+}
+# The fields `vitlab train` and `vitlab finetune` offer besides those: distillation (DeiT).
+DISTILL_FLAGS: dict[str, Flag] = {
+    "teacher": Flag("distil from this checkpoint (any vitlab reads, .onnx too)", "CHECKPOINT"),
+    "distill": Flag("with --teacher: learn its arg-max (hard, DeiT's) or its distribution (soft)"),
 }
 # The fields `vitlab pretrain` offers besides those (the objective and how much it masks).
 PRETRAIN_FLAGS: dict[str, Flag] = {

@@ -25,6 +25,7 @@ from vitlab.progress import progress_bar
 from vitlab.runtime.device import unwrap_model
 from vitlab.runtime.precision import autocast
 from vitlab.train.config import TrainConfig
+from vitlab.train.distill import Teacher, distillation_loss, student_heads
 from vitlab.train.distributed import DistInfo, all_reduce_sum
 from vitlab.train.state import TrainState
 
@@ -43,6 +44,7 @@ class StepContext:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     num_classes: int
+    teacher: Teacher | None = None  # distillation (`vitlab.train.distill`)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.info.device, self.cfg.precision)
@@ -83,8 +85,7 @@ def train_step(
         sync = i == n - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync(), ctx.autocast():
             if labelled:
-                logits = model(xm)
-                loss = F.cross_entropy(logits.float(), ym, label_smoothing=cfg.label_smoothing)
+                logits, loss = _supervised(model, xm, ym, ctx)
             else:
                 loss = model(xm).float()
         (state.scaler.scale(loss / n) if state.scaler else loss / n).backward()
@@ -94,6 +95,23 @@ def train_step(
     _check_finite(state, loss_sum, ctx)
     _optimizer_step(state, cfg)
     return float(loss_sum), correct
+
+
+def _supervised(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits that count as the prediction, and the loss: cross-entropy with the labels,
+    or with a teacher DeiT's objective (the prediction: the mean of the two heads)."""
+    cfg = ctx.cfg
+    out = model(x)
+    if ctx.teacher is None:
+        return out, F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+    cls_logits, dist_logits = student_heads(out)
+    loss = distillation_loss(
+        cls_logits, dist_logits, ctx.teacher(x), y, cfg.distill, cfg.distill_alpha,
+        cfg.distill_tau, cfg.label_smoothing,
+    )  # fmt: skip
+    return (cls_logits + dist_logits) / 2, loss
 
 
 def _check_finite(state: TrainState, loss: torch.Tensor, ctx: StepContext) -> None:

@@ -35,6 +35,7 @@ from vitlab.runtime.precision import resolve_precision
 from vitlab.train import pretrain
 from vitlab.train import report as rep
 from vitlab.train.config import TrainConfig, accumulation_for, save_config
+from vitlab.train.distill import Teacher, load_teacher
 from vitlab.train.distributed import DistInfo, barrier, init_distributed, wrap_model
 from vitlab.train.loop import StepContext, train_one_epoch
 from vitlab.train.optim import build_ema, build_optimizer, build_scheduler
@@ -195,6 +196,7 @@ def fit(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) ->
         )
     cfg = fit_batch_to_data(cfg, len(data.train), info.world)
     model = model_for_data(cfg, data)
+    teacher = distillation_teacher(cfg, data, model, info)
     spe = steps_per_epoch(len(data.train), cfg, info)
     total = total_steps(cfg, len(data.train), info)
     state = build_state(cfg, model, info, total, spe)
@@ -208,8 +210,25 @@ def fit(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) ->
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         _log_start(cfg, data, model, total, spe, run_dir)
-    _train_epochs(cfg, data, state, info, total, spe, run_dir)
-    return RunResult(run_dir, final_report(cfg, data, state, info, run_dir), state)
+    _train_epochs(cfg, data, state, info, total, spe, run_dir, teacher)
+    return RunResult(run_dir, final_report(cfg, data, state, info, run_dir, teacher), state)
+
+
+def distillation_teacher(
+    cfg: TrainConfig, data: DataSplits, model: nn.Module, info: DistInfo
+) -> Teacher | None:
+    """`cfg.teacher` loaded and checked against the data's classes (before any training), and
+    the student set to return both heads' logits in training (`set_distilled_training`)."""
+    if not cfg.teacher:
+        return None
+    teacher = load_teacher(cfg.teacher, data.num_classes, data.class_names, model.cfg, info.device)
+    if hasattr(model, "set_distilled_training"):
+        model.set_distilled_training(True)
+    if info.main:
+        head = "its distillation token's head" if getattr(model.cfg, "distill_token", False) else (
+            "its only head (no distillation token)")  # fmt: skip
+        log.info("distilling (%s) from %s into %s", cfg.distill, cfg.teacher, head)
+    return teacher
 
 
 def _prepare_run_dir(
@@ -307,10 +326,12 @@ def _log_start(cfg, data: DataSplits, model, total: int, spe: int, run_dir: Path
     )
 
 
-def _train_epochs(cfg, data, state: TrainState, info, total: int, spe: int, run_dir: Path) -> None:
+def _train_epochs(
+    cfg, data, state: TrainState, info, total: int, spe: int, run_dir: Path, teacher=None
+) -> None:
     train_aug, eval_aug = augmentations(cfg, state.model)
     c = unwrap_model(state.model).cfg
-    ctx = StepContext(cfg, info, tuple(c.mean), tuple(c.std), data.num_classes)
+    ctx = StepContext(cfg, info, tuple(c.mean), tuple(c.std), data.num_classes, teacher)
     loader, sampler = _loader(data.train, train_aug, cfg, info, train=True, spe=spe)
     # Without a validation split the test split is evaluated each epoch to be watched, under
     # test_* keys: nothing (not the best checkpoint) is chosen by it.
@@ -422,12 +443,15 @@ def _end_of_epoch(cfg, state: TrainState, info, run_dir: Path, row: dict) -> Non
     barrier()
 
 
-def final_report(cfg, data: DataSplits, state: TrainState, info, run_dir: Path) -> dict[str, Any]:
+def final_report(
+    cfg, data: DataSplits, state: TrainState, info, run_dir: Path, teacher: Teacher | None = None
+) -> dict[str, Any]:
     """Evaluate the published weights (the last, or with `cfg.report_best` the best by
     validation accuracy) on the test split, else on validation, and write the report; without
     either split, the report holds the training figures only. The evaluation runs in fp32
     whatever the training precision, as `vitlab eval` does, so that `vitlab eval` on the
-    weights the report names gives the report's figures."""
+    weights the report names gives the report's figures. A distilled run's report holds the
+    teacher's figures on the same split beside the student's (`teacher`)."""
     split, images = ("test", data.test) if data.test is not None else ("val", data.val)
     weights, model = _published(cfg, state, run_dir, info)
     report: dict[str, Any] = {"split": None, "model": cfg.init_from or cfg.model}
@@ -440,6 +464,8 @@ def final_report(cfg, data: DataSplits, state: TrainState, info, run_dir: Path) 
         loader = _loader(images, eval_aug, cfg, info)[0]
         res = evaluate(model, loader, ctx.eval_context(), desc=split)
         report = report_dict(res, data.class_names, split, cfg.init_from or cfg.model)
+        if teacher is not None:
+            report["teacher"] = _teacher_figures(cfg, teacher, images, split, data, info)
     last = state.history[-1] if state.history else {}
     m = pretrain.encoder_of(model)
     report.update(
@@ -470,6 +496,20 @@ def final_report(cfg, data: DataSplits, state: TrainState, info, run_dir: Path) 
     elif info.main:
         write_text(run_dir / RUN_FILES["report"], json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _teacher_figures(cfg, teacher: Teacher, images, split: str, data, info) -> dict[str, Any]:
+    """The teacher's own top-1 and top-5 on the split the student's report is about, with its
+    own evaluation preprocessing."""
+    t = teacher.model
+    ctx = StepContext(replace(cfg, precision="fp32"), info, t.cfg.mean, t.cfg.std,
+                      data.num_classes).eval_context()  # fmt: skip
+    p = next(iter(t.parameters()), None)
+    ctx.device = p.device if p is not None else torch.device("cpu")  # ONNX: on the CPU
+    loader = _loader(images, eval_augmentation(t), cfg, info)[0]
+    res = evaluate(t, loader, ctx, desc=f"teacher {split}")
+    return {"checkpoint": teacher.path, "distill": cfg.distill, "top1": res.top1,
+            "top5": res.top5, "params": t.num_params()}  # fmt: skip
 
 
 def _pretraining_figures(cfg, state: TrainState, report: dict[str, Any]) -> dict[str, Any]:
