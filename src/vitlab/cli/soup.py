@@ -11,9 +11,9 @@ HELP = "average fine-tunes of one checkpoint into one model (uniform or greedy m
 
 DESCRIPTION = """\
 Average the weights of several fine-tunes of one pre-trained checkpoint (runs with other
-learning rates, seeds or augmentations) into one model: a "model soup" (Wortsman et al. 2022),
-often more accurate than the best of its ingredients, and no slower, since it is one model.
-OUT/soup.safetensors is an ordinary vitlab checkpoint: eval, predict, inspect, serve and
+learning rates, augmentations or lengths) into one model: a "model soup" (Wortsman et al.
+2022), often more accurate than the best of its ingredients, and no slower, since it is one
+model. OUT/soup.safetensors is an ordinary vitlab checkpoint: eval, predict, inspect, serve and
 convert (ONNX too) take it.
 
   uniform  (the default) the element-wise mean of all the ingredients' weights; no evaluation
@@ -24,10 +24,10 @@ convert (ONNX too) take it.
 
 The validation images are the dataset's own validation split, else those the ingredients'
 training runs held out (val_split and seed of the config.yaml beside each checkpoint; runs that
-held out different images are refused), else --val-split/--seed (which win over the runs').
-The test split is reported, never used for a choice. With --data, OUT also gets soup.json (each
-ingredient's and soup's validation and test top-1, the ingredients the greedy soup kept) and
-soup.png (a bar chart of them).
+held out different images, such as runs with another seed, are refused), else --val-split and
+--seed (which win over the runs'). The test split is reported, never used for a choice. With
+--data, OUT also gets soup.json (each ingredient's and soup's validation and test top-1, the
+ingredients the greedy soup kept) and soup.png (a bar chart of them).
 
 Refused before anything is evaluated: ingredients with other classes or another architecture
 (drop rates may differ), and ingredients that did not start from the same weights: `vitlab
