@@ -4,6 +4,7 @@ start's hash), souped, the soup evaluated like any checkpoint."""
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 import vitlab
@@ -27,6 +28,7 @@ def finetunes(tmp_path_factory):
     """A 'pre-trained' vit_test at 16 px and two 2-step fine-tunes of it (other learning rates,
     val_split 0.25 in their config.yaml)."""
     root = tmp_path_factory.mktemp("soup")
+    torch.manual_seed(7)  # another start than any test's own models (seeded 0 per test)
     model = vitlab.create_model("vit_test", img_size=16, patch_size=4, num_classes=4,
                                 class_names=NAMES)  # fmt: skip
     start = vitlab.save_checkpoint(perturb_(model), root / "start.safetensors")
@@ -100,6 +102,7 @@ def test_a_soup_of_different_starts_is_one_line(finetunes, tmp_path, capsys):
     other = perturb_(vitlab.create_model("vit_test", img_size=16, patch_size=4, num_classes=4,
                                          class_names=NAMES))  # fmt: skip
     record_init(other)  # fine-tuned, as it says, from another start
+    assert other.cfg.extra[INIT_HASH] != vitlab.load_checkpoint(runs[0]).cfg.extra[INIT_HASH]
     path = vitlab.save_checkpoint(other, tmp_path / "other.safetensors")
     err = _one_error_line(capsys, ["soup", str(runs[0]), str(path), "--out", str(tmp_path / "s")])
     assert "different starting weights" in err and "--allow-different-init" in err
