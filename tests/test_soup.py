@@ -224,7 +224,7 @@ def test_the_held_out_images_come_from_the_runs_config(tmp_path):
     assert set(saved) >= {"ingredients", "uniform", "greedy", "data", "soup"}
 
 
-def test_runs_that_held_out_different_images_are_refused(tmp_path):
+def test_runs_that_held_out_different_images_are_refused(tmp_path, caplog):
     start = _start()
     paths = []
     for seed in (0, 1):
@@ -233,6 +233,12 @@ def test_runs_that_held_out_different_images_are_refused(tmp_path):
         (run / "config.yaml").write_text(f"val_split: 0.25\nseed: {seed}\n")
     with pytest.raises(ConfigError, match="held out different validation images"):
         soup.make_soup(paths, tmp_path / "out", greedy=True, data="synthetic")
+    # one hold-out chosen anyway: the run it favours is named
+    report = soup.make_soup(paths, tmp_path / "out", greedy=True, data="synthetic",
+                            val_split=0.25, seed=0)  # fmt: skip
+    assert report["seed"] == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and str(paths[1]) in warned[0] and "favours it" in warned[0]
 
 
 def test_the_init_hash_leaves_out_the_head_and_sees_every_other_tensor():

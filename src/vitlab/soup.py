@@ -309,6 +309,7 @@ def _holdout(
     """(val_split, seed): the runs' (config.yaml beside each checkpoint) overridden by those
     given; runs that held out other images are refused, or with an override, warned about."""
     runs = {str(p): run_holdout(p) for p in paths if isinstance(p, (str, Path))}
+    runs = {p: h if h is None or h[0] > 0 else (0.0, 0) for p, h in runs.items()}  # no seed used
     held = {h for h in runs.values() if h is not None}
     if len(held) > 1 and (val_split is None or seed is None):
         said = ", ".join(f"{p} {h[0]:g}/{h[1]}" for p, h in runs.items() if h is not None)
