@@ -243,6 +243,42 @@ def eval_augmentation(model: nn.Module) -> AugConfig:
     )
 
 
+def eval_data(
+    model: nn.Module,
+    data_spec: str,
+    root: str | None = None,
+    *,
+    download: bool = False,
+    name: str | None = None,
+    val_split: float = 0.0,
+    seed: int = 0,
+) -> DataSplits:
+    """`data_spec` as `vitlab eval` reads it for `model`: `val_split` and `seed` hold out the
+    validation images a training run held out, and a model of some of the data's classes (by
+    name) gets those classes only."""
+    data = load_data(data_spec, root, download=download, val_split=val_split, seed=seed)
+    return _classes_of(model, data, name or "the model")
+
+
+def split_loader(
+    model: nn.Module, data: DataSplits, split: str, batch_size: int = 256, name: str | None = None
+) -> DataLoader:
+    """A loader of `data`'s `split` in the model's own preprocessing, after refusing a split
+    the data lacks or a class count that differs from the model's."""
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    images = getattr(data, split)
+    if images is None:
+        raise ConfigError(_missing_split(data, split))
+    _check_fit(model, data, name or "the model")
+    return build_loader(images, eval_augmentation(model), batch_size)[0]
+
+
+def eval_context(model: nn.Module, data: DataSplits, device: torch.device) -> EvalContext:
+    """What `evaluate` needs for `model` on `data`: its mean/std, the class count."""
+    return EvalContext(device, tuple(model.cfg.mean), tuple(model.cfg.std), data.num_classes)
+
+
 def evaluate_checkpoint(
     model: nn.Module,
     data_spec: str,
@@ -263,19 +299,39 @@ def evaluate_checkpoint(
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     dev = pick_device(device)
-    data = load_data(data_spec, root, download=download, val_split=val_split, seed=seed)
-    data = _classes_of(model, data, name or "the model")
-    images = getattr(data, split)
-    if images is None:
-        raise ConfigError(_missing_split(data, split))
-    _check_fit(model, data, name or "the model")
-    ctx = EvalContext(dev, tuple(model.cfg.mean), tuple(model.cfg.std), data.num_classes)
-    loader, _ = build_loader(images, eval_augmentation(model), batch_size)
+    data = eval_data(model, data_spec, root, download=download, name=name, val_split=val_split,
+                     seed=seed)  # fmt: skip
+    loader = split_loader(model, data, split, batch_size, name)
     t0 = time.perf_counter()
-    res = evaluate(model.to(dev), loader, ctx, desc=split)
+    res = evaluate(model.to(dev), loader, eval_context(model, data, dev), desc=split)
     report = report_dict(res, data.class_names, split, name or type(model).__name__)
     report["img_s"] = res.n / max(time.perf_counter() - t0, 1e-9)
     if out is not None:
         title = f"{data.name} {split}: top-1 {100 * res.top1:.2f}%"
         write_report(out, report, data.class_names, title)
     return report
+
+
+# The file a training run writes beside its checkpoints with its whole config
+# (`vitlab.train.state.RUN_FILES["config"]`).
+RUN_CONFIG = "config.yaml"
+
+
+def run_holdout(checkpoint: str | Path) -> tuple[float, int] | None:
+    """The `(val_split, seed)` of the training run that wrote `checkpoint`, from the run's
+    config.yaml beside it: the validation images that run held out. None without one."""
+    import yaml
+
+    path = Path(checkpoint).parent / RUN_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path} is not a run's config (a mapping of TrainConfig keys)")
+    try:
+        return float(cfg.get("val_split") or 0.0), int(cfg.get("seed") or 0)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: val_split and seed must be numbers") from None

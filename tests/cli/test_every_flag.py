@@ -43,6 +43,19 @@ def _base(cmd, s, out):
         "bench": ["bench", "--model", "vit_test", "--iters", "1", "--warmup", "0"],
         "models": ["models", "vit_test"],
         "study": ["study", "data-scaling", "--preset", _tiny_study(out), "--out", str(out / "st")],
+        "soup": [
+            "soup",
+            m,
+            m,
+            "--greedy",
+            "--data",
+            "synthetic",
+            "--val-split",
+            "0.25",
+            "--out",
+            str(out / "soup"),
+            "--allow-different-init",
+        ],
         "serve": ["serve", "--checkpoint", m, "--port", "0"],  # uvicorn.run is a no-op here
     }[cmd]
 
@@ -84,7 +97,8 @@ def _numeric(cmd):
 PATHISH = re.compile(r"PATH|DIR|FILE|CHECKPOINT|YAML|SRC|DST|IMAGE")
 # Where each command's positional arguments stand in its base command line.
 POSITIONS = {("convert", "src"): 1, ("convert", "dst"): 2, ("predict", "paths"): 3,
-             ("models", "pattern"): 1, ("study", "name"): 1}  # fmt: skip
+             ("models", "pattern"): 1, ("study", "name"): 1,
+             ("soup", "checkpoints"): 1}  # fmt: skip
 
 
 def _paths(cmd):

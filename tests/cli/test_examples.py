@@ -3,6 +3,7 @@ the files and datasets it names (so a wrong example fails CI). The examples are 
 the texts; training examples are cut to two steps and benchmarks to one timed step of two
 images, and nothing else is changed."""
 
+import copy
 import json
 import re
 import shlex
@@ -23,6 +24,7 @@ from vitlab.data.sets import ArraySet, DataSplits
 from vitlab.models.config import replace
 from vitlab.train.pretrain import save_pretrained_weights
 from vitlab.train.selfsup import build_pretrainer
+from vitlab.weights.checkpoint import record_init
 from vitlab.weights.quantize import quantize_onnx
 
 pytestmark = pytest.mark.slow
@@ -94,6 +96,7 @@ def _write_models(ws: Path) -> None:
                                        stem_type="small", stem_width=8, gn_groups=8,
                                        class_names=FASHION))  # fmt: skip
     vitlab.save_checkpoint(bit, ws / "runs" / "bit" / "last.safetensors")
+    _write_finetunes(ws, demo)
     mae = build_pretrainer(demo, "mae", decoder=(32, 1, 2))  # the encoder and its decoder
     save_pretrained_weights(mae, ws / "runs" / "mae" / "last.safetensors")
     vitlab.save_checkpoint(demo, ws / "demo.onnx", format="onnx")
@@ -114,6 +117,20 @@ def _write_models(ws: Path) -> None:
     cfg = replace(cfg, backbone=replace(cfg.backbone, layers=(1, 1, 1)))
     hybrid = perturb_(vitlab.create_model(cfg))
     vitlab.save_checkpoint(hybrid, ws / "R50+ViT-B_16.npz", format="google")
+
+
+def _write_finetunes(ws: Path, start: torch.nn.Module) -> None:
+    """runs/ft1 and runs/ft2: two fine-tunes of `start` (its hash recorded, as `vitlab
+    finetune` does; a quarter of the training images held out), and runs/soup, their soup."""
+    start = copy.deepcopy(start)
+    record_init(start)
+    for name in ("ft1", "ft2"):
+        run = ws / "runs" / name
+        ft = perturb_(copy.deepcopy(start))
+        for which in ("last", "best"):
+            vitlab.save_checkpoint(ft, run / f"{which}.safetensors")
+        (run / "config.yaml").write_text("data: fashion-mnist\nval_split: 0.25\nseed: 0\n")
+    vitlab.save_checkpoint(start, ws / "runs" / "soup" / "soup.safetensors")
 
 
 def _write_images(ws: Path) -> None:

@@ -32,12 +32,13 @@ def test_examples_only_name_checkpoints_a_run_writes():
     from pathlib import Path
 
     import vitlab.inspect
+    from vitlab.soup import SOUP_FILES
     from vitlab.train.state import RUN_FILES
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     texts = [*_help_texts(), readme, vitlab.inspect.__doc__]
     named = {m for t in texts for m in re.findall(r"runs/[\w.-]+/(\w+\.safetensors)", t)}
-    assert named and named <= set(RUN_FILES.values())
+    assert named and named <= set(RUN_FILES.values()) | set(SOUP_FILES.values())
 
 
 def test_every_device_flag_defaults_to_auto():
@@ -50,7 +51,7 @@ def test_every_device_flag_defaults_to_auto():
         for a in sub.choices[name]._actions
         if "--device" in a.option_strings
     }
-    assert set(defaults) == {"predict", "inspect", "eval", "bench", "serve"}
+    assert set(defaults) == {"predict", "inspect", "eval", "bench", "serve", "soup"}
     assert set(defaults.values()) == {"auto"}  # as TrainConfig's device: the GPU when present
 
 

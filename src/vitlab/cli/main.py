@@ -25,6 +25,7 @@ COMMANDS = [
     "bench",
     "models",
     "study",
+    "soup",
     "serve",
 ]
 
@@ -45,6 +46,8 @@ examples:
   vitlab models --paper                                the paper's Table 1
   vitlab study data-scaling                            ViT vs ResNet vs hybrid on growing subsets:
                                                        plot, table and summary in an HTML page
+  vitlab soup runs/ft1/last.safetensors runs/ft2/last.safetensors
+                                                       average fine-tunes into one model (soup)
   vitlab serve --checkpoint m.safetensors              a web page and an HTTP API on localhost
 
 Run `vitlab COMMAND --help` for the options of a command.
@@ -56,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vitlab",
         description="Vision Transformers as the paper defines them (Dosovitskiy et al., 2021): "
         "build every variant, load every ecosystem's weights, train, inspect, benchmark, rerun "
-        "the paper's experiments, serve a model and deploy it (ONNX, int8).",
+        "the paper's experiments, average fine-tunes (model soups), serve a model and deploy it "
+        "(ONNX, int8).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -51,7 +51,7 @@ from vitlab.train.state import (
     restore,
     save_state,
 )
-from vitlab.weights.checkpoint import load_checkpoint
+from vitlab.weights.checkpoint import load_checkpoint, record_init
 
 log = logging.getLogger("vitlab")
 
@@ -81,7 +81,9 @@ def setup_runtime(cfg: TrainConfig) -> DistInfo:
 
 def model_for_data(cfg: TrainConfig, data: DataSplits) -> nn.Module:
     """A new model sized for the data, or (fine-tuning) a loaded one with a new head and the
-    `dont_load` parameters left at their initial values."""
+    `dont_load` parameters left at their initial values, its starting weights' hash noted in
+    its config (`record_init`: every checkpoint of the run carries it, and `vitlab soup`
+    averages only fine-tunes of one start)."""
     fit_size = {"img_size": cfg.img_size} if cfg.img_size else {}
     fit = {"num_classes": data.num_classes, "class_names": data.class_names, **fit_size}
     if cfg.objective != "supervised":  # an encoder without a head, inside the objective
@@ -89,6 +91,7 @@ def model_for_data(cfg: TrainConfig, data: DataSplits) -> nn.Module:
     if cfg.init_from:
         torch.manual_seed(cfg.seed)  # the initial values of what is not loaded
         model = load_checkpoint(cfg.init_from, dont_load=cfg.dont_load, **{**cfg.model_args, **fit})
+        record_init(model)
     else:
         torch.manual_seed(cfg.seed)
         from_data = {"in_chans": data.in_chans, "mean": data.mean, "std": data.std}

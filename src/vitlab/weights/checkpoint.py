@@ -11,6 +11,7 @@ two of them claim.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import re
@@ -313,6 +314,34 @@ def fit_pos_embed(
         raise CheckpointError(f"position embeddings of shape {tuple(pos.shape)} hold no patches")
     log.info("resampling position embeddings from %d to %dx%d patches", n_old, *grid)
     return posemb.resample(pos, grid, prefix, method)
+
+
+# ------------------------------------------------------------------------------ provenance
+# The `cfg.extra` key (saved in every vitlab checkpoint's config) under which a fine-tuning run
+# records the sha256 of the weights it started from; `vitlab soup` averages only checkpoints
+# that share it (Wortsman et al. 2022: the fine-tunes of one initialisation lie in one basin).
+INIT_HASH = "init_sha256"
+
+
+def weights_sha256(model: nn.Module, skip: tuple[str, ...] = ("head.",)) -> str:
+    """sha256 over the model's tensors (name, dtype, shape and bytes) in sorted key order,
+    leaving out the keys starting with `skip` (the classifier head, new in a fine-tune)."""
+    digest = hashlib.sha256()
+    sd = unwrap_model(model).state_dict()
+    for key in sorted(k for k in sd if not k.startswith(skip)):
+        t = sd[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())  # (numel * itemsize,)
+    return digest.hexdigest()
+
+
+def record_init(model: nn.Module) -> str:
+    """Note the hash of `model`'s current (starting) weights in its config, which every
+    checkpoint of the run then carries; returns it."""
+    model = unwrap_model(model)
+    value = weights_sha256(model)
+    model.cfg.extra = {**model.cfg.extra, INIT_HASH: value}
+    return value
 
 
 # ----------------------------------------------------------------------------------- saving
