@@ -323,9 +323,9 @@ def fit_pos_embed(
 INIT_HASH = "init_sha256"
 
 
-def weights_sha256(model: nn.Module, skip: tuple[str, ...] = ("head.",)) -> str:
+def weights_sha256(model: nn.Module, skip: tuple[str, ...] = ("head.", "head_dist.")) -> str:
     """sha256 over the model's tensors (name, dtype, shape and bytes) in sorted key order,
-    leaving out the keys starting with `skip` (the classifier head, new in a fine-tune)."""
+    leaving out the keys starting with `skip` (the classifier heads, new in a fine-tune)."""
     digest = hashlib.sha256()
     sd = unwrap_model(model).state_dict()
     for key in sorted(k for k in sd if not k.startswith(skip)):
