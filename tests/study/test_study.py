@@ -14,6 +14,7 @@ from PIL import Image
 
 from vitlab import load_checkpoint, study
 from vitlab.cli.main import main
+from vitlab.errors import ConfigError
 from vitlab.evaluate import evaluate_checkpoint
 from vitlab.study.plan import POINT_FILE
 from vitlab.study.runner import run_points
@@ -264,6 +265,13 @@ def test_layers_apply_in_order_and_set_reaches_study_keys_and_every_point(tmp_pa
     assert {c["steps"] for c in by_id.values()} == {9}
     written = (plan.out / "points" / "vit-n50-s0" / POINT_FILE).read_text()
     assert "train_images: 50" in written
+
+
+def test_a_key_of_a_family_the_preset_does_not_have_is_refused(tmp_path):
+    spec = {**DATA_SCALING, "families": {"vit": VIT, "resnet": RESNET}}
+    with pytest.raises(ConfigError, match=r"no families\.hybrid \(it has: vit, resnet\)"):
+        study.plan_study("data-scaling", preset(tmp_path, spec), tmp_path / "out",
+                         {"families.hybrid.lr_grid": None})  # fmt: skip
 
 
 def test_a_folder_that_holds_another_plan_is_refused(tmp_path):

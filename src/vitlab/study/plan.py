@@ -109,6 +109,7 @@ def read_spec(study: str, preset: str, sets: dict[str, Any]) -> dict[str, Any]:
     for key, value in sets.items():
         head = key.split(".", 1)[0]
         if head in kind.all_keys:
+            _check_named(spec, key)
             deep_set(spec, key, value)
         elif head in TRAIN_KEYS:
             if why := per_point(head, dict(kind.reserved)):
@@ -118,6 +119,22 @@ def read_spec(study: str, preset: str, sets: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"--set {key}: {_not_a_key(kind, head, train_ok=True)}")
     _check_spec(kind, spec)
     return spec
+
+
+def _check_named(spec: dict[str, Any], key: str) -> None:
+    """A key inside a named entry (`families.hybrid.lr`, `protocols.X.shots`) needs that entry
+    in the preset: setting one of its keys would make a half-defined family or protocol."""
+    parts = key.split(".")
+    group = spec.get(parts[0])
+    if len(parts) >= 3 and parts[0] in NAMED and isinstance(group, dict) and parts[1] not in group:
+        have = ", ".join(map(str, group)) or "none"
+        raise ConfigError(
+            f"--set {key}: this preset has no {parts[0]}.{parts[1]} (it has: {have}); "
+            f"add one whole with --set {parts[0]}.{parts[1]}={{model: ..., ...}}"
+        )
+
+
+NAMED = ("families", "protocols")  # the study keys whose entries are named by the preset
 
 
 def _not_a_key(kind: Study, key: str, train_ok: bool) -> str:
