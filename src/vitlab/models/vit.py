@@ -88,7 +88,7 @@ class VisionTransformer(nn.Module, VitlabModule):
     def init_weights(self) -> None:
         """The reference (vit_jax) initialisation: Xavier-uniform linears, tiny MLP biases,
         N(0, 0.02) position embeddings, zero class token, zero head when `cfg.zero_head`; the
-        distillation token N(0, 0.02) as DeiT's (zero, it would start as the class token)."""
+        distillation token N(0, 0.02) as in DeiT (a zero one would start as the class token)."""
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear):
                 if name.endswith("qkv"):  # three D x D kernels fused: bound of each
