@@ -31,8 +31,9 @@ def numpy_attention(model, images: torch.Tensor) -> list[np.ndarray]:
     patches = x.reshape(B, C, gh, P, gw, P).transpose(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, -1)
     t = patches @ sd["patch_embed.proj.weight"].reshape(D, -1).T + sd["patch_embed.proj.bias"]
     pos = model.pos_embed.detach().double().numpy()
-    if cfg.class_token:
-        t = np.concatenate([np.repeat(sd["cls_token"], B, axis=0), t], axis=1)
+    prefix = [sd[k] for k in ("cls_token", "dist_token") if k in sd]  # class, then DeiT's
+    if prefix:
+        t = np.concatenate([np.repeat(p, B, axis=0) for p in prefix] + [t], axis=1)
     t = t + pos
     maps = []
     for i in range(cfg.depth):

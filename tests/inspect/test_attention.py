@@ -10,6 +10,7 @@ from vitlab.inspect import (
     InspectError,
     attention_rollout,
     collect_attention,
+    distillation_token_index,
     head_attention,
     mean_attention_distance,
     patch_distances,
@@ -74,6 +75,27 @@ def test_head_attention_selects_class_token_rows(tiny_model):
     np.testing.assert_allclose(maps[0, 0], attn[1][0, 1, 0, 1:].reshape(4, 4).numpy())
     with pytest.raises(InspectError, match="heads 0..1"):
         head_attention(attn[1], out["grid"], 1, "token", heads=[2])
+
+
+def test_distillation_token_row_is_read_apart_from_the_class_token():
+    model = perturb_(vitlab.create_model("vit_test", distill_token=True), 0.3).eval()
+    assert distillation_token_index(model.cfg) == 1
+    assert distillation_token_index(vitlab.create_model("vit_test").cfg) is None
+    x = torch.randn(2, 3, 32, 32)
+    attn, out = collect_attention(model, x)
+    ref_maps = numpy_attention(model, x)
+    np.testing.assert_allclose(attn[0].numpy(), ref_maps[0], atol=1e-5)  # [cls, dist, patches]
+    ref = numpy_rollout(ref_maps)
+    grid = out["grid"]
+    cls = attention_rollout(attn, grid, 2, "token")
+    dist = attention_rollout(attn, grid, 2, "token", token=1)
+    np.testing.assert_allclose(cls, ref[:, 0, 2:].reshape(2, 4, 4), atol=1e-5)
+    np.testing.assert_allclose(dist, ref[:, 1, 2:].reshape(2, 4, 4), atol=1e-5)
+    assert not np.allclose(cls, dist, atol=1e-4)  # two tokens, two pictures
+    heads = head_attention(attn[1], grid, 2, "token", heads=[0], token=1)
+    np.testing.assert_allclose(heads[0, 0], attn[1][0, 0, 1, 2:].reshape(4, 4).numpy())
+    with pytest.raises(InspectError, match="2 prefix token"):
+        attention_rollout(attn, grid, 2, "token", token=2)
 
 
 def _centres(grid, px):

@@ -40,6 +40,19 @@ def test_token_model_writes_every_figure(tmp_path):
     assert "Figure 6" in html and "Figure 7 (right)" in html and "class token" in html
 
 
+def test_distilled_model_shows_both_tokens(tmp_path):
+    model = perturb_(vitlab.create_model("vit_test", distill_token=True), 0.3)
+    report = inspect_model(model, _photos(2), tmp_path, block=1, progress=False)
+    names = [n for n, _ in report.figures]
+    assert {"rollout_dist_00_photo_0.png", "heads_dist_block1_01_photo_1.png"} <= set(names)
+    assert len(names) == 3 + 2 * 4  # rollout and heads, from each token, per image
+    html = _check_written(report)
+    assert "distillation token" in html and "class head:" in html
+    (note,) = [n for n in report.notes if "distillation token" in n]
+    cosine = float(note.split("LayerNorm is ")[1].split(" ")[0])
+    assert -1 <= cosine < 1  # random tokens are not the same token
+
+
 def test_gap_sincos_gray_model_says_so(tmp_path):
     model = vitlab.create_model("vit_test", pool="gap", pos_embed="sincos", in_chans=1)
     report = inspect_model(model, _photos(1, "L"), tmp_path, progress=False)

@@ -2,8 +2,10 @@
 
 Paper section 4.5 and Appendix D.7-D.8. Every function takes the attention probabilities that
 `VisionTransformer.forward_intermediates` returns, one (B, heads, N, N) tensor per block with
-the class token (when the model has one) first, and returns NumPy arrays laid out on the patch
-grid, so notebooks and the plotting module can use them alike.
+the prefix tokens first (the class token, then DeiT's distillation token, when the model has
+them), and returns NumPy arrays laid out on the patch grid, so notebooks and the plotting module
+can use them alike. `token=` picks the query row of one prefix token, such as
+`distillation_token_index(model.cfg)` for what the distillation head reads.
 """
 
 from __future__ import annotations
@@ -30,12 +32,12 @@ class InspectError(VitlabError):
 def collect_attention(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
     """Run `model.forward_intermediates(x)` without gradients and return its per-block attention
     probabilities (a list of (B, heads, N, N) float32 CPU tensors) and the rest of its outputs
-    (`grid`, `logits`, ...). The per-block token tensors are dropped to save memory."""
+    (`grid`, `logits`, `norm`, ...). The per-block token tensors are dropped to save memory."""
     if not hasattr(model, "forward_intermediates"):
         raise InspectError(no_attention(model))
     out = model.forward_intermediates(x)
     attn = [a.float().cpu() for a in out.pop("attn")]  # the maps are small; NumPy wants the CPU
-    for key in ("blocks", "embed", "norm"):
+    for key in ("blocks", "embed"):
         out.pop(key, None)
     return attn, out
 
@@ -80,14 +82,33 @@ def rollout_matrix(attn: Sequence[torch.Tensor], head_fusion: HeadFusion = "mean
     return result
 
 
+def distillation_token_index(cfg) -> int | None:
+    """The position of DeiT's distillation token among the prefix tokens (after the class token
+    when there is one), or None when the model has none."""
+    if not getattr(cfg, "distill_token", False):
+        return None
+    return int(bool(cfg.class_token))
+
+
 def query_rows(
-    matrix: torch.Tensor, num_prefix_tokens: int, grid: tuple[int, int], pool: Pool
+    matrix: torch.Tensor,
+    num_prefix_tokens: int,
+    grid: tuple[int, int],
+    pool: Pool,
+    token: int | None = None,
 ) -> torch.Tensor:
     """The row that stands for the image: the class token's (pool="token"), or the mean of the
-    patch tokens' rows (pool="gap", where the classifier averages the patch tokens). Restricted
+    patch tokens' rows (pool="gap", where the classifier averages the patch tokens); with
+    `token`, the row of that prefix token instead (1 for DeiT's distillation token). Restricted
     to the patch columns and laid out on the grid: (..., N, N) -> (..., gh, gw)."""
     p = num_prefix_tokens
-    if pool == "token":
+    if token is not None:
+        if not 0 <= token < p:
+            raise InspectError(
+                f"prefix token {token} does not exist; this model has {p} prefix token(s)"
+            )
+        row = matrix[..., token, p:]
+    elif pool == "token":
         if p == 0:
             raise InspectError("pool='token' needs a class token; use pool='gap'")
         row = matrix[..., 0, p:]  # (..., gh*gw)
@@ -102,10 +123,12 @@ def attention_rollout(
     num_prefix_tokens: int = 1,
     pool: Pool = "token",
     head_fusion: HeadFusion = "mean",
+    token: int | None = None,
 ) -> np.ndarray:
     """The rollout map of every image (Figure 6): (B, gh, gw), summing to at most 1 per image
-    (the rest of the mass stays on the class token)."""
-    return query_rows(rollout_matrix(attn, head_fusion), num_prefix_tokens, grid, pool).numpy()
+    (the rest of the mass stays on the prefix tokens). `token`: see `query_rows`."""
+    matrix = rollout_matrix(attn, head_fusion)
+    return query_rows(matrix, num_prefix_tokens, grid, pool, token).numpy()
 
 
 def head_attention(
@@ -114,15 +137,17 @@ def head_attention(
     num_prefix_tokens: int = 1,
     pool: Pool = "token",
     heads: Sequence[int] | None = None,
+    token: int | None = None,
 ) -> np.ndarray:
     """Raw attention of one block's heads (B, heads, N, N) -> (B, len(heads), gh, gw): the class
-    token's attention over the patches, or (gap models) the patch tokens' mean attention."""
+    token's attention over the patches, or (gap models) the patch tokens' mean attention, or
+    that of prefix token `token` (see `query_rows`)."""
     n_heads = attn.shape[1]
     heads = list(range(n_heads)) if heads is None else list(heads)
     bad = [h for h in heads if not 0 <= h < n_heads]
     if bad:
         raise InspectError(f"head(s) {bad} do not exist; this block has heads 0..{n_heads - 1}")
-    return query_rows(attn[:, heads].float(), num_prefix_tokens, grid, pool).numpy()
+    return query_rows(attn[:, heads].float(), num_prefix_tokens, grid, pool, token).numpy()
 
 
 def patch_distances(grid: tuple[int, int], patch_px: float = 1.0) -> torch.Tensor:
@@ -139,7 +164,7 @@ def mean_attention_distance(
     sum over keys of attention(q, k) x the pixel distance between the patch centres, averaged
     over the patch queries and the batch. (B, heads, N, N) -> (heads,) in pixels.
 
-    The class token has no position, so it is left out as query and key, and each query's
+    The prefix tokens have no position, so they are left out as queries and keys, and each query's
     attention is renormalised over the patches it attends to."""
     p = num_prefix_tokens
     a = attn[:, :, p:, p:].double()  # (B, heads, n, n)

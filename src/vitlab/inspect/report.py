@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from torch import nn
 
@@ -19,6 +20,7 @@ from vitlab.inspect.attention import (
     InspectError,
     attention_rollout,
     collect_attention,
+    distillation_token_index,
     head_attention,
     mean_attention_distance,
     no_attention,
@@ -39,6 +41,12 @@ class ImageMaps:
     heads: np.ndarray  # (len(heads), gh, gw) raw attention of the chosen block
     distance: np.ndarray  # (depth, heads) mean attention distance in pixels
     top_label: str
+    # With DeiT's distillation token: its own maps, each head's top label (class, distillation)
+    # and the cosine similarity of the two tokens after the final LayerNorm.
+    rollout_dist: np.ndarray | None = None
+    heads_dist: np.ndarray | None = None
+    head_labels: tuple[str, str] | None = None
+    token_cosine: float | None = None
 
 
 @dataclass
@@ -71,8 +79,19 @@ def analyse_image(
     )  # (depth, heads)
     logits = out["logits"]
     top = label_of(model, int(logits[0].argmax())) if logits.shape[-1] else "(no head)"
+    maps = ImageMaps(name, display, rollout, chosen, distance, top)
+    dist = distillation_token_index(cfg)
+    if dist is not None:
+        maps.rollout_dist = attention_rollout(attn, grid, prefix, cfg.pool, token=dist)[0]
+        maps.heads_dist = head_attention(attn[block], grid, prefix, cfg.pool, heads, dist)[0]
+        maps.head_labels = tuple(
+            label_of(model, int(out[k][0].argmax())) for k in ("logits_cls", "logits_dist")
+        )
+        t = out["norm"][0, [0, dist]].float()  # the class token (or first patch) and dist token
+        if cfg.class_token:
+            maps.token_cosine = float(torch.nn.functional.cosine_similarity(t[0], t[1], dim=0))
     del attn, out
-    return ImageMaps(name, display, rollout, chosen, distance, top)
+    return maps
 
 
 def _slug(name: str) -> str:
@@ -182,6 +201,49 @@ def _write_image_figures(
             "min to max).",
         )
     )
+    if maps.rollout_dist is not None:
+        figures += _write_distillation_figures(maps, i, block, heads, out_dir)
+    return figures
+
+
+def _write_distillation_figures(
+    maps: ImageMaps, i: int, block: int, heads: Sequence[int], out_dir: Path
+) -> list[tuple[str, str]]:
+    """The same two pictures read from DeiT's distillation token, whose head learned the
+    teacher's labels."""
+    cls_label, dist_label = maps.head_labels
+    says = f"class head: {cls_label}, distillation head: {dist_label}"
+    name = f"rollout_dist_{i:02d}_{_slug(maps.name)}.png"
+    plots.plot_overlay(
+        maps.display,
+        maps.rollout_dist,
+        out_dir / name,
+        f"{Path(maps.name).name}: attention rollout (distillation token); {says}",
+    )
+    figures = [
+        (
+            name,
+            f"Attention rollout for {html.escape(maps.name)} read from the distillation token's "
+            "row (DeiT): where the token whose head learned the teacher's labels looks; compare "
+            f"with the class head's picture above ({html.escape(says)}).",
+        )
+    ]
+    name = f"heads_dist_block{block}_{i:02d}_{_slug(maps.name)}.png"
+    plots.plot_heads(
+        maps.display,
+        maps.heads_dist,
+        heads,
+        out_dir / name,
+        f"{Path(maps.name).name}: raw attention of block {block} (distillation token)",
+    )
+    figures.append(
+        (
+            name,
+            f"Raw attention of heads {', '.join(map(str, heads))} of block {block} for "
+            f"{html.escape(maps.name)}, the distillation token's row (each head scaled from "
+            "min to max).",
+        )
+    )
     return figures
 
 
@@ -216,16 +278,38 @@ def inspect_model(
             "This model averages the patch tokens instead of using a class token, so rollout "
             "and raw attention show the mean over the patch tokens' rows."
         )
-    distances, per_image = [], []
+    distances, per_image, cosines = [], [], []
     for i, (name, image) in enumerate(progress_bar(images, desc="inspect", disable=not progress)):
         maps = analyse_image(model, name, image, block, heads)
         per_image += _write_image_figures(model, maps, i, block, heads, report.out_dir)
         distances.append(maps.distance)
+        if maps.token_cosine is not None:
+            cosines.append(maps.token_cosine)
+    if distillation_token_index(model.cfg) is not None:
+        report.notes.append(distillation_note(cosines))
     img_px = int(maps.display.shape[0])
     report.figures.append(_write_distance_figure(np.mean(distances, axis=0), img_px, report))
     report.figures += per_image
     write_index(report, model)
     return report
+
+
+def distillation_note(cosines: Sequence[float]) -> str:
+    """What the distillation token is, with the mean cosine similarity of the class and
+    distillation tokens after the last block (DeiT reports 0.93 on ImageNet: close, not equal)."""
+    note = (
+        "This model has DeiT's distillation token: its head learned the teacher's labels while "
+        "the class head learned the true ones, and the prediction averages the two heads. Each "
+        "image's pictures appear twice, read from the class token and from the distillation "
+        "token."
+    )
+    if cosines:
+        note += (
+            f" The two tokens' cosine similarity after the final LayerNorm is "
+            f"{np.mean(cosines):.2f} (mean over the images; DeiT measured 0.93 on ImageNet, "
+            "and two identical tokens would give 1)."
+        )
+    return note
 
 
 def write_index(report: Report, model: nn.Module) -> Path:
