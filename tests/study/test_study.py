@@ -253,6 +253,45 @@ def test_model_scaling_puts_each_model_at_its_training_compute(tmp_path):
     assert any("PFLOPs" in s for s in rep.summary)
 
 
+def test_the_distilled_arm_learns_from_the_resnet_of_its_own_subset_and_seed(tmp_path):
+    """DeiT in the data-scaling study: each distilled point's teacher is the ResNet point of the
+    same size and seed (its published weights), so the teacher's figures in the student's
+    report are that point's own test top-1."""
+    arm = {"from": "resnet", "model_args": {"distill_token": True}, "distill": "hard"}
+    spec = {**DATA_SCALING, "families": {"vit": {**VIT, "distilled": arm}, "resnet": RESNET},
+            "sizes": [100], "seeds": [0, 1]}  # fmt: skip
+    plan = study.plan_study("data-scaling", preset(tmp_path, spec), tmp_path / "out")
+    by_id = {p.id: p for p in plan.points}
+    student = by_id["vit-distilled-n100-s1"]
+    assert student.needs == ("resnet-n100-s1",) and student.variant == "distilled"
+    assert student.config["teacher"].endswith("resnet-n100-s1/best.safetensors")
+    assert student.config["model_args"] == {"img_size": 8, "patch_size": 4, "distill_token": True}
+    assert by_id["vit-n100-s1"].config["teacher"] is None
+    outcome, rep = study.run_study(plan)
+    assert not outcome.failed and len(outcome.trained) == 6
+    rows = {r["point"]: r for r in read_csv(rep.csv)}
+    report = json.loads((student.run_dir / "report.json").read_text())
+    assert report["teacher"]["top1"] == as_value(rows["resnet-n100-s1"]["test_top1"])
+    assert rows["vit-distilled-n100-s1"]["variant"] == "distilled"
+    assert any("ViT (distilled, DeiT)" in s and "ResNet" in s for s in rep.summary)
+    assert "same size and seed (DeiT)" in rep.page.read_text()
+
+
+@pytest.mark.parametrize(
+    ("arm", "message"),
+    [
+        ({"from": "hybrid"}, r"distilled\.from must name .* \(it has: resnet\)"),
+        ({"from": "vit"}, "another family"),
+        ({"from": "resnet", "teacher": "t.safetensors"}, "teacher cannot be set here"),
+        ({"from": "resnet", "distil": "soft"}, "did you mean distill"),
+    ],
+)
+def test_a_bad_distilled_arm_is_refused_before_anything_trains(tmp_path, arm, message):
+    spec = {**DATA_SCALING, "families": {"vit": {**VIT, "distilled": arm}, "resnet": RESNET}}
+    with pytest.raises(ConfigError, match=message):
+        study.plan_study("data-scaling", preset(tmp_path, spec), tmp_path / "out")
+
+
 # ------------------------------------------------------------------------------ the plan
 def test_layers_apply_in_order_and_set_reaches_study_keys_and_every_point(tmp_path):
     spec = {**DATA_SCALING, "families": {"vit": {**VIT, "lr": 1e-2}, "resnet": RESNET}}

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 VARIANT_TEXT = {
     "mae": "pre-trained without labels, MAE",
     "mpp": "pre-trained without labels, MPP",
+    "distilled": "distilled, DeiT",
 }
 
 

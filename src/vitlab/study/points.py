@@ -84,8 +84,8 @@ FAMILY_KEYS = ("label", "lr_grid")
 
 
 def family_keys(family: dict[str, Any]) -> dict[str, Any]:
-    """A family's TrainConfig keys (without its label, grid, models or arm without labels)."""
-    skip = (*FAMILY_KEYS, "models", "self_supervised")
+    """A family's TrainConfig keys (without its label, grid, models or arms' keys)."""
+    skip = (*FAMILY_KEYS, "models", "self_supervised", "distilled")  # the arms' keys
     return {k: v for k, v in family.items() if k not in skip}
 
 

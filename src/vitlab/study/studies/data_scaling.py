@@ -8,7 +8,9 @@ from a pre-training without labels).
 A family with `self_supervised` (`vitlab.study.unlabelled`) adds the arm "pre-trained without
 labels": per objective and seed one pre-training on every training image (the validation images
 held out as for every point), then per size a point that fine-tunes it on that size's labelled
-subset. The convergence budget and the learning-rate grids are the study layers every study
+subset. A family with `distilled` (`vitlab.study.distilled`) adds the arm "distilled from a
+CNN": per size and seed a point with a teacher, another family's point of that size and seed
+(DeiT). The convergence budget and the learning-rate grids are the study layers every study
 shares (`vitlab.study.budget`, `vitlab.study.lr_grid`).
 """
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from vitlab.study import budget, unlabelled
+from vitlab.study import budget, distilled, unlabelled
 from vitlab.study.curves import Curve, no_difference, num, pct, versus
 from vitlab.study.keys import check_axis, check_train_keys
 from vitlab.study.points import ALL, Plan, Point, family_keys, family_label, point_config
@@ -25,9 +27,9 @@ from vitlab.study.studies.base import Axis, Study
 
 DESCRIPTION = (
     "ViT, BiT ResNet and a hybrid trained on class-balanced subsets of growing size until "
-    "validation accuracy stops improving, and a ViT pre-trained without labels on every training "
-    "image then fine-tuned on each subset; the best-validation checkpoint tested on the full "
-    "test set (Figures 3 and 4, small)"
+    "validation accuracy stops improving, a ViT pre-trained without labels on every training "
+    "image then fine-tuned on each subset, and a ViT distilled from the ResNet of its subset; "
+    "the best-validation checkpoint tested on the full test set (Figures 3 and 4, small)"
 )
 RESERVED = {"train_images": "each point's training images come from `sizes`"}
 FINETUNE_RESERVED = {
@@ -43,25 +45,36 @@ def check(spec: dict[str, Any]) -> None:
     for fam, keys in spec["families"].items():
         if keys.get(unlabelled.KEY) is not None:  # null: no such arm
             unlabelled.check_arm(f"families.{fam}.{unlabelled.KEY}", keys[unlabelled.KEY])
+        if keys.get(distilled.KEY) is not None:
+            where = f"families.{fam}.{distilled.KEY}"
+            distilled.check_arm(where, keys[distilled.KEY], spec["families"], fam)
 
 
 def expand(plan: Plan) -> list[Point]:
     """Per family: one point per size and seed; then per objective of its arm without labels
-    and per seed, the pre-training and one fine-tuning point per size."""
-    points = []
+    and per seed, the pre-training and one fine-tuning point per size. Last, per family with
+    a distilled arm, one point per size and seed, after its teacher point."""
+    points, plain = [], {}
     for fam, keys in plan.spec["families"].items():
         label = family_label(fam, keys)
         for size in plan.spec["sizes"]:
             for seed in plan.seeds():
                 pid = f"{fam}-n{size}-s{seed}"
                 cfg = point_config(plan, family_keys(keys), _axis(size), run_id=pid, seed=seed)
-                points.append(Point(pid, fam, label, seed, size, cfg))
+                plain[fam, size, seed] = Point(pid, fam, label, seed, size, cfg)
+                points.append(plain[fam, size, seed])
         for obj in unlabelled.arms(keys):
             for seed in plan.seeds():
                 pid = f"{fam}-{obj}-pretrain-s{seed}"
                 pre = unlabelled.pretrain_point(plan, fam, keys, obj, seed, data=None, pid=pid)
                 points.append(pre)
                 points += _finetune_points(plan, fam, keys, obj, seed, pre)
+    for fam, keys in plan.spec["families"].items():
+        if src := distilled.teacher_of(keys):
+            for (f, size, seed), teacher in plain.items():
+                if f == src:
+                    pid = f"{fam}-{distilled.VARIANT}-n{size}-s{seed}"
+                    points.append(distilled.arm_point(plan, fam, keys, teacher, _axis(size), pid))
     return points
 
 
@@ -89,7 +102,7 @@ def notes(plan: Plan) -> list[str]:
         "labels only from each point's subset, and images from the whole training set: its "
         "pre-training uses every training image without its label (the validation images held "
         "out, as for every point)",
-    )
+    ) + distilled.arm_note(plan)
 
 
 # ------------------------------------------------------------------------------ the summary
@@ -165,9 +178,9 @@ STUDY = Study(
     check=check,
     expand=expand,
     summary=summary,
-    family_keys=(unlabelled.KEY,),
+    family_keys=(unlabelled.KEY, distilled.KEY),
     reserved=tuple(RESERVED.items()),
-    variants=("", *unlabelled.VARIANTS),
+    variants=("", *unlabelled.VARIANTS, distilled.VARIANT),
     off_curve=unlabelled.OFF_CURVE,
     notes=notes,
 )
