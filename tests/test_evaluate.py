@@ -61,6 +61,38 @@ def test_evaluate_checkpoint_writes_the_report_and_refuses_other_classes(tmp_pat
         evaluate_checkpoint(wrong, "synthetic")
 
 
+class _Mirrored(torch.nn.Module):
+    """A model and, by hand, its test-time flip: the mean logits of each image and its mirror."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return (self.model(x) + self.model(torch.flip(x, dims=[3]))) / 2
+
+
+def test_test_time_flips_average_each_image_with_its_mirror(tmp_path):
+    from vitlab.evaluate import format_report
+
+    model = perturb_(vitlab.create_model("vit_test", num_classes=4, img_size=16, patch_size=4),
+                     0.3).eval()  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(0, 256, (8, 3, 16, 16), generator=g, dtype=torch.uint8),
+                torch.randint(0, 4, (8,), generator=g), 0) for _ in range(3)]  # fmt: skip
+    ctx = EvalContext(torch.device("cpu"), (0.5,) * 3, (0.5,) * 3, 4, progress=False)
+    plain = evaluate(model, batches, ctx)
+    by_hand = evaluate(_Mirrored(model), batches, ctx)
+    ctx.flip = True
+    flipped = evaluate(model, batches, ctx)
+    assert flipped.loss == pytest.approx(by_hand.loss, rel=1e-6) != plain.loss
+    assert torch.equal(flipped.confusion, by_hand.confusion)
+    report = evaluate_checkpoint(model, "synthetic", flip=True, out=tmp_path)
+    assert report["flip"] and not evaluate_checkpoint(model, "synthetic")["flip"]
+    assert json.loads((tmp_path / "report.json").read_text())["flip"] is True
+    assert "test-time flip" in format_report(report)
+
+
 def test_other_class_names_and_channels_are_noted(tmp_path, caplog):
     """A digits checkpoint on another 10-class set used to report its accuracy without a word
     about the classes being different ones."""

@@ -54,6 +54,9 @@ class EvalContext:
     precision: str = "fp32"  # autocast precision ("bf16" runs the matmuls in bf16)
     reduce: Callable[[torch.Tensor], torch.Tensor] = _no_reduce  # sum over processes
     progress: bool = True
+    # test-time augmentation: also run every image mirrored left-right and average the two
+    # logits (for data whose labels survive a mirror, as Fashion-MNIST's do; not digits)
+    flip: bool = False
 
 
 @dataclass
@@ -75,7 +78,8 @@ def evaluate(
     model: nn.Module, loader: DataLoader, ctx: EvalContext, desc: str = "eval"
 ) -> EvalResult:
     """Top-1, top-5, loss and confusion matrix over the loader's `(x, y, skipped)` batches of
-    uint8 images, summed over processes with `ctx.reduce`."""
+    uint8 images, summed over processes with `ctx.reduce`; with `ctx.flip`, of the mean logits
+    of each image and its mirror."""
     model.eval()
     K, dev = ctx.num_classes, ctx.device
     conf = torch.zeros(K * K, dtype=torch.float64)
@@ -86,6 +90,8 @@ def evaluate(
         x, y = normalize(x.to(dev), ctx.mean, ctx.std), y.to(dev)
         with autocast(dev, ctx.precision), packs:
             logits = model(x).float()
+            if ctx.flip:
+                logits = (logits + model(x.flip(-1)).float()) / 2
         keep = y >= 0  # padding entries of the last rank's shard carry label -1
         logits, y = logits[keep], y[keep]
         sums[0] += float(F.cross_entropy(logits, y, reduction="sum")) if len(y) else 0.0
@@ -106,11 +112,14 @@ def evaluate(
 
 
 # ------------------------------------------------------------------------------ the report
-def report_dict(res: EvalResult, names: tuple[str, ...], split: str, model: str) -> dict[str, Any]:
-    """The JSON report of one evaluation."""
+def report_dict(
+    res: EvalResult, names: tuple[str, ...], split: str, model: str, flip: bool = False
+) -> dict[str, Any]:
+    """The JSON report of one evaluation (`flip`: with test-time flips)."""
     return {
         "split": split,
         "model": model,
+        "flip": flip,
         "n": res.n,
         "top1": res.top1,
         "top5": res.top5,
@@ -164,6 +173,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"{report['split']} top-1 {100 * report['top1']:.2f}%  top-5 "
             f"{100 * report['top5']:.2f}%  ({report['n']} images, {report['model']})"
         ]
+    if report.get("flip"):
+        lines[0] += "; each image averaged with its mirror (test-time flip)"
     t = report.get("teacher")
     if t:
         lines.append(
@@ -292,10 +303,12 @@ def evaluate_checkpoint(
     name: str | None = None,
     val_split: float = 0.0,
     seed: int = 0,
+    flip: bool = False,
 ) -> dict[str, Any]:
     """`vitlab eval`: a loaded model's top-1/top-5/per-class accuracy and confusion matrix on
     a split of `data_spec` (`val_split` and `seed` hold out the validation images a training
-    run held out); with `out`, report.json and confusion.png there."""
+    run held out; `flip` averages each image's logits with its mirror's); with `out`,
+    report.json and confusion.png there."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     dev = pick_device(device)
@@ -303,8 +316,10 @@ def evaluate_checkpoint(
                      seed=seed)  # fmt: skip
     loader = split_loader(model, data, split, batch_size, name)
     t0 = time.perf_counter()
-    res = evaluate(model.to(dev), loader, eval_context(model, data, dev), desc=split)
-    report = report_dict(res, data.class_names, split, name or type(model).__name__)
+    ctx = eval_context(model, data, dev)
+    ctx.flip = flip
+    res = evaluate(model.to(dev), loader, ctx, desc=split)
+    report = report_dict(res, data.class_names, split, name or type(model).__name__, flip)
     report["img_s"] = res.n / max(time.perf_counter() - t0, 1e-9)
     if out is not None:
         title = f"{data.name} {split}: top-1 {100 * res.top1:.2f}%"

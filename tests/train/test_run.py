@@ -88,3 +88,16 @@ def test_precision_auto_is_resolved_before_the_run_starts(tmp_path, monkeypatch)
     monkeypatch.setattr(MatmulProbe, "gflops", no_timing)
     fit(cfg, resume="auto")
     assert (tmp_path / "run" / "config.yaml").read_text() == saved
+
+
+def test_a_run_with_test_time_flips_reports_what_eval_flip_gives(tmp_path):
+    import vitlab
+    from vitlab.evaluate import evaluate_checkpoint
+
+    cfg = small_cfg(tmp_path, steps=4, eval_flip=True, val_split=0.25)
+    run = fit(cfg)
+    report = json.loads((run.run_dir / "report.json").read_text())
+    model = vitlab.load_checkpoint(run.run_dir / "last.safetensors")
+    assert report["flip"] is True
+    assert report["top1"] == evaluate_checkpoint(model, "synthetic", flip=True)["top1"]
+    assert report["loss"] != pytest.approx(evaluate_checkpoint(model, "synthetic")["loss"])

@@ -26,6 +26,8 @@ EPILOG = """\
 examples:
   vitlab eval --checkpoint runs/demo/last.safetensors --data fashion-mnist
   vitlab eval --checkpoint runs/demo/best.safetensors --data fashion-mnist --out runs/demo/eval
+  vitlab eval --checkpoint runs/demo/last.safetensors --data fashion-mnist --flip
+                            each test image averaged with its mirror (test-time flips)
   vitlab eval --checkpoint m.safetensors --data imagefolder:photos --split val --val-split 0.2
                             the images a training run with val_split 0.2 (and seed 0) held out
 """
@@ -64,6 +66,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seed", type=number(int), default=0, help="the seed of that hold-out (the run's seed)"
     )
+    p.add_argument(
+        "--flip",
+        action="store_true",
+        help="test-time flips: average each image's logits with its mirror's (for data whose "
+        "labels survive a left-right mirror, such as Fashion-MNIST; not digits or text)",
+    )
     add_device_arg(p)
 
 
@@ -84,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         name=str(args.checkpoint),
         val_split=args.val_split,
         seed=args.seed,
+        flip=args.flip,
     )
     print(format_report(report))
     for name, acc in report["per_class"].items():

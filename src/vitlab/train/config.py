@@ -111,6 +111,9 @@ class TrainConfig:
     # the final report evaluates best.safetensors (best validation accuracy: early stopping, the
     # paper's protocol for Figure 4) instead of the last weights
     report_best: bool = False
+    # validation and the final report average each image's logits with its mirror's (test-time
+    # flips; for data whose labels survive a mirror, such as Fashion-MNIST's)
+    eval_flip: bool = False
     # early stopping: stop after this many validation passes in a row without a better
     # validation accuracy (None: off); `steps`/`epochs` are then the cap. Needs a validation split.
     patience: int | None = None

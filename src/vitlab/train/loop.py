@@ -50,8 +50,8 @@ class StepContext:
         return autocast(self.info.device, self.cfg.precision)
 
     def eval_context(self) -> EvalContext:
-        """The same device, normalisation and precision for an evaluation pass, summed over
-        every process, with a progress bar on rank 0."""
+        """The same device, normalisation and precision for an evaluation pass (with the run's
+        test-time flips), summed over every process, with a progress bar on rank 0."""
         return EvalContext(
             self.info.device,
             self.mean,
@@ -60,6 +60,7 @@ class StepContext:
             precision=self.cfg.precision,
             reduce=all_reduce_sum,
             progress=self.info.main,
+            flip=self.cfg.eval_flip,
         )
 
 

@@ -466,7 +466,8 @@ def final_report(
         ctx = StepContext(replace(cfg, precision="fp32"), info, c.mean, c.std, data.num_classes)
         loader = _loader(images, eval_aug, cfg, info)[0]
         res = evaluate(model, loader, ctx.eval_context(), desc=split)
-        report = report_dict(res, data.class_names, split, cfg.init_from or cfg.model)
+        report = report_dict(res, data.class_names, split, cfg.init_from or cfg.model,
+                             cfg.eval_flip)  # fmt: skip
         if teacher is not None:
             report["teacher"] = _teacher_figures(cfg, teacher, images, split, data, info)
     last = state.history[-1] if state.history else {}
