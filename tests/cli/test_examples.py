@@ -92,6 +92,8 @@ def _write_models(ws: Path) -> None:
                                         mlp_dim=64, in_chans=1, class_names=FASHION))  # fmt: skip
     for name in ("last", "best"):
         vitlab.save_checkpoint(demo, ws / "runs" / "demo" / f"{name}.safetensors")
+    (ws / "runs" / "demo" / "config.yaml").write_text(  # the run's hold-out, as fit writes it
+        "data: fashion-mnist\nval_split: 0.25\nseed: 0\n")  # fmt: skip
     bit = perturb_(vitlab.create_model("bit_r50x1", in_chans=1, img_size=28, layers=(1, 1, 1, 1),
                                        stem_type="small", stem_width=8, gn_groups=8,
                                        class_names=FASHION))  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from vitlab.cli.common import (
     add_checkpoint_args,
@@ -12,6 +13,8 @@ from vitlab.cli.common import (
     number,
     out_dir,
 )
+
+log = logging.getLogger("vitlab")
 
 HELP = "evaluate a checkpoint: top-1, top-5, per-class accuracy, confusion matrix"
 
@@ -30,6 +33,8 @@ examples:
                             each test image averaged with its mirror (test-time flips)
   vitlab eval --checkpoint m.safetensors --data imagefolder:photos --split val --val-split 0.2
                             the images a training run with val_split 0.2 (and seed 0) held out
+  vitlab eval --checkpoint runs/demo/best.safetensors --data fashion-mnist --split val
+                            the images that run validated on (its config.yaml says which)
 """
 
 
@@ -58,13 +63,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--val-split",
         type=number(float, 0),
-        default=0.0,
         metavar="F",
         help="hold out this fraction of the training images as --split val, as a training run "
-        "with val_split F does (for datasets without a validation split of their own)",
+        "with val_split F does (for datasets without a validation split of their own; default: "
+        "the val_split of the run's config.yaml beside the checkpoint, else 0)",
     )
     p.add_argument(
-        "--seed", type=number(int), default=0, help="the seed of that hold-out (the run's seed)"
+        "--seed",
+        type=number(int),
+        help="the seed of that hold-out (default: the run's seed from its config.yaml, else 0)",
     )
     p.add_argument(
         "--flip",
@@ -80,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from vitlab.runtime.device import model_device
 
     model = load_model(args)  # on --device (an .onnx file: on the CPU)
+    val_split, seed = holdout(args)
     report = evaluate_checkpoint(
         model,
         args.data,
@@ -90,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
         download=args.download,
         device=str(model_device(model)),
         name=str(args.checkpoint),
-        val_split=args.val_split,
-        seed=args.seed,
+        val_split=val_split,
+        seed=seed,
         flip=args.flip,
     )
     print(format_report(report))
@@ -100,3 +108,18 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         print(f"report: {args.out / 'report.json'}  confusion matrix: {args.out / 'confusion.png'}")
     return 0
+
+
+def holdout(args: argparse.Namespace) -> tuple[float, int]:
+    """The validation hold-out: --val-split and --seed where given, else those of the training
+    run that wrote the checkpoint (its config.yaml), so `--split val` scores the images that run
+    validated on; else none (0, seed 0)."""
+    from vitlab.evaluate import run_holdout
+
+    run = run_holdout(args.checkpoint) if args.val_split is None or args.seed is None else None
+    val_split = args.val_split if args.val_split is not None else (run[0] if run else 0.0)
+    seed = args.seed if args.seed is not None else (run[1] if run else 0)
+    if run and args.val_split is None and val_split:
+        log.info("validation hold-out of the run's config.yaml: val_split %g, seed %d", val_split,
+                 seed)  # fmt: skip
+    return val_split, seed
