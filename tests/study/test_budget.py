@@ -24,12 +24,24 @@ BUDGET = {"patience": 5, "min_epoch_steps": 50, "max_epochs": 100, "min_steps": 
 )
 def test_the_interval_and_the_cap_scale_with_the_points_images(images, batch, epoch_steps, steps):
     layer = Budget(**BUDGET).layer(images, batch)
-    assert layer == {"epoch_steps": epoch_steps, "steps": steps, "patience": 5}
+    assert layer == {"epoch_steps": epoch_steps, "steps": steps, "patience": 5, "cooldown": 0.0}
 
 
 def test_the_cap_has_a_floor():
     layer = Budget(patience=3, min_epoch_steps=10, max_epochs=5, min_steps=200).layer(1000, 100)
-    assert layer == {"epoch_steps": 10, "steps": 200, "patience": 3}
+    assert layer == {"epoch_steps": 10, "steps": 200, "patience": 3, "cooldown": 0.0}
+
+
+def test_the_cooldown_reaches_every_budgeted_point_and_a_bad_one_is_refused(tmp_path):
+    from vitlab.errors import ConfigError
+
+    spec = {**DATA_SCALING, "train": _no_steps(DATA_SCALING), "budget": {**BUDGET,
+            "cooldown": 0.25}}  # fmt: skip
+    plan = make_plan("data-scaling", preset(tmp_path, spec), tmp_path / "out")
+    assert {p.config["cooldown"] for p in plan.points} == {0.25}
+    spec["budget"]["cooldown"] = 2
+    with pytest.raises(ConfigError, match=r"budget\.cooldown must be a fraction in \[0, 1\]"):
+        make_plan("data-scaling", preset(tmp_path, spec), tmp_path / "out2")
 
 
 def test_every_supervised_point_gets_the_budget_of_its_own_subset(tmp_path):

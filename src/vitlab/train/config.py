@@ -117,6 +117,10 @@ class TrainConfig:
     # early stopping: stop after this many validation passes in a row without a better
     # validation accuracy (None: off); `steps`/`epochs` are then the cap. Needs a validation split.
     patience: int | None = None
+    # with patience: when validation stalls, decay the learning rate linearly to min_lr over
+    # this fraction of the steps trained so far (at least one validation pass), then stop
+    # (warmup-stable-decay; an early stop at a high rate leaves the model unannealed). 0: stop
+    cooldown: float = 0.0
     log_every: int = 10
 
     def __post_init__(self) -> None:
@@ -168,6 +172,11 @@ class TrainConfig:
             (self.eval_every >= 1, "eval_every must be >= 1 (the last epoch is always evaluated)"),
             (self.log_every >= 1, "log_every must be >= 1"),
             (self.patience is None or self.patience >= 1, "patience must be >= 1 (or null: off)"),
+            (0.0 <= self.cooldown <= 1.0, "cooldown must be in [0, 1] (0: stop at once)"),
+            (
+                not self.cooldown or bool(self.patience),
+                "cooldown decays the learning rate once validation stalls: it needs patience",
+            ),
             (
                 self.mask_ratio is None or 0.0 < self.mask_ratio < 1.0,
                 "mask_ratio must be in (0, 1) (or null: the objective's default)",

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -69,12 +71,42 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, floor: float) -
     return floor + (1.0 - floor) * shape
 
 
+@dataclass
+class Cooldown:
+    """The cool-down after a plateau (TrainConfig `cooldown`, with `patience`): from step
+    `start` the learning rate falls linearly from the schedule's value there to its floor at
+    step `end`. `start` is None until validation stalls; the run sets it (from its history, so
+    a resumed run cools down where the uninterrupted one did)."""
+
+    start: int | None = None
+    end: int = 0
+
+    def factor(self, step: int, schedule: Callable[[int], float], floor: float) -> float:
+        """The multiplier of the peak lr after `step` steps: `schedule`'s before the start."""
+        if self.start is None or step < self.start:
+            return schedule(step)
+        f0 = schedule(self.start)
+        t = min(1.0, (step - self.start) / max(1, self.end - self.start))
+        return floor + (f0 - floor) * (1.0 - t)
+
+
 def build_scheduler(
-    opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int, total: int
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    steps_per_epoch: int,
+    total: int,
+    cooldown: Cooldown | None = None,
 ) -> LambdaLR:
+    """Warmup then the schedule (`lr_factor`); with `cooldown`, its decay once it has started."""
     warm = warmup_steps(cfg, steps_per_epoch, total)
     floor = cfg.min_lr / cfg.lr
-    return LambdaLR(opt, lambda s: lr_factor(s, warm, total, cfg.schedule, floor))
+
+    def schedule(s: int) -> float:
+        return lr_factor(s, warm, total, cfg.schedule, floor)
+
+    if cooldown is None:
+        return LambdaLR(opt, schedule)
+    return LambdaLR(opt, lambda s: cooldown.factor(s, schedule, floor))
 
 
 def build_ema(model: nn.Module, decay: float) -> AveragedModel:

@@ -38,7 +38,7 @@ from vitlab.train.config import TrainConfig, accumulation_for, save_config
 from vitlab.train.distill import Teacher, load_teacher
 from vitlab.train.distributed import DistInfo, barrier, init_distributed, wrap_model
 from vitlab.train.loop import StepContext, train_one_epoch
-from vitlab.train.optim import build_ema, build_optimizer, build_scheduler
+from vitlab.train.optim import Cooldown, build_ema, build_optimizer, build_scheduler
 from vitlab.train.pretrain import check_objective
 from vitlab.train.state import (
     RUN_FILES,
@@ -171,11 +171,12 @@ def build_state(
     wrapped = wrap_model(model, info, cfg.strategy)
     sharded = cfg.strategy == "fsdp" and info.world > 1
     opt = build_optimizer(wrapped, cfg, fused=not sharded)
-    sched = build_scheduler(opt, cfg, spe, total)
+    cooldown = Cooldown() if cfg.cooldown else None
+    sched = build_scheduler(opt, cfg, spe, total, cooldown)
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     if cfg.compile and can_compile(info.device):
         wrapped = torch.compile(wrapped)
-    return TrainState(wrapped, opt, sched, scaler, ema)
+    return TrainState(wrapped, opt, sched, scaler, ema, cooldown=cooldown)
 
 
 def fit(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) -> RunResult:
@@ -347,16 +348,18 @@ def _train_epochs(
         if cfg.ckpt_every and s.step % cfg.ckpt_every == 0 and s.step % spe and s.step < total:
             save_state(s, cfg, run_dir, info.main)
 
-    while state.step < total and not stalled(cfg, state):
+    while not finished(cfg, state, spe, total):
+        end = _start_cooldown(cfg, state, spe, total, info)
         t0 = time.perf_counter()
         epoch, skip = divmod(state.step, spe)
         sampler.set_epoch(epoch, skip)
         if info.main:
             log.info("epoch %d/%d", epoch + 1, epochs)
-        stats = train_one_epoch(state, loader, ctx, total, on_step)
+        stats = train_one_epoch(state, loader, ctx, end, on_step)
         row = {"epoch": epoch + 1, "step": state.step, "lr": state.scheduler.get_last_lr()[0]}
         row.update(stats)
-        if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or state.step >= total):
+        last = state.step >= end
+        if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
             metrics = _validate(cfg, state.eval_model, val_loader, ctx, split)
             row.update({f"{split}_{k}": v for k, v in metrics.items()})
         if cfg.objective == "mae":  # every rank: an FSDP forward is a collective
@@ -368,8 +371,9 @@ def _train_epochs(
         state.wall_time += time.perf_counter() - t0  # the checkpoint below saves it
         _end_of_epoch(cfg, state, info, run_dir, row)
     if info.main and stalled(cfg, state):
-        log.info("early stop at step %d of %d: no better validation %s in %d passes",
-                 state.step, total, watched(cfg).removeprefix("val_"), cfg.patience)  # fmt: skip
+        log.info("early stop at step %d of %d: no better validation %s in %d passes%s",
+                 state.step, total, watched(cfg).removeprefix("val_"), cfg.patience,
+                 " and the cool-down after them" if cfg.cooldown else "")  # fmt: skip
 
 
 def _validate(cfg: TrainConfig, model: nn.Module, loader: DataLoader, ctx, split: str) -> dict:
@@ -401,14 +405,66 @@ def improved(cfg: TrainConfig, row: dict, best: dict) -> bool:
     return row[key] > best[key] if key == "val_acc" else row[key] < best[key]
 
 
+def first_stall(cfg: TrainConfig, history: list[dict]) -> dict | None:
+    """The validation row after which `cfg.patience` passes in a row had first not beaten the
+    best one (None: not yet, or no patience). Read from the history, so a resumed run stops, or
+    cools down, where the uninterrupted one did."""
+    if not cfg.patience:
+        return None
+    key, best, since = watched(cfg), {}, 0
+    for row in history:
+        if row.get(key) is None:
+            continue
+        if improved(cfg, row, best):
+            best, since = row, 0
+        else:
+            since += 1
+        if since >= cfg.patience:
+            return row
+    return None
+
+
 def stalled(cfg: TrainConfig, state: TrainState) -> bool:
-    """Early stopping: `cfg.patience` validation passes in a row have not beaten the best one.
-    Read from the history, so a resumed run stops where the uninterrupted one did."""
-    if not cfg.patience or not state.best:
-        return False
-    key = watched(cfg)
-    since = [h for h in state.history if key in h and h["epoch"] > state.best["epoch"]]
-    return len(since) >= cfg.patience
+    """Early stopping: `cfg.patience` validation passes in a row have not beaten the best one
+    (with a cool-down: they had not, when it started)."""
+    return first_stall(cfg, state.history) is not None
+
+
+def cooldown_window(cfg: TrainConfig, history: list[dict], spe: int, total: int) -> tuple | None:
+    """(start, end) steps of the cool-down (`cfg.cooldown`): from the step where validation
+    first stalled, `cooldown` x those steps (at least one validation pass), within the cap."""
+    if not cfg.cooldown:
+        return None
+    row = first_stall(cfg, history)
+    if row is None:
+        return None
+    start = row["step"]
+    return start, min(total, start + max(spe, round(cfg.cooldown * start)))
+
+
+def finished(cfg: TrainConfig, state: TrainState, spe: int, total: int) -> bool:
+    """The run is over: its steps are done, or validation stalled (`patience`) and, with a
+    cool-down, that is done too."""
+    if state.step >= total:
+        return True
+    window = cooldown_window(cfg, state.history, spe, total)
+    if window is not None:
+        return state.step >= window[1]
+    return not cfg.cooldown and stalled(cfg, state)
+
+
+def _start_cooldown(cfg: TrainConfig, state: TrainState, spe: int, total: int, info) -> int:
+    """Set the schedule's cool-down once validation has stalled (a resumed run: again, from
+    its history); the step the current stretch of training ends at."""
+    window = cooldown_window(cfg, state.history, spe, total)
+    if window is None or state.cooldown is None:
+        return total
+    if state.cooldown.start is None and info.main:
+        log.info("validation %s stalled for %d passes at step %d: cooling the learning rate "
+                 "down to its floor by step %d, then stopping", watched(cfg).removeprefix("val_"),
+                 cfg.patience, window[0], window[1])  # fmt: skip
+    state.cooldown.start, state.cooldown.end = window
+    return window[1]
 
 
 def stop_reason(cfg: TrainConfig, state: TrainState) -> str:
@@ -480,6 +536,7 @@ def final_report(
         steps=state.step,
         max_steps=total_steps(cfg, len(data.train), info),
         stopped=stop_reason(cfg, state),
+        cooldown_from=_cooldown_start(cfg, state, data, info),
         batch_size=cfg.batch_size,
         params=m.num_params(),
         gflops=model_flops(m.cfg) / 1e9,  # forward, per image
@@ -500,6 +557,13 @@ def final_report(
     elif info.main:
         write_text(run_dir / RUN_FILES["report"], json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _cooldown_start(cfg, state: TrainState, data, info) -> int | None:
+    """The step the cool-down started at (`cfg.cooldown`), or None without one."""
+    spe = steps_per_epoch(len(data.train), cfg, info)
+    window = cooldown_window(cfg, state.history, spe, total_steps(cfg, len(data.train), info))
+    return window[0] if window else None
 
 
 def _teacher_figures(cfg, teacher: Teacher, images, split: str, data, info) -> dict[str, Any]:

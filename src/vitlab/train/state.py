@@ -27,6 +27,7 @@ from vitlab.errors import CheckpointError, ConfigError
 from vitlab.files import atomic_path
 from vitlab.runtime.device import unwrap_model
 from vitlab.train.config import TrainConfig
+from vitlab.train.optim import Cooldown
 from vitlab.weights.checkpoint import save_checkpoint
 
 log = logging.getLogger("vitlab")
@@ -60,6 +61,8 @@ class TrainState:
     train_time: float = 0.0  # seconds spent in training steps
     wall_time: float = 0.0  # seconds spent in whole epochs (steps, validation, checkpoints)
     images: int = 0  # training images processed
+    # the cool-down after a plateau (`cooldown`), which the learning-rate schedule reads
+    cooldown: Cooldown | None = None
 
     @property
     def eval_model(self) -> nn.Module:
