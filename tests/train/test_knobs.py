@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from tests.conftest import perturb_
 from vitlab.data.datasets import load_data
+from vitlab.errors import ConfigError
 from vitlab.train.config import TrainConfig
 from vitlab.train.distributed import DistInfo
 from vitlab.train.loop import StepContext, train_step
@@ -299,3 +300,80 @@ def test_drop_path_is_random_in_training_and_off_in_eval():
         assert (a - b).abs().amax(-1).gt(1e-4).sum() >= 2  # some samples differ
         model.eval()
         torch.testing.assert_close(model(x), plain.eval()(x), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------ optimizer: muon
+def _newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Muon's orthogonalisation written out in float64 (Jordan et al. 2024): the gradient over
+    its Frobenius norm, then X <- aX + (bA + cA^2)X with A = XX^T, on the wide orientation."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.double() / g.double().norm()
+    wide = x.shape[0] <= x.shape[1]
+    x = x if wide else x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x if wide else x.T
+
+
+def test_muon_orthogonalises_the_blocks_matrices_and_adamw_steps_the_rest():
+    """One step of optimizer=muon from fixed gradients: every 2-D weight of a transformer block
+    moves by -lr * 0.2 * sqrt(max(rows, cols)) * NS(Nesterov momentum of the gradient) after
+    decoupled weight decay; every other tensor exactly as torch's AdamW moves it."""
+    lr, wd, m = 0.01, 0.1, 0.95
+    _, state, _ = _setup(optimizer="muon", lr=lr, weight_decay=wd)
+    model = state.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    torch.manual_seed(0)
+    grads = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+    ref = {n: torch.nn.Parameter(v.clone()) for n, v in before.items()}
+    decay = [ref[n] for n in ref if ref[n].ndim >= 2 and n not in ("cls_token", "pos_embed")]
+    rest = [p for p in ref.values() if all(p is not q for q in decay)]
+    adamw = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}], lr=lr
+    )
+    for n, p in model.named_parameters():
+        p.grad = grads[n].clone()
+        ref[n].grad = grads[n].clone()
+    state.optimizer.step()
+    adamw.step()
+    matrices = [n for n in before if n.startswith("blocks.") and before[n].ndim == 2]
+    assert "blocks.0.attn.qkv.weight" in matrices and "blocks.1.mlp.fc2.weight" in matrices
+    for n, p in model.named_parameters():
+        if n in matrices:
+            rows, cols = p.shape
+            update = _newton_schulz(grads[n] * (1 - m * m))  # Nesterov's first step
+            expected = (
+                before[n].double() * (1 - lr * wd) - lr * 0.2 * max(rows, cols) ** 0.5 * update
+            )
+            err = (p.detach().double() - expected).norm() / (expected - before[n].double()).norm()
+            assert err < 0.03, (n, float(err))  # the iteration runs in bf16
+        else:
+            torch.testing.assert_close(p.detach(), ref[n].detach(), rtol=1e-6, atol=1e-7, msg=n)
+
+
+def test_muon_shares_the_schedule_and_resumes_from_its_state(tmp_path):
+    """The schedule sets both halves' rate; the state saved in a checkpoint restores both."""
+    _, state, _ = _setup(optimizer="muon", lr=0.01, warmup_steps=4, schedule="cosine", total=8)
+    opt = state.optimizer
+    assert {g["lr"] for g in opt.param_groups} == {0.01 / 4}
+    for p in state.model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    state.scheduler.step()
+    assert {g["lr"] for g in opt.param_groups} == {0.01 * 2 / 4}
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    _, other, _ = _setup(optimizer="muon", lr=0.01, warmup_steps=4, schedule="cosine", total=8)
+    other.optimizer.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+    saved, restored = opt.state_dict(), other.optimizer.state_dict()
+    for half in ("muon", "adamw"):
+        assert saved[half]["state"].keys() == restored[half]["state"].keys()
+        for k, v in saved[half]["state"].items():
+            for name, t in v.items():
+                torch.testing.assert_close(restored[half]["state"][k][name], t, msg=name)
+
+
+def test_muon_on_a_model_without_transformer_blocks_is_refused():
+    with pytest.raises(ConfigError, match="optimizer=muon .* has none: use optimizer=adamw"):
+        _setup(optimizer="muon", model="bit_r50x1",
+               model_args={"layers": [1, 1, 1, 1], "stem_width": 8, "gn_groups": 4})  # fmt: skip

@@ -18,7 +18,7 @@ from vitlab.errors import ConfigError
 from vitlab.fields import coerce_fields
 from vitlab.weights.formats import runtime_graph
 
-Optimizer = Literal["adamw", "sgd"]
+Optimizer = Literal["adamw", "sgd", "muon"]
 Schedule = Literal["cosine", "linear", "constant"]
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
 Strategy = Literal["ddp", "fsdp"]
@@ -90,7 +90,8 @@ class TrainConfig:
     min_lr: float = 0.0
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd
+    muon_momentum: float = 0.95  # muon: Nesterov momentum of the hidden matrices' updates
     schedule: Schedule = "cosine"
     warmup_steps: int = 0
     warmup_epochs: float = 0.0
@@ -165,6 +166,7 @@ class TrainConfig:
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (all(0.0 <= b < 1.0 for b in self.betas), "betas must each be in [0, 1)"),
             (0.0 <= self.momentum < 1.0, "momentum must be in [0, 1)"),
+            (0.0 <= self.muon_momentum < 1.0, "muon_momentum must be in [0, 1)"),
             (self.warmup_steps >= 0 and self.warmup_epochs >= 0, "warmup must be >= 0"),
             (self.clip_grad is None or self.clip_grad > 0, "clip_grad must be > 0 (or null: off)"),
             (self.threads is None or self.threads >= 1, "threads must be >= 1 (or null)"),

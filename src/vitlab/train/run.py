@@ -168,6 +168,11 @@ def build_state(
     ema = build_ema(model, cfg.ema_decay) if cfg.ema_decay else None
     if ema is not None and cfg.strategy == "fsdp" and info.world > 1:
         raise ConfigError("ema_decay is not supported with --strategy fsdp; use ddp or drop EMA")
+    if cfg.optimizer == "muon" and cfg.strategy == "fsdp" and info.world > 1:
+        raise ConfigError(
+            "optimizer=muon orthogonalises whole matrices, which --strategy fsdp shards: use "
+            "--strategy ddp or optimizer=adamw"
+        )
     wrapped = wrap_model(model, info, cfg.strategy)
     sharded = cfg.strategy == "fsdp" and info.world > 1
     opt = build_optimizer(wrapped, cfg, fused=not sharded)
