@@ -24,6 +24,7 @@ Precision = Literal["fp32", "bf16", "fp16", "auto"]
 Strategy = Literal["ddp", "fsdp"]
 Objective = Literal["supervised", "mpp", "mae"]
 Distill = Literal["hard", "soft"]
+PatchInit = Literal["default", "whiten"]
 
 
 @dataclass
@@ -39,6 +40,12 @@ class TrainConfig:
     # (big_vision's dont_load), e.g. ["pos_embed"] or ["head\\..*", "blocks\\.11\\..*"]
     dont_load: tuple[str, ...] = ()
     img_size: int | None = None  # None: the model's (or the checkpoint's) resolution
+    # a new model's patch embedding: random (default), or the whitened principal directions of
+    # the patches of patch_init_images training images (`vitlab.train.whiten`: the first-layer
+    # start of the CIFAR-10 speedruns); freeze_patch_embed keeps it fixed while training
+    patch_init: PatchInit = "default"
+    patch_init_images: int = 2048
+    freeze_patch_embed: bool = False
     # what the run learns: labels (supervised), or no labels (`vitlab pretrain`): the paper's
     # masked patch prediction (mpp, section 4.6) or a masked autoencoder (mae, He et al. 2022)
     objective: Objective = "supervised"
@@ -109,6 +116,10 @@ class TrainConfig:
     out: str = "runs/train"
     ckpt_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends)
     eval_every: int = 1  # epochs between validation passes
+    # also evaluate the test split at every validation pass, under test_* keys of the history
+    # (learning curves on test, as `benchmarks/time_to_accuracy.py` draws them); it never
+    # chooses anything (not the best checkpoint, not the early stop)
+    watch_test: bool = False
     # the final report evaluates best.safetensors (best validation accuracy: early stopping, the
     # paper's protocol for Figure 4) instead of the last weights
     report_best: bool = False
@@ -156,6 +167,12 @@ class TrainConfig:
             ),
             (self.classes is None or len(self.classes) >= 2, "classes must name at least 2"),
             (self.workers >= 0, "workers must be >= 0"),
+            (self.patch_init_images >= 1, "patch_init_images must be >= 1"),
+            (
+                self.patch_init == "default" or not self.init_from,
+                "patch_init=whiten starts a new model's patch embedding, and init_from loads a "
+                "trained one: drop one of them",
+            ),
             (self.pad_crop >= 0, "pad_crop must be >= 0 (pixels)"),
             (0.0 <= self.hflip <= 1.0, "hflip must be in [0, 1] (a probability)"),
             (0.0 <= self.random_erase <= 1.0, "random_erase must be in [0, 1] (a probability)"),

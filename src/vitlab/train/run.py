@@ -51,6 +51,7 @@ from vitlab.train.state import (
     restore,
     save_state,
 )
+from vitlab.train.whiten import init_patch_embed, patch_embedding
 from vitlab.weights.checkpoint import load_checkpoint, record_init
 
 log = logging.getLogger("vitlab")
@@ -96,6 +97,11 @@ def model_for_data(cfg: TrainConfig, data: DataSplits) -> nn.Module:
         torch.manual_seed(cfg.seed)
         from_data = {"in_chans": data.in_chans, "mean": data.mean, "std": data.std}
         model = create_model(cfg.model, **{**from_data, **cfg.model_args, **fit})  # args win
+        if cfg.patch_init == "whiten":
+            aug = eval_augmentation(model)
+            init_patch_embed(model, data.train, aug, cfg.patch_init_images, cfg.seed)
+    if cfg.freeze_patch_embed:
+        patch_embedding(model, "freeze_patch_embed").requires_grad_(False)
     if cfg.objective != "supervised":
         check_objective(cfg, model.cfg)
         model = pretrain.wrap(cfg, model)
@@ -346,6 +352,8 @@ def _train_epochs(
     # test_* keys: nothing (not the best checkpoint) is chosen by it.
     split, held = ("val", data.val) if data.val is not None else ("test", data.test)
     val_loader = _loader(held, eval_aug, cfg, info)[0] if held is not None else None
+    watch_test = cfg.watch_test and split == "val" and data.test is not None
+    test_loader = _loader(data.test, eval_aug, cfg, info)[0] if watch_test else None
     epochs = math.ceil(total / spe)
     shown = None  # the images of MAE's reconstruction pictures
 
@@ -362,11 +370,14 @@ def _train_epochs(
             log.info("epoch %d/%d", epoch + 1, epochs)
         stats = train_one_epoch(state, loader, ctx, end, on_step)
         row = {"epoch": epoch + 1, "step": state.step, "lr": state.scheduler.get_last_lr()[0]}
-        row.update(stats)
+        row.update(stats, train_s=state.train_time)  # optimiser steps so far, in seconds
         last = state.step >= end
         if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
             metrics = _validate(cfg, state.eval_model, val_loader, ctx, split)
             row.update({f"{split}_{k}": v for k, v in metrics.items()})
+            if test_loader is not None:
+                metrics = _validate(cfg, state.eval_model, test_loader, ctx, "test")
+                row.update({f"test_{k}": v for k, v in metrics.items()})
         if cfg.objective == "mae":  # every rank: an FSDP forward is a collective
             shown = shown if shown is not None else _first_images(val_loader or loader)
             path = pretrain.reconstruction_path(run_dir, epoch + 1)
