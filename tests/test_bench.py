@@ -105,3 +105,17 @@ def test_published_peaks_pick_the_right_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Some Other GPU")
     assert bench.published_peak_gflops(cuda, "bf16") is None
     assert bench.published_peak_gflops(torch.device("cpu"), "bf16") is None
+
+
+@pytest.mark.parametrize(("measured", "mode"), [("bf16", "infer"), ("fp32", "train")])
+def test_bench_precision_auto_times_what_auto_chooses(capsys, monkeypatch, measured, mode):
+    from vitlab.runtime import precision
+
+    monkeypatch.setattr(precision, "_chosen", {})
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    rates = {"fp32": 100.0, "bf16": 300.0 if measured == "bf16" else 90.0}
+    real = precision._measure_choice
+    monkeypatch.setattr(precision, "_measure_choice",
+                        lambda device, read, rounds: real(device, rates.get, rounds))  # fmt: skip
+    r = _bench_json(capsys, "--warmup", "0", "--precision", "auto", "--mode", mode, "--json")
+    assert r["precision"] == measured

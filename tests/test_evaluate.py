@@ -102,3 +102,31 @@ def test_other_class_names_and_channels_are_noted(tmp_path, caplog):
         evaluate_checkpoint(digits, "synthetic", name="digits.safetensors")
     text = caplog.text
     assert "are not synthetic's (pattern 0" in text and "takes 1 channel(s)" in text
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory):
+    """A ViT trained on digits for a few seconds: confident enough that bf16 rounding rarely
+    decides a prediction."""
+    from vitlab.train.config import TrainConfig
+    from vitlab.train.run import fit
+
+    out = tmp_path_factory.mktemp("digits") / "run"
+    cfg = TrainConfig(model="vit_test", model_args={"patch_size": 4}, img_size=8, data="digits",
+                      epochs=8, batch_size=64, lr=3e-3, warmup_steps=5, out=str(out))  # fmt: skip
+    fit(cfg)
+    return vitlab.load_checkpoint(out / "last.safetensors")
+
+
+def test_bf16_evaluation_agrees_with_fp32_and_says_so(digits_model):
+    fp32 = evaluate_checkpoint(digits_model, "digits", precision="fp32")
+    bf16 = evaluate_checkpoint(digits_model, "digits", precision="bf16")
+    assert fp32["precision"] == "fp32" and bf16["precision"] == "bf16"
+    assert fp32["top1"] > 0.6  # it learned something
+    assert abs(bf16["top1"] - fp32["top1"]) <= 2 / fp32["n"]  # at most two images change
+    assert bf16["loss"] != fp32["loss"]  # bf16 did run: the logits are rounded
+    assert abs(bf16["loss"] - fp32["loss"]) < 0.02 * fp32["loss"]
+    assert next(digits_model.parameters()).dtype == torch.float32  # the model is not cast
+    from vitlab.evaluate import format_report
+
+    assert "in bf16" in format_report(bf16).splitlines()[0]

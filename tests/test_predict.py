@@ -55,3 +55,18 @@ def test_results_are_written_with_the_failures(files, tmp_path, suffix):
 def test_a_headless_model_has_nothing_to_predict(files):
     with pytest.raises(vitlab.VitlabError, match="no classifier head"):
         predict_files(vitlab.create_model("vit_test", num_classes=0), files, progress=False)
+
+
+def test_bf16_predictions_agree_with_fp32(files):
+    model = perturb_(vitlab.create_model("vit_test", num_classes=4), 0.2).eval()
+    fp32 = predict_files(model, files, progress=False)
+    bf16 = predict_files(model, files, progress=False, precision="bf16")
+    assert len(bf16.predictions) == len(fp32.predictions) == 5
+    ran = [q for p in bf16.predictions for *_, q in p.top]
+    assert ran != [q for p in fp32.predictions for *_, q in p.top]  # bf16 did run: rounded
+    for a, b in zip(fp32.predictions, bf16.predictions):
+        pa = dict((c, q) for c, _, q in a.top)
+        pb = dict((c, q) for c, _, q in b.top)
+        assert max(abs(pa[c] - pb[c]) for c in pa) < 0.02  # probabilities
+        if a.top[0][2] - a.top[1][2] > 0.04:
+            assert a.top[0][0] == b.top[0][0]

@@ -21,7 +21,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,7 +36,13 @@ from vitlab.models.flops import Mode, flops_per_image
 from vitlab.models.registry import build_model, create_model
 from vitlab.runtime.device import device_name, keep_freed_memory, pick_device, synchronize
 from vitlab.runtime.kernels import PackedWeights
-from vitlab.runtime.precision import DTYPES, Precision, autocast, matmul_peak_gflops
+from vitlab.runtime.precision import (
+    DTYPES,
+    autocast,
+    inference_precision,
+    matmul_peak_gflops,
+    resolve_precision,
+)
 from vitlab.weights.checkpoint import load_checkpoint
 from vitlab.weights.formats import runtime_graph
 from vitlab.weights.onnx import OnnxModel, export_onnx
@@ -73,7 +79,7 @@ class BenchSpec:
     img_size: int | None = None  # None: the variant's own resolution
     in_chans: int | None = None  # None: the variant's own channel count
     mode: Mode = "infer"
-    precision: Precision = "fp32"
+    precision: str = "fp32"  # fp32, bf16, fp16 (training on a GPU) or auto
     compile: bool = False
     vs_timm: bool = False
     warmup: int = 2
@@ -92,8 +98,8 @@ class BenchSpec:
             )
         if self.mode not in ("infer", "train"):
             raise ConfigError(f"--mode must be 'infer' or 'train', got {self.mode!r}")
-        if self.precision not in DTYPES:
-            raise ConfigError(f"--precision must be one of {', '.join(DTYPES)}")
+        if self.precision not in (*DTYPES, "auto"):
+            raise ConfigError(f"--precision must be one of {', '.join(DTYPES)} or auto")
         if self.compile and self.warmup < 1:
             raise ConfigError("--compile needs --warmup 1 or more: the first call compiles")
         if self.backend not in BACKENDS:
@@ -343,6 +349,9 @@ def run_bench(
     counts), time the steps and put the figures together (see the module docstring)."""
     spec.check()
     device = torch.device("cpu") if spec.on_onnx else pick_device(spec.device)  # CPU provider
+    if spec.precision == "auto":  # as `predict`/`eval`/`serve` (inference) or `train` choose
+        pick = inference_precision if spec.mode == "infer" else resolve_precision
+        spec = replace(spec, precision=pick("auto", device))
     tuned = device.type == "cpu" and spec.keep_freed_memory and keep_freed_memory()
     models = build_models(spec, device)
     cfg: ViTConfig = models["vitlab"].cfg

@@ -34,7 +34,7 @@ from vitlab.preprocess import preprocess_of
 from vitlab.progress import progress_bar
 from vitlab.runtime.device import pick_device
 from vitlab.runtime.kernels import PackedWeights
-from vitlab.runtime.precision import autocast
+from vitlab.runtime.precision import autocast, in_precision, inference_precision, weights_dtype
 
 log = logging.getLogger("vitlab")
 
@@ -85,9 +85,10 @@ def evaluate(
     conf = torch.zeros(K * K, dtype=torch.float64)
     sums = torch.zeros(3, dtype=torch.float64)  # loss, top-5 hits, skipped
     packs = PackedWeights()  # the weights stay fixed during the pass
+    dtype = weights_dtype(model)  # a bf16 copy (`in_precision`) takes bf16 images
     for x, y, skip in progress_bar(loader, disable=not ctx.progress, leave=False, desc=desc):
         sums[2] += skip
-        x, y = normalize(x.to(dev), ctx.mean, ctx.std), y.to(dev)
+        x, y = normalize(x.to(dev), ctx.mean, ctx.std).to(dtype), y.to(dev)
         with autocast(dev, ctx.precision), packs:
             logits = model(x).float()
             if ctx.flip:
@@ -175,6 +176,8 @@ def format_report(report: dict[str, Any]) -> str:
         ]
     if report.get("flip"):
         lines[0] += "; each image averaged with its mirror (test-time flip)"
+    if report.get("precision") == "bf16":
+        lines[0] += "; in bf16"
     t = report.get("teacher")
     if t:
         lines.append(
@@ -304,22 +307,26 @@ def evaluate_checkpoint(
     val_split: float = 0.0,
     seed: int = 0,
     flip: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """`vitlab eval`: a loaded model's top-1/top-5/per-class accuracy and confusion matrix on
     a split of `data_spec` (`val_split` and `seed` hold out the validation images a training
-    run held out; `flip` averages each image's logits with its mirror's); with `out`,
-    report.json and confusion.png there."""
+    run held out; `flip` averages each image's logits with its mirror's; `precision` fp32,
+    bf16 or auto, `vitlab.runtime.precision.inference_precision`); with `out`, report.json and
+    confusion.png there."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     dev = pick_device(device)
+    precision = inference_precision(precision, dev)
     data = eval_data(model, data_spec, root, download=download, name=name, val_split=val_split,
                      seed=seed)  # fmt: skip
     loader = split_loader(model, data, split, batch_size, name)
     t0 = time.perf_counter()
     ctx = eval_context(model, data, dev)
     ctx.flip = flip
-    res = evaluate(model.to(dev), loader, ctx, desc=split)
+    res = evaluate(in_precision(model.to(dev), precision), loader, ctx, desc=split)
     report = report_dict(res, data.class_names, split, name or type(model).__name__, flip)
+    report["precision"] = precision
     report["img_s"] = res.n / max(time.perf_counter() - t0, 1e-9)
     if out is not None:
         title = f"{data.name} {split}: top-1 {100 * res.top1:.2f}%"

@@ -72,3 +72,49 @@ def test_a_resumed_run_keeps_its_precision_without_measuring(monkeypatch):
 def test_the_real_probe_reads_both_precisions():
     probe = precision.MatmulProbe(torch.device("cpu"), size=128)
     assert probe.gflops(torch.float32) > 0 and probe.gflops(torch.bfloat16) > 0
+
+
+# ------------------------------------------------------------------------ inference precision
+def test_inference_auto_measures_once_per_process_and_device(monkeypatch):
+    monkeypatch.setattr(precision, "_chosen", {})
+    monkeypatch.setattr(precision, "onednn_linear", lambda dtype: object())
+    read = _slowed_first({"fp32": 200.0, "bf16": 400.0}, slow_calls=0)
+    cpu = torch.device("cpu")
+    assert precision.inference_precision("auto", cpu, read=read) == "bf16"
+    n = len(read.calls)
+    assert precision.inference_precision("auto", cpu, read=read) == "bf16"
+    assert len(read.calls) == n  # not measured again
+    assert precision.inference_precision("fp32", cpu) == "fp32"
+    with pytest.raises(precision.ConfigError, match="fp16 is for training on a GPU"):
+        precision.inference_precision("fp16", cpu)
+
+
+def test_a_bf16_copy_runs_in_bf16_near_fp32_and_leaves_the_model_alone():
+    import vitlab
+    from tests.conftest import perturb_
+
+    model = perturb_(vitlab.create_model("vit_test", num_classes=10), 0.05).eval()
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    fast = precision.in_precision(model, "bf16")
+    assert precision.weights_dtype(fast) == torch.bfloat16
+    assert precision.weights_dtype(model) == torch.float32
+    assert precision.in_precision(model, "fp32") is model
+    with torch.inference_mode():
+        ref, got = model(x), fast(x.bfloat16()).float()
+    # bf16 keeps 8 bits of mantissa: the logits within 2% of their range, the same arg-max
+    # except where fp32's top two are closer than that
+    tol = 0.02 * float(ref.max() - ref.min())
+    assert float((got - ref).abs().max()) <= tol
+    top2 = ref.topk(2, -1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * tol
+    assert (got.argmax(-1) == ref.argmax(-1))[clear].all()
+
+
+def test_a_graph_without_weights_is_not_run_in_bf16():
+    class Graph(torch.nn.Module):  # an ONNX Runtime session holds no torch weights
+        def forward(self, x):
+            return x
+
+    with pytest.raises(precision.ConfigError, match="cannot run in bf16: use precision fp32"):
+        precision.in_precision(Graph(), "bf16")
+    assert precision.weights_dtype(Graph()) == torch.float32

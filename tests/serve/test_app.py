@@ -326,3 +326,31 @@ def test_the_cdn_docs_pages_are_off_and_the_page_links_the_openapi_description(c
     assert client.get("/openapi.json").status_code == 200
     page = client.get("/").text
     assert 'href="/openapi.json"' in page and "/docs" not in page
+
+
+def test_serve_in_bf16_answers_near_fp32_and_says_its_precision(checkpoint, model):
+    args = build_parser().parse_args(["serve", "--checkpoint", str(checkpoint), "--precision",
+                                      "bf16"])  # fmt: skip
+    app = build(args)
+    data = png(5)
+    with TestClient(app) as c:
+        assert c.get("/v1/model").json()["precision"] == "bf16"
+        got = c.post("/v1/predict", files={"file": ("a.png", data, "image/png")}).json()
+        explained = c.post("/v1/predict?explain=true", files={"file": ("a.png", data, "image/png")})
+        assert explained.status_code == 200 and "rollout" in explained.json()["explain"]
+    want = unbatched(model, data)
+    p = {t["index"]: t["probability"] for t in got["top"]}
+    assert p != {i: float(q) for i, q in enumerate(want)}  # rounded: bf16 ran
+    assert max(abs(p[i] - float(want[i])) for i in p) < 0.02
+
+
+def test_an_onnx_file_is_not_served_in_bf16(checkpoint, model, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from vitlab.cli.main import main
+
+    onnx_path = vitlab.save_checkpoint(model, tmp_path / "m.onnx", format="onnx")
+    assert (
+        main(["serve", "--checkpoint", str(onnx_path), "--precision", "bf16", "--port", "0"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "cannot run in bf16: use precision fp32" in err and "Traceback" not in err

@@ -231,6 +231,18 @@ def add_device_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
     )
 
 
+def add_precision_arg(p: argparse.ArgumentParser) -> None:
+    """`--precision` of the inference commands (`vitlab.runtime.precision.inference_precision`)."""
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default="fp32",
+        help="fp32; bf16 (a bf16 copy of the weights: faster where the CPU has AVX512-BF16 or "
+        "AMX, or on a GPU; logits round to about 2-3 significant digits); auto: bf16 where "
+        "its matmuls are measured faster here, else fp32 (default fp32)",
+    )
+
+
 def load_model(args: argparse.Namespace) -> Any:
     """The checkpoint of `args` (--checkpoint, --source, --set) on `args.device`, checked first:
     a one-line error for a device that is not there."""

@@ -9,6 +9,7 @@ from vitlab.cli.common import (
     add_checkpoint_args,
     add_data_args,
     add_device_arg,
+    add_precision_arg,
     load_model,
     number,
     out_dir,
@@ -79,6 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="test-time flips: average each image's logits with its mirror's (for data whose "
         "labels survive a left-right mirror, such as Fashion-MNIST; not digits or text)",
     )
+    add_precision_arg(p)
     add_device_arg(p)
 
 
@@ -101,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         val_split=val_split,
         seed=seed,
         flip=args.flip,
+        precision=args.precision,
     )
     print(format_report(report))
     for name, acc in report["per_class"].items():

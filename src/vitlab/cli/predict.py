@@ -8,6 +8,7 @@ import sys
 from vitlab.cli.common import (
     add_checkpoint_args,
     add_device_arg,
+    add_precision_arg,
     load_model,
     note_channels,
     number,
@@ -71,6 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="write each image with its attention-rollout heatmap overlaid to DIR (PNG)",
     )
+    add_precision_arg(p)
     add_device_arg(p)
 
 
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         on_failure=lambda f: say(f"vitlab predict: skipped {f.reason}"),
         progress=not args.quiet,
+        precision=args.precision,
     )
     for pred in result.predictions:
         tops = ", ".join(f"{label} {q:.1%}" for _, label, q in pred.top)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vitlab.cli.common import add_checkpoint_args, add_device_arg, number
+from vitlab.cli.common import add_checkpoint_args, add_device_arg, add_precision_arg, number
 
 HELP = "a web page and an HTTP API for a checkpoint: top-5 and attention rollout per image"
 
@@ -86,6 +86,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="largest request body; larger ones are answered 413 (default 16)",
     )
     p.add_argument("--name", help="the model's name on the page (default: the file's name)")
+    add_precision_arg(p)
     add_device_arg(p)
 
 
@@ -104,7 +105,7 @@ def build(args: argparse.Namespace):
         max_queue=args.max_queue,
     )
     name = args.name or Path(str(args.checkpoint)).name
-    return create_app(Engine(model, name), config)
+    return create_app(Engine(model, name, precision=args.precision), config)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from vitlab.inspect.attention import attention_rollout, collect_attention, head_
 from vitlab.preprocess import label_of, prepare_image
 from vitlab.runtime.device import keep_freed_memory, model_device
 from vitlab.runtime.kernels import PackedWeights
+from vitlab.runtime.precision import in_precision, inference_precision, weights_dtype
 
 
 @dataclass
@@ -40,9 +41,15 @@ class Output:
 class Engine:
     """A model ready to serve: `prepare` bytes into an input, `run` a batch of inputs."""
 
-    def __init__(self, model: nn.Module, name: str, max_pixels: int = MAX_PIXELS) -> None:
+    def __init__(
+        self, model: nn.Module, name: str, max_pixels: int = MAX_PIXELS, precision: str = "fp32"
+    ) -> None:
         self.model, self.name, self.max_pixels = model.eval(), name, max_pixels
         self.device = model_device(model)
+        # fp32, bf16 or auto (`inference_precision`): what runs is `runner`, the model itself
+        # or its bf16 copy; `model` answers for the config, classes and preprocessing
+        self.precision = inference_precision(precision, self.device)
+        self.runner = in_precision(self.model, self.precision)
         self.can_explain = hasattr(model, "forward_intermediates")
         self._packed = PackedWeights()
         if self.device.type == "cpu":
@@ -60,13 +67,13 @@ class Engine:
     @torch.inference_mode()
     def run(self, x: torch.Tensor, explain: bool) -> list[Output]:
         """One batch (B, C, H, W) -> one Output per image."""
-        x = x.to(self.device)
+        x = x.to(self.device, weights_dtype(self.runner))
         with self._packed:
             if not explain:
-                logits = self.model(x).float()
+                logits = self.runner(x).float()
                 return [Output(p, lg) for p, lg in zip(logits.softmax(-1).cpu(), logits.cpu())]
             cfg = self.model.cfg
-            attn, out = collect_attention(self.model, x)
+            attn, out = collect_attention(self.runner, x)
         logits = out["logits"].float().cpu()
         grid, prefix = out["grid"], cfg.num_prefix_tokens
         rollout = attention_rollout(attn, grid, prefix, cfg.pool)  # (B, gh, gw)
@@ -86,6 +93,7 @@ class Engine:
             "class_names": [label_of(self.model, i) for i in range(cfg.num_classes)],
             "preprocessing": self.model.data_config,
             "can_explain": self.can_explain,
+            "precision": self.precision,
             "config": cfg.to_dict(),
         }
 
