@@ -39,6 +39,7 @@ from vitlab.runtime.kernels import PackedWeights
 from vitlab.runtime.precision import (
     DTYPES,
     autocast,
+    in_precision,
     inference_precision,
     matmul_peak_gflops,
     resolve_precision,
@@ -113,11 +114,15 @@ class BenchSpec:
         return self.backend != "torch" or runtime_graph(self.checkpoint) is not None
 
     def _check_onnx(self, onnx_file: bool) -> None:
-        what = "an .onnx checkpoint" if onnx_file else f"--backend {self.backend}"
-        if self.mode != "infer" or self.precision != "fp32" or self.compile:
+        graph = runtime_graph(self.checkpoint)
+        what = f"an {graph.suffixes[0]} checkpoint" if onnx_file else f"--backend {self.backend}"
+        bf16_ok = graph is not None and graph.name == "openvino" and self.precision == "bf16"
+        if self.mode != "infer" or (self.precision != "fp32" and not bf16_ok) or self.compile:
+            runner = graph.runner if graph is not None else "ONNX Runtime"
+            also = " (bf16 is for an OpenVINO IR)" if self.precision == "bf16" else ""
             raise ConfigError(
-                f"{what} times inference of float32 input with ONNX Runtime: leave out "
-                "--mode train, --precision and --compile"
+                f"{what} times inference of float32 input with {runner}: leave out "
+                f"--mode train, --precision{also} and --compile"
             )
         if self.device not in (None, "auto", "cpu"):
             raise ConfigError(f"{what} runs on ONNX Runtime's CPU provider: use --device cpu")
@@ -194,13 +199,25 @@ def build_models(spec: BenchSpec, device: torch.device) -> dict[str, nn.Module]:
         name = spec.checkpoint or repr(spec.model)
         raise ConfigError(f"{name} is not a Vision Transformer; bench a ViT")
     # an ONNX file's twin gets fresh weights: the same architecture computes as fast
-    torch_model = build_model(model.cfg) if isinstance(model, OnnxModel) else model
+    torch_model = build_model(model.cfg) if is_graph(model) else model
     models = {"vitlab": model}
     if spec.vs_timm:
         models["timm"] = timm_twin(torch_model)
     if spec.backend != "torch":
         models["vitlab"] = onnx_runner(torch_model, spec)
     return {k: m.to(device) for k, m in models.items()}
+
+
+def is_graph(model: nn.Module) -> bool:
+    """Whether `model` is a runtime graph (ONNX Runtime, OpenVINO) rather than torch weights."""
+    return not any(p.is_floating_point() for p in model.parameters())
+
+
+def graph_backend(model: nn.Module) -> str:
+    """ "torch", or the runtime graph's format name ("onnx", "openvino")."""
+    if not is_graph(model):
+        return "torch"
+    return "onnx" if isinstance(model, OnnxModel) else "openvino"
 
 
 def onnx_runner(model: nn.Module, spec: BenchSpec) -> OnnxModel:
@@ -234,12 +251,13 @@ def make_step(
     x = torch.randn(spec.batch, cfg.in_chans, size, size, generator=gen).to(device)
     y = torch.randint(0, max(cfg.num_classes, 1), (spec.batch,), generator=gen).to(device)
     fn: Callable[[torch.Tensor], torch.Tensor] = model
-    if isinstance(model, OnnxModel):
+    if is_graph(model):  # ONNX Runtime or OpenVINO (compiled in bf16 when asked)
+        graph = in_precision(model, spec.precision)
 
-        def run_onnx() -> torch.Tensor:
-            return model(x)
+        def run_graph() -> torch.Tensor:
+            return graph(x)
 
-        return run_onnx
+        return run_graph
     if spec.mode == "infer":
         dtype = DTYPES[spec.precision]
         model.eval().to(dtype)
@@ -370,7 +388,7 @@ def run_bench(
         model=spec.checkpoint or spec.model,
         mode=spec.mode,
         precision=spec.precision,
-        backend="onnx" if isinstance(model, OnnxModel) else "torch",
+        backend=graph_backend(model),
         quantization=getattr(model, "quantization", "none"),
         batch=spec.batch,
         img_size=cfg.img_size,

@@ -1,4 +1,5 @@
-"""Deployment: a model as an ONNX file, fp32 or int8, in one call (`vitlab convert --to onnx`).
+"""Deployment: a model as an ONNX file or an OpenVINO IR, fp32 or int8, in one call
+(`vitlab convert --to onnx|openvino`).
 
 `export_for_deployment` exports the model (checked against PyTorch in ONNX Runtime), and with
 `quantize="int8"` quantises it: dynamically, or statically with activation ranges calibrated on
@@ -14,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -26,8 +27,12 @@ from vitlab.data.subsets import balanced_subset
 from vitlab.data.transforms import normalize
 from vitlab.errors import ConfigError
 from vitlab.evaluate import eval_augmentation
+from vitlab.weights.formats import OPENVINO, runtime_graph
 from vitlab.weights.onnx import ExportReport, OnnxModel, export_onnx
 from vitlab.weights.quantize import QuantizeReport, quantize_onnx
+
+if TYPE_CHECKING:
+    from vitlab.weights.openvino import OpenVinoReport
 
 log = logging.getLogger("vitlab")
 
@@ -39,6 +44,7 @@ class DeployReport:
     export: ExportReport
     quantize: QuantizeReport | None = None
     agreement: float | None = None  # int8 vs fp32 top-1 agreement on the calibration images
+    openvino: OpenVinoReport | None = None  # an OpenVINO IR was written (from `export`)
 
 
 def calibration_batches(
@@ -77,11 +83,17 @@ def export_for_deployment(
     opset: int | None = None,
 ) -> DeployReport:
     """Export `model` to the ONNX file `dst`; with `quantize="int8"` write int8 there instead
-    (static when `calibrate` names a dataset, dynamic otherwise)."""
+    (static when `calibrate` names a dataset, dynamic otherwise). A `dst` named .xml is an
+    OpenVINO IR instead (`export_openvino`; its int8 is always calibrated)."""
     if calibrate and not quantize:
         raise ConfigError("--calibrate is for int8: add --quantize int8")
     if quantize not in (None, "int8"):
         raise ConfigError(f"--quantize takes int8, got {quantize!r}")
+    if runtime_graph(dst) is OPENVINO:
+        if opset is not None:
+            raise ConfigError("--opset is for --to onnx; an OpenVINO IR has no opset to choose")
+        return _to_openvino(model, dst, quantize, calibrate, calibration_images, data_root,
+                            download, dynamic_img_size)  # fmt: skip
     if not quantize:
         return DeployReport(export_onnx(model, dst, dynamic_img_size=dynamic_img_size, opset=opset))
     batches = None
@@ -99,6 +111,34 @@ def export_for_deployment(
         agreement = _agreement(fp32, Path(dst), batches) if batches else None
     exported.path = Path(dst)
     return DeployReport(exported, q, agreement)
+
+
+def _to_openvino(
+    model: nn.Module,
+    dst: str | Path,
+    quantize: str | None,
+    calibrate: str | None,
+    images: int,
+    root: str | None,
+    download: bool,
+    dynamic_img_size: bool,
+) -> DeployReport:
+    """`export_openvino`, calibrated on `calibrate`'s training images for int8."""
+    from vitlab.weights.openvino import export_openvino, require_openvino
+
+    require_openvino(quantize is not None)
+    if quantize and not calibrate:
+        raise ConfigError(
+            "OpenVINO int8 calibrates its activation ranges on images: add --calibrate DATA "
+            "(training images of the model's data, e.g. fashion-mnist)"
+        )
+    batches = None
+    if calibrate:
+        batches = calibration_batches(model, calibrate, images, root=root, download=download)
+    note = calibrate or ""
+    r = export_openvino(model, dst, quantize=quantize, calibration=batches,
+                        calibration_note=note, dynamic_img_size=dynamic_img_size)  # fmt: skip
+    return DeployReport(r.export, None, r.agreement, openvino=r)
 
 
 def _agreement(fp32: Path, int8: Path, batches: list[np.ndarray]) -> float:

@@ -1,6 +1,8 @@
 """`vitlab convert`: the written files load in the target ecosystem's library with the same
 logits, the summary says what was read and written, and mistakes are one-line errors."""
 
+import json
+
 import pytest
 import torch
 
@@ -243,3 +245,36 @@ def test_int8_of_a_resnet_names_no_temporary_file(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "no linear layers" in err and "fp32.onnx" not in err
+
+
+def test_convert_to_openvino_then_predict_eval_and_bench_run_the_ir(tmp_path, capsys, standins):
+    ov = pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    src = standins / "m.safetensors"
+    model = vitlab.load_checkpoint(src)
+    dst = tmp_path / "m.xml"
+    assert main(["convert", str(src), str(dst), "--to", "openvino"]) == 0
+    out = capsys.readouterr().out
+    assert "OpenVINO fp32 vs PyTorch" in out and "m.bin" in out
+    # OpenVINO reads it without vitlab (in f32: on a CPU with bf16 it would take bf16 itself)
+    compiled = ov.Core().compile_model(str(dst), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert abs(compiled(x.numpy())[0] - model(x).numpy()).max() < 1e-4
+    photo = str(standins / "photo.png")
+    assert main(["predict", "--checkpoint", str(dst), photo, "--precision", "bf16"]) == 0
+    assert "photo.png: pattern" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(dst), "--data", "synthetic"]) == 0
+    assert "test top-1" in capsys.readouterr().out
+    bench = ["bench", "--checkpoint", str(dst), "--iters", "1", "--warmup", "0", "--json"]
+    assert main([*bench, "--precision", "bf16"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["backend"] == "openvino" and r["precision"] == "bf16"
+    q = tmp_path / "q.xml"
+    int8 = ["--quantize", "int8", "--calibrate", "synthetic", "--calibrate-images", "32"]
+    assert main(["convert", str(src), str(q), "--to", "openvino", *int8]) == 0
+    out = capsys.readouterr().out
+    assert "int8 NNCF" in out and "of the 32 calibration images" in out
+    assert main(["convert", str(src), str(tmp_path / "r.xml"), "--to", "openvino",
+                 "--quantize", "int8"]) == 2  # fmt: skip
+    assert "add --calibrate DATA" in capsys.readouterr().err

@@ -51,3 +51,23 @@ def test_sample_photos_without_scikit_image_are_one_line(standins, tmp_path, mon
     args = ["inspect", "--checkpoint", str(standins / "m.safetensors"), "--out", str(tmp_path)]
     assert main(args) == 2
     assert "skimage" in one_line_hint(capsys, "inspect")
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "convert"])
+def test_openvino_without_openvino_is_one_line(command, standins, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    ir = tmp_path / "m.xml"
+    ir.write_text("<net/>")
+    args = {
+        "predict": ["predict", "--checkpoint", str(ir), str(standins / "photo.png")],
+        "eval": ["eval", "--checkpoint", str(ir), "--data", "synthetic"],
+        "convert": [
+            "convert",
+            str(standins / "m.safetensors"),
+            str(tmp_path / "o.xml"),
+            "--to",
+            "openvino",
+        ],  # fmt: skip
+    }[command]
+    assert main(args) == 2
+    assert "openvino" in one_line_hint(capsys, "openvino")

@@ -12,10 +12,12 @@ from vitlab.weights import formats
 def test_runtime_graphs_are_told_by_their_name():
     assert formats.runtime_graph("m.onnx") is formats.ONNX
     assert formats.runtime_graph("runs/M.ONNX") is formats.ONNX
+    assert formats.runtime_graph("deploy/m.xml") is formats.OPENVINO
     for weights in ("m.safetensors", "ViT-B_16.npz", "hf-hub:google/vit", "runs/demo", None):
         assert formats.runtime_graph(weights) is None
     assert formats.graph_format("onnx") is formats.ONNX and formats.graph_format("timm") is None
-    assert (*formats.SOURCE_NAMES, "onnx") == formats.FORMAT_NAMES
+    assert formats.graph_format("openvino") is formats.OPENVINO
+    assert (*formats.SOURCE_NAMES, "onnx", "openvino") == formats.FORMAT_NAMES
 
 
 def test_entry_points_load():
@@ -23,6 +25,11 @@ def test_entry_points_load():
     from vitlab.weights.onnx import export_onnx, load_onnx
 
     assert formats.ONNX.loader() is load_onnx and formats.ONNX.saver() is export_onnx
+    pytest.importorskip("openvino")
+    from vitlab.weights.openvino import export_openvino, load_openvino
+
+    assert formats.OPENVINO.loader() is load_openvino
+    assert formats.OPENVINO.saver() is export_openvino
 
 
 def test_the_registry_imports_without_torch():

@@ -17,7 +17,10 @@ TIMM_RECIPE = (
     "                  pretrained_cfg_overlay=dict(file=DST, num_classes=N))"
 )
 
-HELP = "convert weights between vitlab, timm, Hugging Face, Google .npz, torchvision and ONNX"
+HELP = (
+    "convert weights between vitlab, timm, Hugging Face, Google .npz, torchvision, ONNX and "
+    "OpenVINO"
+)
 
 DESCRIPTION = f"""\
 Read a checkpoint in any layout vitlab understands and write it in another, so weights trained
@@ -36,6 +39,10 @@ or published in one ecosystem run in the others:
   onnx         an ONNX graph (.onnx) for ONNX Runtime, fp32 or with --quantize int8, batch axis
                dynamic; its metadata holds the config, class names and preprocessing, so
                vitlab predict, eval, serve and bench run the file alone (extra vitlab[onnx])
+  openvino     an OpenVINO IR (DST.xml, its weights in DST.bin beside it), made from the ONNX
+               export, fp32 or with --quantize int8 (NNCF, transformer mode, calibrated with
+               --calibrate); the same metadata in its runtime info; predict, eval, serve and
+               bench run it, in bf16 with --precision bf16 (extra vitlab[openvino])
 
 DST must be named as the layout is written (.safetensors, .npz, .pth), so that the file says
 what it holds. SRC may be a file, a Hugging Face directory, or a hub reference
@@ -63,6 +70,7 @@ examples:
   vitlab convert runs/demo/last.safetensors demo.onnx --to onnx   (fp32)
   vitlab convert m.safetensors m-int8.onnx --to onnx --quantize int8 --calibrate fashion-mnist
   vitlab convert ViT-B_16.npz vit_b16.onnx --to onnx --dynamic-img-size
+  vitlab convert m.safetensors m.xml --to openvino --quantize int8 --calibrate fashion-mnist
 """
 
 
@@ -104,11 +112,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="position-embedding resampling when img_size changes: google, timm_npz, timm, hf, "
         "torchvision, bicubic, bilinear (default: the source library's own)",
     )
-    onnx = p.add_argument_group("ONNX (--to onnx)")
+    onnx = p.add_argument_group("ONNX and OpenVINO (--to onnx, --to openvino)")
     onnx.add_argument(
         "--quantize",
         choices=["int8"],
-        help="write an int8 model (dynamic, or static with --calibrate)",
+        help="write an int8 model (ONNX: dynamic, or static with --calibrate; OpenVINO: NNCF, "
+        "calibrated with --calibrate)",
     )
     onnx.add_argument(
         "--calibrate",
@@ -141,8 +150,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vitlab.weights import checkpoint as ckpt
 
-    if graph_format(args.to) is not None:  # ONNX, the one runtime graph so far
-        return _to_onnx(args)
+    if graph_format(args.to) is not None:  # ONNX or OpenVINO IR
+        return _to_graph(args)
     _no_onnx_options(args)
     target = ckpt.get_source(args.to)
     ckpt.check_target(target, Path(args.dst))  # before the (maybe long) read
@@ -183,10 +192,10 @@ def _no_onnx_options(args: argparse.Namespace) -> None:
         if on
     ]
     if given:
-        raise ConfigError(f"{', '.join(given)} are for --to onnx, not --to {args.to}")
+        raise ConfigError(f"{', '.join(given)} are for --to onnx or openvino, not --to {args.to}")
 
 
-def _to_onnx(args: argparse.Namespace) -> int:
+def _to_graph(args: argparse.Namespace) -> int:
     from vitlab.deploy import export_for_deployment
 
     graph = graph_format(args.to)
@@ -208,6 +217,8 @@ def _to_onnx(args: argparse.Namespace) -> int:
         dynamic_img_size=args.dynamic_img_size,
         opset=args.opset,
     )
+    if r.openvino is not None:
+        return _said_openvino(r.openvino, args)
     e = r.export
     sizes = ", ".join(f"{s} px" for s in e.checked_sizes)
     print(f"export ONNX opset {e.opset}, batch axis dynamic"
@@ -221,6 +232,23 @@ def _to_onnx(args: argparse.Namespace) -> int:
                   f"{q.calibration_images} calibration images")  # fmt: skip
     size = dst.stat().st_size / 1e6
     print(f"wrote  {dst} (onnx{', int8' if args.quantize else ', fp32'}): {size:.1f} MB")
+    return 0
+
+
+def _said_openvino(r: Any, args: argparse.Namespace) -> int:
+    """What `--to openvino` wrote and how it was checked."""
+    e = r.export
+    print(f"export ONNX opset {e.opset} (ONNX Runtime vs PyTorch: max |logit difference| "
+          f"{e.max_abs_diff:.1e}), converted by OpenVINO")  # fmt: skip
+    if r.max_abs_diff is not None:
+        print(f"check  OpenVINO fp32 vs PyTorch: max |logit difference| {r.max_abs_diff:.1e}")
+    if r.agreement is not None:
+        print(f"int8   {r.quantization}")
+        print(f"check  int8 and PyTorch fp32 agree on the top-1 class of {r.agreement:.1%} of "
+              f"the {r.calibration_images} calibration images")  # fmt: skip
+    kind = "int8" if args.quantize else "fp32"
+    print(f"wrote  {r.path} and {r.path.with_suffix('.bin').name} (OpenVINO IR, {kind}): "
+          f"{r.megabytes:.1f} MB; run it in bf16 with --precision bf16")  # fmt: skip
     return 0
 
 

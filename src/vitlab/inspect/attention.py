@@ -44,9 +44,10 @@ def collect_attention(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Ten
 
 def no_attention(model: nn.Module) -> str:
     """Why `model` cannot show its attention, and what to do."""
-    if isinstance(model, OnnxModel):
+    if isinstance(model, OnnxModel) or hasattr(model, "with_precision"):  # ONNX, OpenVINO
+        label = "an ONNX graph" if isinstance(model, OnnxModel) else "an OpenVINO IR"
         return (
-            f"{model.path.name} is an ONNX graph, which returns only the logits; explain with "
+            f"{model.path.name} is {label}, which returns only the logits; explain with "
             "the PyTorch checkpoint it was exported from"
         )
     return (

@@ -210,12 +210,15 @@ def in_precision(model: nn.Module, precision: str) -> nn.Module:
     which takes bf16 inputs (`weights_dtype`) and runs the packed oneDNN linears in bf16. That
     was 1.3-1.9x faster than fp32 autocast on an AMD EPYC with AVX512-BF16 (ViT-S/16 batch 8,
     the demo's ViT batch 256), where autocast leaves the packed path. `model` is not changed.
-    A model without floating weights (an ONNX graph) runs as it was exported: asking it for
-    bf16 is an error."""
+    A graph whose runtime compiles it in bf16 (an OpenVINO IR, `with_precision`) is compiled
+    so; one without floating weights otherwise (an ONNX graph) runs as it was exported, and
+    asking it for bf16 is an error."""
     if precision == "fp32":
         return model
     if precision != "bf16":
         raise ConfigError(f"inference precision must be fp32 or bf16, got {precision!r}")
+    if hasattr(model, "with_precision"):  # a graph its runtime compiles in bf16 (OpenVINO)
+        return model.with_precision(precision)
     if not any(p.is_floating_point() for p in model.parameters()):
         raise ConfigError(
             f"{type(model).__name__} runs its graph as it was exported and cannot run in "

@@ -5,7 +5,7 @@ Two kinds of format:
 - weight layouts (`SOURCE_NAMES`: vitlab, timm, google, hf, torchvision), tensors that vitlab
   loads into a PyTorch model. They are told apart by content (`vitlab.weights.checkpoint`'s
   `SOURCES`, built in this order and checked against it; `source="auto"` tries them in it).
-- runtime graphs (`GRAPHS`: ONNX; later OpenVINO IR), a whole computation that another runtime
+- runtime graphs (`GRAPHS`: ONNX, OpenVINO IR), a whole computation that another runtime
   runs as it was exported. vitlab runs them for predict, eval, serve and bench, but cannot
   train, fine-tune, resample or convert them back. They are told apart by their file name.
 
@@ -69,7 +69,19 @@ ONNX = GraphFormat(
     save="vitlab.weights.onnx:export_onnx",
 )
 
-GRAPHS: dict[str, GraphFormat] = {g.name: g for g in (ONNX,)}
+OPENVINO = GraphFormat(
+    name="openvino",
+    label="OpenVINO IR",
+    suffixes=(".xml",),
+    extra="openvino",
+    packages=("openvino",),
+    runner="OpenVINO's CPU plugin",
+    device="cpu",
+    load="vitlab.weights.openvino:load_openvino",
+    save="vitlab.weights.openvino:export_openvino",
+)
+
+GRAPHS: dict[str, GraphFormat] = {g.name: g for g in (ONNX, OPENVINO)}
 # Every name `save_checkpoint(format=...)` and `vitlab convert --to` take.
 FORMAT_NAMES: tuple[str, ...] = (*SOURCE_NAMES, *GRAPHS)
 
