@@ -67,7 +67,7 @@ def test_openvino_without_openvino_is_one_line(command, standins, tmp_path, monk
             str(tmp_path / "o.xml"),
             "--to",
             "openvino",
-        ],  # fmt: skip
+        ],
     }[command]
     assert main(args) == 2
     assert "openvino" in one_line_hint(capsys, "openvino")

@@ -5,7 +5,6 @@ from, run here."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
