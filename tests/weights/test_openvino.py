@@ -16,7 +16,7 @@ from vitlab.runtime.precision import in_precision
 pytest.importorskip("openvino")
 pytest.importorskip("onnxruntime")
 
-from vitlab.weights.openvino import OpenVinoModel, export_openvino  # noqa: E402
+from vitlab.weights.openvino import OpenVinoModel, export_openvino
 
 NAMES = ("cat", "dog", "bird", "fish")
 
