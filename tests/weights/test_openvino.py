@@ -33,7 +33,7 @@ NAMES = ("cat", "dog", "bird", "fish")
             img_size=32,
             num_classes=4,
             class_names=NAMES,
-        ),  # fmt: skip
+        ),
     ],
     ids=["vit", "resnet"],
 )
