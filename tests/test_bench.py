@@ -119,3 +119,42 @@ def test_bench_precision_auto_times_what_auto_chooses(capsys, monkeypatch, measu
                         lambda device, read, rounds: real(device, rates.get, rounds))  # fmt: skip
     r = _bench_json(capsys, "--warmup", "0", "--precision", "auto", "--mode", mode, "--json")
     assert r["precision"] == measured
+
+
+def test_backend_all_lists_every_path_and_names_the_fastest(capsys):
+    pytest.importorskip("onnxruntime")
+    assert main(["bench", "--model", "vit_test", "--backend", "all", "--batch", "2", "--iters",
+                 "2", "--warmup", "1", "--json"]) == 0  # fmt: skip
+    r = json.loads(capsys.readouterr().out)
+    assert [p["name"] for p in r["paths"]] == [name for name, *_ in bench.PATHS]
+    measured = [p for p in r["paths"] if p["img_s"] is not None]
+    assert {"torch fp32", "onnx fp32", "onnx int8"} <= {p["name"] for p in measured}
+    for p in measured:
+        assert p["skipped"] is None and p["utilization"] > 0
+        assert p["utilization"] == pytest.approx(
+            p["img_s"] * r["gflops_per_img"] / r["peaks_gflops"][p["precision"]], rel=1e-6
+        )
+        if r["timm_img_s"] is not None:
+            assert p["ratio_timm"] == pytest.approx(p["img_s"] / r["timm_img_s"], rel=1e-6)
+    assert all(p["skipped"] for p in r["paths"] if p["img_s"] is None)
+    assert r["fastest"] == max(measured, key=lambda p: p["img_s"])["name"]
+    assert r["peaks_gflops"]["int8"] > 0
+
+
+def test_backend_all_skips_a_missing_backend_with_the_install_line(capsys, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    monkeypatch.setattr(bench, "can_compile", lambda device: False)  # quicker
+    assert main(["bench", "--model", "vit_test", "--backend", "all", "--batch", "2", "--iters",
+                 "1", "--warmup", "0"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    for name in ("openvino fp32", "openvino bf16", "openvino int8"):
+        line = next(ln for ln in out.splitlines() if ln.startswith(name))
+        assert "skipped: openvino not installed: pip install 'vitlab[openvino]'" in line
+    assert "torch fp32 compiled" in out and "torch.compile needs a C++ compiler" in out
+    assert "<- fastest" in out
+
+
+def test_backend_all_refuses_what_it_measures_itself(capsys):
+    assert main(["bench", "--model", "vit_test", "--backend", "all", "--precision", "bf16"]) == 2
+    assert "leave out --precision" in capsys.readouterr().err

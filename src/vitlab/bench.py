@@ -34,7 +34,13 @@ from vitlab.errors import ConfigError
 from vitlab.models.config import ViTConfig
 from vitlab.models.flops import Mode, flops_per_image
 from vitlab.models.registry import build_model, create_model
-from vitlab.runtime.device import device_name, keep_freed_memory, pick_device, synchronize
+from vitlab.runtime.device import (
+    can_compile,
+    device_name,
+    keep_freed_memory,
+    pick_device,
+    synchronize,
+)
 from vitlab.runtime.kernels import PackedWeights
 from vitlab.runtime.precision import (
     DTYPES,
@@ -42,7 +48,9 @@ from vitlab.runtime.precision import (
     in_precision,
     inference_precision,
     matmul_peak_gflops,
+    native_bf16,
     resolve_precision,
+    weights_dtype,
 )
 from vitlab.weights.checkpoint import load_checkpoint
 from vitlab.weights.formats import runtime_graph
@@ -460,3 +468,284 @@ def round_floats(d: dict[str, Any], digits: int = 6) -> dict[str, Any]:
         return v
 
     return {k: rnd(v) for k, v in d.items()}
+
+
+# ------------------------------------------------------------------ every backend, in turns
+@dataclass
+class PathResult:
+    """One deployment path of `bench_all`: img/s, the ratio to timm fp32 and the share of the
+    matmul peak of its number format (fp32, bf16 or int8, each measured here); or why it was
+    skipped."""
+
+    name: str  # "torch bf16 compiled", "openvino int8", ...
+    backend: str  # torch, onnx, openvino
+    precision: str  # fp32, bf16, int8: the matmuls' format, whose peak it is held to
+    compiled: bool = False
+    img_s: float | None = None
+    ratio_timm: float | None = None
+    utilization: float | None = None
+    skipped: str | None = None  # why it was not measured, with the fix
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class AllResult:
+    """`bench_all`: every path on one model and batch, and the fastest."""
+
+    model: str
+    batch: int
+    img_size: int
+    device_name: str
+    threads: int
+    iters: int
+    gflops_per_img: float
+    peaks_gflops: dict[str, float]
+    timm_img_s: float | None
+    paths: list[PathResult]
+
+    @property
+    def fastest(self) -> PathResult:
+        measured = [p for p in self.paths if p.img_s is not None]
+        return max(measured, key=lambda p: p.img_s or 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["fastest"] = self.fastest.name
+        return d
+
+
+def int8_matmul_peak_gflops(size: int = 2048, reps: int = 5) -> float:
+    """The CPU's practical int8 matmul peak (GOP/s counted as GFLOP/s): the faster of PyTorch's
+    `torch._int_mm` and ONNX Runtime's MatMulInteger (VNNI/AMX where the CPU has them), the
+    median of `reps` timed runs of a square `size`^3 product each."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randint(-128, 127, (size, size), generator=g, dtype=torch.int8) for _ in "ab")
+    runs: list[Callable[[], Any]] = [lambda: torch._int_mm(a, b)]
+    session = _matmul_integer_session(size)
+    if session is not None:
+        feed = {"A": np.random.default_rng(0).integers(0, 255, (size, size), dtype=np.uint8)}
+        runs.append(lambda: session.run(None, feed))
+    best = 0.0
+    for run in runs:
+        run()
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        best = max(best, 2 * size**3 / statistics.median(times) / 1e9)
+    return best
+
+
+def _matmul_integer_session(size: int) -> Any:
+    """An ONNX Runtime session of one u8 x s8 MatMulInteger, or None without onnxruntime."""
+    try:
+        import onnx
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(1).integers(-128, 127, (size, size), dtype=np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["A", "W"], ["Y"])],
+        "int8_peak",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, [size, size])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, [size, size])],
+        initializer=[numpy_helper.from_array(w, "W")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    del onnx
+    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+# name, backend, precision, compiled: every path `bench_all` tries, in the order it lists them
+PATHS: tuple[tuple[str, str, str, bool], ...] = (
+    ("torch fp32", "torch", "fp32", False),
+    ("torch bf16", "torch", "bf16", False),
+    ("torch fp32 compiled", "torch", "fp32", True),
+    ("torch bf16 compiled", "torch", "bf16", True),
+    ("onnx fp32", "onnx", "fp32", False),
+    ("onnx int8", "onnx", "int8", False),
+    ("openvino fp32", "openvino", "fp32", False),
+    ("openvino bf16", "openvino", "bf16", False),
+    ("openvino int8", "openvino", "int8", False),
+)
+EXTRA_OF = {"onnx": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}
+
+
+def _installed(module: str) -> bool:
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def _why_skipped(backend: str, precision: str, compiled: bool, device: torch.device) -> str | None:
+    """Why a path cannot be measured here (with the fix), or None."""
+    if backend in EXTRA_OF:
+        module, extra = EXTRA_OF[backend]
+        needs = [module, *(["nncf"] if backend == "openvino" and precision == "int8" else [])]
+        missing = [m for m in needs if not _installed(m)]
+        if missing:
+            return f"{', '.join(missing)} not installed: pip install 'vitlab[{extra}]'"
+        if device.type != "cpu":
+            return "runs on the CPU only"
+    if precision == "bf16" and device.type == "cpu" and not native_bf16(device):
+        return "bf16 is emulated on this CPU (no AVX512-BF16 or AMX): slower than fp32"
+    if compiled and not can_compile(device):
+        return "torch.compile needs a C++ compiler here"
+    return None
+
+
+def _path_step(
+    model: nn.Module, backend: str, precision: str, compiled: bool, spec: BenchSpec, tmp: Path
+) -> Callable[[], torch.Tensor]:
+    """One inference batch of `model` on this path, on fixed random images."""
+    cfg = model.cfg
+    x = torch.randn(spec.batch, cfg.in_chans, cfg.img_size, cfg.img_size,
+                    generator=torch.Generator().manual_seed(spec.seed))  # fmt: skip
+    if backend == "torch":
+        runner = in_precision(model, precision)
+        fn = torch.compile(runner, fullgraph=True) if compiled else runner
+        xs, packs = x.to(weights_dtype(runner)), PackedWeights()
+
+        def run_torch() -> torch.Tensor:
+            with torch.inference_mode(), packs:
+                return fn(xs)
+
+        return run_torch
+    if backend == "onnx":
+        int8 = replace(spec, backend="onnx-int8" if precision == "int8" else "onnx")
+        graph: nn.Module = onnx_runner(model, int8)
+    else:
+        from vitlab.weights.openvino import export_openvino, load_openvino
+
+        path = tmp / f"{precision}.xml"
+        cal = None
+        if precision == "int8":  # ranges from random images: they set the same kernels
+            gen = np.random.default_rng(spec.seed)
+            shape = (8, cfg.in_chans, cfg.img_size, cfg.img_size)
+            cal = [gen.standard_normal(shape, dtype=np.float32) for _ in range(2)]
+        export_openvino(model, path, quantize="int8" if cal else None, calibration=cal,
+                        check=False)  # fmt: skip
+        graph = load_openvino(path).with_precision("bf16" if precision == "bf16" else "fp32")
+
+    def run_graph() -> torch.Tensor:
+        return graph(x)
+
+    return run_graph
+
+
+def bench_all(
+    spec: BenchSpec,
+    progress: Callable[[Iterator[int]], Iterator[int]] | None = None,
+    model: nn.Module | None = None,
+    skip: Callable[[str], str | None] | None = None,
+) -> AllResult:
+    """Every deployment path of `PATHS` available here, on one model and batch, timed in turns
+    in this process beside timm fp32 (when timm is installed), each held to the measured
+    matmul peak of its number format; a path that cannot run here is listed with the reason.
+    The model is `spec`'s checkpoint or variant, or `model` when given; `skip(name)` may leave
+    more paths out (the reason it returns is listed)."""
+    spec = replace(spec, backend="torch", precision="fp32", mode="infer", compile=False)
+    spec.check()
+    device = pick_device(spec.device)
+    if device.type == "cpu" and spec.keep_freed_memory:
+        keep_freed_memory()
+    model = (model if model is not None else _all_model(spec)).to(device).eval()
+    paths, steps = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, backend, precision, compiled in PATHS:
+            why = _why_skipped(backend, precision, compiled, device) or (skip and skip(name))
+            paths.append(PathResult(name, backend, precision, compiled, skipped=why))
+            if why is None:
+                steps[name] = _path_step(model, backend, precision, compiled, spec, Path(tmp))
+        timm = _timm_step(model, spec)
+        if timm is not None:
+            steps["timm fp32"] = timm
+        times, _ = time_interleaved(steps, spec, device, progress)
+    peaks = {"fp32": matmul_peak_gflops(device, torch.float32)}
+    if any(p.precision == "bf16" and not p.skipped for p in paths):
+        peaks["bf16"] = matmul_peak_gflops(device, torch.bfloat16)
+    if any(p.precision == "int8" and not p.skipped for p in paths):
+        peaks["int8"] = int8_matmul_peak_gflops()
+    flops = flops_per_image(model.cfg, "infer")
+    timm_img_s = spec.batch / statistics.median(times["timm fp32"]) if timm else None
+    for p in paths:
+        if p.name in times:
+            p.img_s = spec.batch / statistics.median(times[p.name])
+            p.utilization = p.img_s * flops / 1e9 / peaks[p.precision]
+            p.ratio_timm = p.img_s / timm_img_s if timm_img_s else None
+    return AllResult(
+        model=spec.checkpoint or spec.model, batch=spec.batch, img_size=model.cfg.img_size,
+        device_name=device_name(device), threads=torch.get_num_threads(), iters=spec.iters,
+        gflops_per_img=flops / 1e9, peaks_gflops=peaks, timm_img_s=timm_img_s, paths=paths,
+    )  # fmt: skip
+
+
+def _all_model(spec: BenchSpec) -> nn.Module:
+    """The ViT `bench_all` times: `spec`'s PyTorch checkpoint or registry variant."""
+    torch.manual_seed(spec.seed)
+    overrides = {k: v for k, v in (("img_size", spec.img_size), ("in_chans", spec.in_chans))
+                 if v is not None}  # fmt: skip
+    if spec.checkpoint is not None and runtime_graph(spec.checkpoint) is not None:
+        raise ConfigError(
+            "--backend all exports the model to every backend itself: give the PyTorch "
+            "checkpoint (or a --model variant), not a graph"
+        )
+    if spec.checkpoint is not None:
+        model = load_checkpoint(spec.checkpoint, **overrides)
+    else:
+        model = create_model(spec.model, **overrides)
+    if not isinstance(getattr(model, "cfg", None), ViTConfig):
+        raise ConfigError(
+            f"{spec.checkpoint or spec.model} is not a Vision Transformer; bench a ViT"
+        )
+    return model
+
+
+def _timm_step(model: nn.Module, spec: BenchSpec) -> Callable[[], torch.Tensor] | None:
+    """timm's identical model in fp32, the baseline of every ratio (None without timm)."""
+    if not _installed("timm"):
+        return None
+    twin = timm_twin(model).eval()
+    cfg = model.cfg
+    x = torch.randn(spec.batch, cfg.in_chans, cfg.img_size, cfg.img_size,
+                    generator=torch.Generator().manual_seed(spec.seed))  # fmt: skip
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode():
+            return twin(x)
+
+    return run
+
+
+def format_all(r: AllResult) -> str:
+    """The table of `vitlab bench --backend all`, the fastest path marked."""
+    peaks = ", ".join(f"{k} {v:.0f}" for k, v in r.peaks_gflops.items())
+    lines = [
+        f"{r.model} inference, batch {r.batch} at {r.img_size} px on {r.device_name} "
+        f"({r.threads} threads); medians of {r.iters} rounds taken in turns",
+        f"measured matmul peaks, GFLOP/s: {peaks}",
+        f"{'path':<22}{'img/s':>9}{'x timm fp32':>13}{'of its peak':>13}",
+    ]
+    if r.timm_img_s is not None:
+        lines.append(f"{'timm fp32':<22}{r.timm_img_s:>9.1f}{1.0:>12.2f}x{'':>13}")
+    best = r.fastest.name
+    for p in r.paths:
+        if p.img_s is None:
+            lines.append(f"{p.name:<22}{'-':>9}   skipped: {p.skipped}")
+            continue
+        ratio = f"{p.ratio_timm:>12.2f}x" if p.ratio_timm is not None else f"{'-':>13}"
+        mark = "  <- fastest" if p.name == best else ""
+        lines.append(f"{p.name:<22}{p.img_s:>9.1f}{ratio}{p.utilization:>13.1%}{mark}")
+    return "\n".join(lines)

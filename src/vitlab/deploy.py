@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vitlab.bench import AllResult, BenchSpec, PathResult, bench_all
 from vitlab.data.datasets import load_data
 from vitlab.data.loader import build_loader
 from vitlab.data.subsets import balanced_subset
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("vitlab")
 
 CALIBRATION_IMAGES = 256
+SUFFIXES = (".safetensors", ".onnx", ".xml")  # the files `deploy_fastest` may write
 
 
 @dataclass
@@ -154,3 +156,65 @@ def _agreement(fp32: Path, int8: Path, batches: list[np.ndarray]) -> float:
 def _tensors(batches: list[np.ndarray]) -> Iterator[torch.Tensor]:
     for x in batches:
         yield torch.from_numpy(x)
+
+
+# ------------------------------------------------------------------- the fastest path, chosen
+@dataclass
+class DeployChoice:
+    """What `deploy_fastest` measured, chose and wrote."""
+
+    measured: AllResult
+    chosen: PathResult
+    path: Path  # the file written
+    run_with: str  # how to run it: the precision flag to pass, if any
+    agreement: float | None = None  # int8: top-1 agreement on the calibration images
+
+
+def deploy_fastest(
+    model: nn.Module,
+    dst: str | Path,
+    *,
+    calibrate: str | None = None,
+    calibration_images: int = CALIBRATION_IMAGES,
+    data_root: str | None = None,
+    download: bool = False,
+    batch: int = 16,
+    iters: int = 10,
+    progress: Callable | None = None,
+) -> DeployChoice:
+    """Time every deployment path on `model` here (`vitlab.bench.bench_all`, batch `batch`)
+    and write the fastest one's file at `dst` with its suffix (.safetensors for a PyTorch path,
+    .onnx, or .xml): `vitlab convert --to deploy`. int8 paths are written calibrated on
+    `calibrate`'s training images when it is given (ONNX static, OpenVINO NNCF); without it
+    ONNX int8 is dynamic, as it was timed, and OpenVINO int8, which needs real images to be
+    written, is not a candidate."""
+    dst = Path(dst)
+    dst = dst.with_suffix("") if dst.suffix.lower() in SUFFIXES else dst
+    static = calibrate is not None
+    name = str(model.cfg.extra.get("loaded_from") or type(model).__name__)
+    spec = BenchSpec(model=name, batch=batch, iters=iters, warmup=2, device="cpu",
+                     int8="static" if static else "dynamic")  # fmt: skip
+
+    def skip(name: str) -> str | None:
+        if name == "openvino int8" and not static:
+            return "written calibrated on real images: add --calibrate DATA to consider it"
+        return None
+
+    measured = bench_all(spec, progress, model=model, skip=skip)
+    best = measured.fastest
+    kw = {"calibrate": calibrate, "calibration_images": calibration_images,
+          "data_root": data_root, "download": download}  # fmt: skip
+    run_with, agreement = "", None
+    if best.backend == "torch":
+        from vitlab.weights.checkpoint import save_checkpoint
+
+        path = Path(save_checkpoint(model, dst.with_suffix(".safetensors")))
+        run_with = f"--precision {best.precision}" if best.precision != "fp32" else ""
+    else:
+        path = dst.with_suffix(".onnx" if best.backend == "onnx" else ".xml")
+        int8 = best.precision == "int8"
+        r = export_for_deployment(model, path, quantize="int8" if int8 else None,
+                                  **(kw if int8 else {}))  # fmt: skip
+        agreement = r.agreement
+        run_with = "--precision bf16" if best.precision == "bf16" else ""
+    return DeployChoice(measured, best, path, run_with, agreement)

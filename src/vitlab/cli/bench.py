@@ -6,6 +6,7 @@ import argparse
 import json
 
 from vitlab.cli.common import number
+from vitlab.errors import ConfigError
 
 HELP = (
     "measure img/s, GFLOP/s and utilisation, in PyTorch or ONNX Runtime (fp32, int8), beside timm"
@@ -59,9 +60,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--backend",
-        choices=["torch", "onnx", "onnx-int8"],
+        choices=["torch", "onnx", "onnx-int8", "all"],
         default="torch",
-        help="PyTorch, or the model exported and run by ONNX Runtime, fp32 or int8 (default torch)",
+        help="PyTorch, or the model exported and run by ONNX Runtime, fp32 or int8; all: every "
+        "path available here (PyTorch fp32/bf16 eager and compiled, ONNX Runtime fp32/int8, "
+        "OpenVINO fp32/bf16/int8) in turns beside timm fp32, the fastest named (default torch)",
     )
     p.add_argument(
         "--int8",
@@ -141,6 +144,21 @@ def run(args: argparse.Namespace) -> int:
     def progress(rounds):
         return progress_bar(rounds, total=spec.iters, desc="timing", unit="round")
 
+    if args.backend == "all":
+        from vitlab.bench import bench_all, format_all
+
+        asked = {"--mode train": args.mode != "infer", "--vs": args.vs,
+                 "--precision": args.precision != "fp32", "--compile": args.compile}  # fmt: skip
+        given = [flag for flag, on in asked.items() if on]
+        if given:
+            raise ConfigError(
+                f"--backend all times inference in every precision, eager and compiled, beside "
+                f"timm fp32: leave out {', '.join(given)}"
+            )
+        spec.backend = "torch"
+        every = bench_all(spec, progress=progress)
+        print(json.dumps(every.to_dict()) if args.json else format_all(every))
+        return 0
     result = run_bench(spec, progress=progress)
     if args.json:
         print(json.dumps(round_floats(result.to_dict())))

@@ -43,6 +43,9 @@ or published in one ecosystem run in the others:
                export, fp32 or with --quantize int8 (NNCF, transformer mode, calibrated with
                --calibrate); the same metadata in its runtime info; predict, eval, serve and
                bench run it, in bf16 with --precision bf16 (extra vitlab[openvino])
+  deploy       not a layout: every inference path timed on this machine (as `vitlab bench
+               --backend all`), and the fastest one's file written: DST.safetensors (PyTorch,
+               with the precision to run it in), DST.onnx or DST.xml
 
 DST must be named as the layout is written (.safetensors, .npz, .pth), so that the file says
 what it holds. SRC may be a file, a Hugging Face directory, or a hub reference
@@ -71,6 +74,8 @@ examples:
   vitlab convert m.safetensors m-int8.onnx --to onnx --quantize int8 --calibrate fashion-mnist
   vitlab convert ViT-B_16.npz vit_b16.onnx --to onnx --dynamic-img-size
   vitlab convert m.safetensors m.xml --to openvino --quantize int8 --calibrate fashion-mnist
+  vitlab convert m.safetensors deploy/m --to deploy --calibrate fashion-mnist
+                            the fastest path on this machine, measured; its file is written
 """
 
 
@@ -84,7 +89,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", metavar="SRC", help="weights to read: file, directory or hub reference")
     p.add_argument("dst", metavar="DST", help="where to write (a directory for --to hf)")
-    p.add_argument("--to", required=True, choices=FORMAT_NAMES, help="the layout to write")
+    p.add_argument(
+        "--to",
+        required=True,
+        choices=[*FORMAT_NAMES, "deploy"],
+        help="the layout to write; deploy: time every inference path here and write the "
+        "fastest one's file (DST.safetensors, .onnx or .xml)",
+    )
     p.add_argument(
         "--from",
         dest="source",
@@ -150,6 +161,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vitlab.weights import checkpoint as ckpt
 
+    if args.to == "deploy":
+        return _to_deploy(args)
     if graph_format(args.to) is not None:  # ONNX or OpenVINO IR
         return _to_graph(args)
     _no_onnx_options(args)
@@ -232,6 +245,45 @@ def _to_graph(args: argparse.Namespace) -> int:
                   f"{q.calibration_images} calibration images")  # fmt: skip
     size = dst.stat().st_size / 1e6
     print(f"wrote  {dst} (onnx{', int8' if args.quantize else ', fp32'}): {size:.1f} MB")
+    return 0
+
+
+def _to_deploy(args: argparse.Namespace) -> int:
+    """`--to deploy`: every path timed here, the fastest written (`vitlab.deploy`)."""
+    from vitlab.bench import format_all
+    from vitlab.deploy import deploy_fastest
+    from vitlab.progress import progress_bar
+
+    given = [f for f, on in (("--opset", args.opset), ("--dynamic-img-size",
+             args.dynamic_img_size), ("--quantize", args.quantize)) if on]  # fmt: skip
+    if given:
+        raise ConfigError(
+            f"--to deploy chooses the format and the precision by measurement: leave out "
+            f"{', '.join(given)} (or write that format with --to onnx / openvino)"
+        )
+    model = _read(args)
+    choice = deploy_fastest(
+        model,
+        args.dst,
+        calibrate=args.calibrate,
+        calibration_images=args.calibrate_images,
+        data_root=args.data_root,
+        download=args.download,
+        progress=lambda rounds: progress_bar(rounds, total=10, desc="timing", unit="round"),
+    )
+    print(format_all(choice.measured))
+    best, others = choice.chosen, [p for p in choice.measured.paths if p.img_s is not None]
+    runner_up = max((p for p in others if p is not best), key=lambda p: p.img_s or 0.0,
+                    default=None)  # fmt: skip
+    why = f"{best.img_s:.1f} img/s at batch {choice.measured.batch}"
+    if runner_up is not None and runner_up.img_s:
+        why += f", {best.img_s / runner_up.img_s:.2f}x the next ({runner_up.name})"
+    print(f"chose  {best.name}: {why}")
+    if choice.agreement is not None:
+        print(f"check  int8 and fp32 agree on the top-1 class of {choice.agreement:.1%} of the "
+              "calibration images")  # fmt: skip
+    run = f" {choice.run_with}" if choice.run_with else ""
+    print(f"wrote  {choice.path}; run it with `vitlab predict --checkpoint {choice.path}{run}`")
     return 0
 
 

@@ -20,10 +20,12 @@ calibration images.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -140,12 +142,13 @@ def _quantize(ir: Any, batches: list[np.ndarray], note: str) -> tuple[Any, str]:
         import nncf
 
     n = sum(len(b) for b in batches)
-    quantized = nncf.quantize(
-        ir,
-        nncf.Dataset(batches),
-        model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(batches),  # NNCF counts the items it is given: here, batches
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: not into --json output
+        quantized = nncf.quantize(
+            ir,
+            nncf.Dataset(batches),
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(batches),  # NNCF counts the items it is given: here, batches
+        )
     where = f" of {note}" if note else ""
     return quantized, f"int8 NNCF post-training (transformer), calibrated on {n} images{where}"
 
