@@ -96,13 +96,14 @@ def summarise(runs: list[dict[str, Any]], targets: tuple[float, ...]) -> dict[st
 
 def plot(runs: list[dict[str, Any]], targets: tuple[float, ...], path: Path, title: str) -> Path:
     fig, (ax,) = new_figure(width=6.4, height=4.2)
-    colours = {}
+    colours: dict[str, str] = {}
+    labelled: set[str] = set()
     for r in runs:
         c = colours.setdefault(r["recipe"], f"C{len(colours)}")
         xs = [h["train_s"] / 60 for h in r["curve"]]
         ys = [100 * h["test_acc"] for h in r["curve"]]
-        label = r["recipe"] if sum(1 for q in runs if q["recipe"] == r["recipe"]
-                                   and q["seed"] < r["seed"]) == 0 else None  # fmt: skip
+        label = None if r["recipe"] in labelled else r["recipe"]  # one legend entry each
+        labelled.add(r["recipe"])
         ax.plot(xs, ys, color=c, alpha=0.8, marker=".", lw=1.2, label=label)
     for t in targets:
         ax.axhline(t, color="0.6", lw=0.8, ls=":")

@@ -54,7 +54,7 @@ from vitlab.runtime.precision import (
 )
 from vitlab.weights.checkpoint import load_checkpoint
 from vitlab.weights.formats import runtime_graph
-from vitlab.weights.onnx import OnnxModel, export_onnx
+from vitlab.weights.onnx import GraphModel, OnnxModel, export_onnx
 from vitlab.weights.quantize import quantize_onnx
 from vitlab.weights.timm import timm_twin
 
@@ -218,14 +218,12 @@ def build_models(spec: BenchSpec, device: torch.device) -> dict[str, nn.Module]:
 
 def is_graph(model: nn.Module) -> bool:
     """Whether `model` is a runtime graph (ONNX Runtime, OpenVINO) rather than torch weights."""
-    return not any(p.is_floating_point() for p in model.parameters())
+    return isinstance(model, GraphModel)
 
 
 def graph_backend(model: nn.Module) -> str:
-    """ "torch", or the runtime graph's format name ("onnx", "openvino")."""
-    if not is_graph(model):
-        return "torch"
-    return "onnx" if isinstance(model, OnnxModel) else "openvino"
+    """The backend that runs `model`: "torch", or its graph's format ("onnx", "openvino")."""
+    return model.cfg.extra["source"] if is_graph(model) else "torch"
 
 
 def onnx_runner(model: nn.Module, spec: BenchSpec) -> OnnxModel:
@@ -542,11 +540,10 @@ def int8_matmul_peak_gflops(size: int = 2048, reps: int = 5) -> float:
 def _matmul_integer_session(size: int) -> Any:
     """An ONNX Runtime session of one u8 x s8 MatMulInteger, or None without onnxruntime."""
     try:
-        import onnx
         import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
     except ImportError:
         return None
-    from onnx import TensorProto, helper, numpy_helper
 
     w = np.random.default_rng(1).integers(-128, 127, (size, size), dtype=np.int8)
     graph = helper.make_graph(
@@ -560,7 +557,6 @@ def _matmul_integer_session(size: int) -> Any:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    del onnx
     return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
@@ -606,13 +602,18 @@ def _why_skipped(backend: str, precision: str, compiled: bool, device: torch.dev
     return None
 
 
+def _fixed_images(cfg: ViTConfig, spec: BenchSpec) -> torch.Tensor:
+    """The random batch every path of `bench_all` (and timm's twin) runs, from `spec.seed`."""
+    gen = torch.Generator().manual_seed(spec.seed)
+    return torch.randn(spec.batch, cfg.in_chans, cfg.img_size, cfg.img_size, generator=gen)
+
+
 def _path_step(
     model: nn.Module, backend: str, precision: str, compiled: bool, spec: BenchSpec, tmp: Path
 ) -> Callable[[], torch.Tensor]:
     """One inference batch of `model` on this path, on fixed random images."""
     cfg = model.cfg
-    x = torch.randn(spec.batch, cfg.in_chans, cfg.img_size, cfg.img_size,
-                    generator=torch.Generator().manual_seed(spec.seed))  # fmt: skip
+    x = _fixed_images(cfg, spec)
     if backend == "torch":
         runner = in_precision(model, precision)
         fn = torch.compile(runner, fullgraph=True) if compiled else runner
@@ -719,8 +720,7 @@ def _timm_step(model: nn.Module, spec: BenchSpec) -> Callable[[], torch.Tensor] 
         return None
     twin = timm_twin(model).eval()
     cfg = model.cfg
-    x = torch.randn(spec.batch, cfg.in_chans, cfg.img_size, cfg.img_size,
-                    generator=torch.Generator().manual_seed(spec.seed))  # fmt: skip
+    x = _fixed_images(cfg, spec)
 
     def run() -> torch.Tensor:
         with torch.inference_mode():

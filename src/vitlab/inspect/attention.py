@@ -19,7 +19,7 @@ from torch import nn
 
 from vitlab.errors import VitlabError
 from vitlab.models.config import Pool
-from vitlab.weights.onnx import OnnxModel
+from vitlab.weights.onnx import GraphModel
 
 HeadFusion = Literal["mean", "max", "min"]
 
@@ -44,10 +44,9 @@ def collect_attention(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Ten
 
 def no_attention(model: nn.Module) -> str:
     """Why `model` cannot show its attention, and what to do."""
-    if isinstance(model, OnnxModel) or hasattr(model, "with_precision"):  # ONNX, OpenVINO
-        label = "an ONNX graph" if isinstance(model, OnnxModel) else "an OpenVINO IR"
+    if isinstance(model, GraphModel):  # ONNX, OpenVINO
         return (
-            f"{model.path.name} is {label}, which returns only the logits; explain with "
+            f"{model.path.name} is {model.label}, which returns only the logits; explain with "
             "the PyTorch checkpoint it was exported from"
         )
     return (

@@ -354,49 +354,47 @@ def new_session(path: str | Path, threads: int | None = None) -> Any:
         raise CheckpointError(f"ONNX Runtime cannot load {path}: {_first_line(e)}") from None
 
 
-class OnnxModel(nn.Module, VitlabModule):
-    """A vitlab `.onnx` file run by ONNX Runtime's CPU provider, usable wherever vitlab takes a
+class GraphModel(nn.Module, VitlabModule):
+    """A runtime graph vitlab exported (ONNX, OpenVINO IR), usable wherever vitlab takes a
     model: `model(images)` gives (B, num_classes) logits as a torch tensor, `model.cfg` and
-    `model.data_config` are the exported model's. It holds no parameters (the weights are in
-    the session) and runs on the CPU only; attention maps need the PyTorch checkpoint."""
+    `model.data_config` are the exported model's, read from the file's metadata. It holds no
+    parameters (the weights are in the runtime) and runs on the CPU only; attention maps need
+    the PyTorch checkpoint. Subclasses run the graph (`_run`)."""
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        super().__init__()
-        self.path = Path(path)
-        meta = read_metadata(self.path)
-        if meta.get("format") != FORMAT or "config" not in meta:
-            raise CheckpointError(
-                f"{self.path} is an ONNX file vitlab did not write (no vitlab config in its "
-                "metadata); export it with `vitlab convert CHECKPOINT OUT.onnx --to onnx`"
-            )
+    label = "a runtime graph"  # as messages name it: "an ONNX graph"
+    runner = "its runtime"  # what runs it: "ONNX Runtime's CPU provider"
+
+    def _read_metadata(self, path: Path, meta: dict[str, str], source: str) -> None:
+        """The config and facts of the metadata vitlab wrote into the file at `path`."""
+        self.path, self.metadata = Path(path), meta
         self.cfg = config_from_dict(json.loads(meta["config"]))
-        self.cfg.extra.update(source="onnx", loaded_from=str(self.path))
+        self.cfg.extra.update(source=source, loaded_from=str(self.path))
         self.interpolation = meta.get("interpolation", "bicubic")
         self.quantization = meta.get("quantization", "none")
         self.dynamic_img_size = json.loads(meta.get("dynamic_img_size", "false"))
         self._params = int(meta.get("params", 0))
-        self.metadata = meta
-        self.session = new_session(self.path, threads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float images -> (B, num_classes) float32 logits."""
         if x.device.type != "cpu":
-            raise ConfigError("an ONNX model runs on the CPU; give it CPU tensors")
+            raise ConfigError(f"{self.label} runs on the CPU; give it CPU tensors")
         size = self.cfg.img_size
         if not self.dynamic_img_size and tuple(x.shape[-2:]) != (size, size):
             raise ConfigError(
                 f"{self.path.name} was exported for {size}x{size} px input, got "
                 f"{x.shape[-2]}x{x.shape[-1]}; resize the input or export with --dynamic-img-size"
             )
-        feed = x.detach().float().contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {INPUT: feed})[0])
+        return self._run(x.detach().float().contiguous().numpy())
 
-    def to(self, *args: Any, **kwargs: Any) -> OnnxModel:
+    def _run(self, feed: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to(self, *args: Any, **kwargs: Any) -> GraphModel:
         device, dtype, *_ = torch._C._nn._parse_to(*args, **kwargs)
         if device is not None and torch.device(device).type != "cpu":
             raise ConfigError(
-                f"{self.path.name} runs on ONNX Runtime's CPU provider; use --device cpu (or "
-                "the PyTorch checkpoint for a GPU)"
+                f"{self.path.name} runs on {self.runner}; use --device cpu (or the PyTorch "
+                "checkpoint for a GPU)"
             )
         if dtype is not None and dtype != torch.float32:
             raise ConfigError(f"{self.path.name} takes float32 input; it cannot be cast")
@@ -408,6 +406,27 @@ class OnnxModel(nn.Module, VitlabModule):
 
     def extra_repr(self) -> str:
         return f"{self.path.name}, {describe_config(self.cfg)}, quantization {self.quantization}"
+
+
+class OnnxModel(GraphModel):
+    """A vitlab `.onnx` file run by ONNX Runtime's CPU provider (`GraphModel`)."""
+
+    label = "an ONNX graph"
+    runner = "ONNX Runtime's CPU provider"
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        super().__init__()
+        meta = read_metadata(path)
+        if meta.get("format") != FORMAT or "config" not in meta:
+            raise CheckpointError(
+                f"{path} is an ONNX file vitlab did not write (no vitlab config in its "
+                "metadata); export it with `vitlab convert CHECKPOINT OUT.onnx --to onnx`"
+            )
+        self._read_metadata(Path(path), meta, "onnx")
+        self.session = new_session(self.path, threads)
+
+    def _run(self, feed: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {INPUT: feed})[0])
 
 
 def load_onnx(path: str | Path, threads: int | None = None, **overrides: Any) -> OnnxModel:

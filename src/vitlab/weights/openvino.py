@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import os
 import sys
@@ -37,13 +36,11 @@ import torch
 from torch import nn
 
 from vitlab.errors import CheckpointError, ConfigError, require
-from vitlab.models.base import VitlabModule
-from vitlab.models.config import config_from_dict
 from vitlab.weights.onnx import (
     ExportReport,
+    GraphModel,
     _quiet_loggers,
     _refuse_beyond_fp32,
-    describe_config,
     export_onnx,
     read_metadata,
 )
@@ -182,45 +179,40 @@ def _agreement(model: nn.Module, runner: OpenVinoModel, batches: list[np.ndarray
 
 
 # ------------------------------------------------------------------------------------ running
-class OpenVinoModel(nn.Module, VitlabModule):
-    """A vitlab OpenVINO IR run by OpenVINO's CPU plugin, usable wherever vitlab takes a model:
-    `model(images)` gives (B, num_classes) logits as a torch tensor, `model.cfg` and
-    `model.data_config` are the exported model's. It holds no parameters and runs on the CPU
-    only, with `threads` threads (default: torch's count) and its float part in `precision`
-    ("fp32" or "bf16": OpenVINO's inference precision hint)."""
+class OpenVinoModel(GraphModel):
+    """A vitlab OpenVINO IR run by OpenVINO's CPU plugin (`GraphModel`), with `threads` threads
+    (default: torch's count) and its float part in `precision` ("fp32" or "bf16": OpenVINO's
+    inference precision hint)."""
+
+    label = "an OpenVINO IR"
+    runner = "OpenVINO's CPU plugin"
 
     def __init__(self, path: str | Path, threads: int | None = None, precision: str = "fp32"):
         super().__init__()
         ov = require_openvino()
-        self.path = Path(path)
-        if not bin_path(self.path).is_file():
+        path = Path(path)
+        if not bin_path(path).is_file():
             raise CheckpointError(
-                f"{self.path}: an OpenVINO IR keeps its weights in {bin_path(self.path).name} "
-                "beside it, which is missing; copy both files"
+                f"{path}: an OpenVINO IR keeps its weights in {bin_path(path).name} beside it, "
+                "which is missing; copy both files"
             )
         try:
-            self.ir = ov.Core().read_model(str(self.path))
+            self.ir = ov.Core().read_model(str(path))
         except Exception as e:  # OpenVINO raises RuntimeError with the parser's reason
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"{self.path} is not a readable OpenVINO IR ({first})") from None
-        meta = self._metadata()
+            raise CheckpointError(f"{path} is not a readable OpenVINO IR ({first})") from None
+        meta = self._ir_metadata()
         if meta.get("format") != FORMAT or "config" not in meta:
             raise CheckpointError(
-                f"{self.path} is an OpenVINO IR vitlab did not write (no vitlab config in its "
+                f"{path} is an OpenVINO IR vitlab did not write (no vitlab config in its "
                 "runtime info); export it with `vitlab convert CHECKPOINT OUT.xml --to openvino`"
             )
-        self.metadata = meta
-        self.cfg = config_from_dict(json.loads(meta["config"]))
-        self.cfg.extra.update(source="openvino", loaded_from=str(self.path))
-        self.interpolation = meta.get("interpolation", "bicubic")
-        self.quantization = meta.get("quantization", "none")
-        self.dynamic_img_size = json.loads(meta.get("dynamic_img_size", "false"))
-        self._params = int(meta.get("params", 0))
+        self._read_metadata(path, meta, "openvino")
         self.threads = threads or torch.get_num_threads()
         self.precision = precision
         self.compiled = self._compile(precision)
 
-    def _metadata(self) -> dict[str, str]:
+    def _ir_metadata(self) -> dict[str, str]:
         if not self.ir.has_rt_info([RT]):
             return {}
         section = self.ir.get_rt_info()[RT]
@@ -244,40 +236,12 @@ class OpenVinoModel(nn.Module, VitlabModule):
         other.precision, other.compiled = precision, self._compile(precision)
         return other
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) float images -> (B, num_classes) float32 logits."""
-        if x.device.type != "cpu":
-            raise ConfigError("an OpenVINO model runs on the CPU; give it CPU tensors")
-        size = self.cfg.img_size
-        if not self.dynamic_img_size and tuple(x.shape[-2:]) != (size, size):
-            raise ConfigError(
-                f"{self.path.name} was exported for {size}x{size} px input, got "
-                f"{x.shape[-2]}x{x.shape[-1]}; resize the input or export with --dynamic-img-size"
-            )
-        feed = x.detach().float().contiguous().numpy()
+    def _run(self, feed: np.ndarray) -> torch.Tensor:
         out = self.compiled(feed)[0]
         return torch.from_numpy(np.array(out, dtype=np.float32, copy=True))
 
-    def to(self, *args: Any, **kwargs: Any) -> OpenVinoModel:
-        device, dtype, *_ = torch._C._nn._parse_to(*args, **kwargs)
-        if device is not None and torch.device(device).type != "cpu":
-            raise ConfigError(
-                f"{self.path.name} runs on OpenVINO's CPU plugin; use --device cpu (or the "
-                "PyTorch checkpoint for a GPU)"
-            )
-        if dtype is not None and dtype != torch.float32:
-            raise ConfigError(
-                f"{self.path.name} takes float32 input; for bf16 use --precision bf16"
-            )
-        return self
-
-    def num_params(self, trainable_only: bool = False) -> int:
-        """The parameter count of the model it was exported from."""
-        return self._params
-
     def extra_repr(self) -> str:
-        return (f"{self.path.name}, {describe_config(self.cfg)}, quantization "
-                f"{self.quantization}, {self.precision}")  # fmt: skip
+        return f"{super().extra_repr()}, {self.precision}"
 
 
 def load_openvino(path: str | Path, threads: int | None = None, **overrides: Any) -> OpenVinoModel:
