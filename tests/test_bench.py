@@ -150,7 +150,7 @@ def test_backend_all_skips_a_missing_backend_with_the_install_line(capsys, monke
     out = capsys.readouterr().out
     for name in ("openvino fp32", "openvino bf16", "openvino int8"):
         line = next(ln for ln in out.splitlines() if ln.startswith(name))
-        assert "skipped: openvino not installed: pip install 'vitlab[openvino]'" in line
+        assert "skipped: openvino" in line and "pip install 'vitlab[openvino]'" in line
     assert "torch fp32 compiled" in out and "torch.compile needs a C++ compiler" in out
     assert "<- fastest" in out
 

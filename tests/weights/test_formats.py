@@ -45,4 +45,4 @@ def test_convert_offers_every_format():
     sub = Parser(prog="vitlab").add_subparsers(parser_class=Parser)
     add_parser(sub)
     to = next(a for a in sub.choices["convert"]._actions if a.dest == "to")
-    assert tuple(to.choices) == formats.FORMAT_NAMES
+    assert tuple(to.choices) == (*formats.FORMAT_NAMES, "deploy")  # and the measured choice
